@@ -1,0 +1,29 @@
+# make demo  -> set up .venv and run the quickstart (CPU, offline, a few minutes)
+# make test  -> set up .venv and run the test suite
+# make bench -> set up .venv and run the benchmarks (not part of test)
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.setup-done
+
+.PHONY: setup test demo bench clean
+
+setup: $(STAMP)
+
+# Idempotent: reinstalls only when the dependencies or their pins change.
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --upgrade pip
+	$(VENV)/bin/python -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+test: setup
+	$(VENV)/bin/python -m pytest -q
+
+demo: setup
+	$(VENV)/bin/dftune demo --output_dir outputs/quickstart
+
+bench: setup
+	$(VENV)/bin/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) outputs

@@ -1,0 +1,64 @@
+"""`dftune data check FILES...`: validate data without training; exit 0 when every record is valid, else 1."""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+from dftune.data.readers import resolve_sources
+from dftune.data.validate import collect_conversations, validate_and_encode
+from dftune.errors import DftuneError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `data check` to the top-level subparsers; `args.func(args)` returns the exit code."""
+    data = subparsers.add_parser("data", help="inspect and validate training data")
+    commands = data.add_subparsers(dest="data_command", required=True)
+    check = commands.add_parser(
+        "check",
+        help="validate records (and token lengths with --tokenizer) without training",
+        description="Validate every record; print a per-file table and the bad records. Exit 1 if any is bad.",
+    )
+    check.add_argument("files", nargs="+", help=".jsonl/.json/.parquet files, globs or directories")
+    check.add_argument("--tokenizer", help="tokenizer directory: adds token length statistics")
+    check.add_argument("--max_length", type=int, help="reject records with no assistant token within N tokens")
+    check.add_argument("--report", help="write the full JSON report here")
+    check.set_defaults(func=run_check)
+
+
+def run_check(args: argparse.Namespace) -> int:
+    if args.max_length is not None and args.tokenizer is None:
+        raise DftuneError("--max_length needs --tokenizer")
+    sources = resolve_sources(args.files)
+    if args.tokenizer is None:
+        _, report = collect_conversations(sources)
+        lengths: list[int] = []
+    else:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+        dataset, report = validate_and_encode(sources, tokenizer, max_length=args.max_length)
+        lengths = list(dataset["num_tokens"])
+
+    print(report.format_table())
+    if lengths:
+        print(_length_stats(lengths, args.max_length))
+    if args.report:
+        report.save(args.report)
+    if report.rejected:
+        print(f"\n{report.rejected} invalid records:\n{report.format_errors(20, args.report)}")
+        return 1
+    return 0
+
+
+def _length_stats(lengths: list[int], max_length: int | None) -> str:
+    """min/mean/p50/p95/max tokens of the valid records, and how many are longer than max_length."""
+    ordered = sorted(lengths)
+    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+    line = (
+        f"\ntokens per record: min {ordered[0]}, mean {statistics.fmean(ordered):.1f}, "
+        f"p50 {statistics.median_low(ordered)}, p95 {p95}, max {ordered[-1]}"
+    )
+    if max_length is not None:
+        line += f"; truncated to {max_length}: {sum(n > max_length for n in ordered)} of {len(ordered)}"
+    return line

@@ -1,0 +1,83 @@
+"""The `dftune` command: subcommands dispatch to library functions; user errors print one line, no traceback."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from dftune import __version__
+from dftune.errors import DftuneError
+
+
+def _train(args: argparse.Namespace) -> int:
+    from dftune.config.parse import SECTIONS, ConfigArgumentParser, parse_config
+    from dftune.train.run import run_sft
+
+    if {"-h", "--help"} & set(args.rest):
+        ConfigArgumentParser(SECTIONS).print_help()
+        return 0
+    run_sft(parse_config(args.rest))
+    return 0
+
+
+def _init_model(args: argparse.Namespace) -> int:
+    from dftune.models.presets import init_model
+
+    path = init_model(args.preset, args.output_dir, seed=args.seed)
+    print(f"wrote {args.preset} to {path}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from dftune.demo.quickstart import run_quickstart
+
+    run_quickstart(args.output_dir, steps=args.steps)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from dftune.cli import data_cmd
+    from dftune.models.presets import PRESETS
+
+    parser = argparse.ArgumentParser(prog="dftune", description="Fine-tune LLMs with differentiated objectives.")
+    parser.add_argument("--version", action="version", version=f"dftune {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train: dftune train [CONFIG.yaml] [--key value ...]", add_help=False)
+    train.set_defaults(func=_train)  # its keys are parsed by dftune.config, from the words argparse leaves over
+
+    init = sub.add_parser("init-model", help="write a small random model with a ChatML tokenizer, offline")
+    init.add_argument("--preset", required=True, choices=sorted(PRESETS))
+    init.add_argument("--output_dir", required=True)
+    init.add_argument("--seed", type=int, default=0)
+    init.set_defaults(func=_init_model)
+
+    demo = sub.add_parser("demo", help="the quickstart: DFT on a bundled task, accuracy before/after, curves PNG")
+    demo.add_argument("--output_dir", default="outputs/quickstart")
+    demo.add_argument("--steps", type=int, default=None, help="training steps (default: the quickstart's own)")
+    demo.set_defaults(func=_demo)
+
+    data_cmd.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.func is _train:
+        args.rest = rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    try:
+        return args.func(args)
+    except DftuneError as err:
+        print(f"dftune: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""Keys that users' existing scripts and YAML files write but our dataclasses do not: one table, one place.
+
+Each entry maps an old key to the keys that replace it (renamed flags, transformers' removed arguments,
+LLaMA-Factory spellings), plus environment variables where transformers now reads the setting from there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Translation:
+    """What one old key becomes: new keys, environment variables and a note for the log."""
+
+    keys: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    note: str = ""
+
+
+def _rename(new: str, why: str) -> Callable[[Any], Translation]:
+    return lambda value: Translation(keys={new: value}, note=f"mapped to {new} ({why})")
+
+
+def _drop(why: str) -> Callable[[Any], Translation]:
+    return lambda value: Translation(note=f"ignored ({why})")
+
+
+LEGACY_KEYS: dict[str, Callable[[Any], Translation]] = {
+    "evaluation_strategy": _rename("eval_strategy", "renamed in transformers 4.46"),
+    "no_cuda": _rename("use_cpu", "renamed in transformers 4.34"),
+    "include_inputs_for_metrics": _rename("include_for_metrics", "renamed in transformers 4.47"),
+    "per_gpu_train_batch_size": _rename("per_device_train_batch_size", "removed in transformers 5"),
+    "per_gpu_eval_batch_size": _rename("per_device_eval_batch_size", "removed in transformers 5"),
+    "warmup_ratio": _rename("warmup_steps", "transformers 5 reads a value below 1 in warmup_steps as a ratio"),
+    "cutoff_len": _rename("max_length", "LLaMA-Factory's name"),
+    "val_size": lambda value: Translation(
+        keys={"validation_split_percentage": float(value) * 100},
+        note="mapped to validation_split_percentage (LLaMA-Factory's fraction, as a percentage)",
+    ),
+    "group_by_length": lambda value: Translation(
+        keys={"train_sampling_strategy": "group_by_length"} if _truthy(value) else {},
+        note="mapped to train_sampling_strategy: group_by_length (transformers 5)",
+    ),
+    "adafactor": lambda value: Translation(
+        keys={"optim": "adafactor"} if _truthy(value) else {}, note="mapped to optim: adafactor (transformers 5)"
+    ),
+    "logging_dir": lambda value: Translation(
+        env={"TENSORBOARD_LOGGING_DIR": str(value)},
+        note="set as TENSORBOARD_LOGGING_DIR (transformers 5 removed --logging_dir)",
+    ),
+    "overwrite_output_dir": _drop("transformers 5 removed it; output_dir is always written to"),
+    "save_safetensors": _drop("transformers 5 always saves safetensors"),
+    "include_tokens_per_second": _drop("removed in transformers 5"),
+    "use_mps_device": _drop("removed in transformers 5; MPS is used when available"),
+    "overwrite_cache": _drop("dftune caches tokenised data by a fingerprint of its content and settings"),
+}
+
+
+def _truthy(value: Any) -> bool:
+    return value is True or str(value).lower() in {"true", "1", "yes"}
+
+
+def translate(key: str, value: Any) -> Translation | None:
+    """The translation of an old key, or None when the key is not a legacy one."""
+    rule = LEGACY_KEYS.get(key)
+    return None if rule is None else rule(value)

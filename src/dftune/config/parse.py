@@ -1,0 +1,174 @@
+"""`dftune train [CONFIG.yaml] [--key value ...]` -> one typed RunConfig, with every mistake caught before a model loads.
+
+Flags override YAML keys. Both are merged into one argv for `HfArgumentParser`, so a YAML value and the same
+value given as a flag are converted by the same code: every `TrainingArguments` flag works as transformers
+documents it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+from transformers import HfArgumentParser, TrainingArguments
+
+from dftune.config.data_args import DataArguments
+from dftune.config.legacy import translate
+from dftune.config.method_args import MethodArguments
+from dftune.config.model_args import ModelArguments
+from dftune.errors import DftuneError
+
+SECTIONS = (ModelArguments, DataArguments, MethodArguments, TrainingArguments)
+CONFIG_FILE_NAME = "dftune_config.yaml"
+
+
+@dataclass
+class RunConfig:
+    """Everything one run needs, resolved and checked."""
+
+    model: ModelArguments
+    data: DataArguments
+    method: MethodArguments
+    training: TrainingArguments
+    notes: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+
+    def to_yaml(self) -> str:
+        """The resolved config as YAML that `dftune train` reads back: what actually ran."""
+        merged: dict[str, Any] = {}
+        for section in (self.model, self.data, self.method):
+            merged.update(asdict(section))
+        merged.update(_explicit_training_args(self.training))
+        return yaml.safe_dump(merged, sort_keys=False)
+
+
+class ConfigArgumentParser(HfArgumentParser):
+    """argparse exits the process on a bad value; we want a DftuneError the CLI prints cleanly."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise DftuneError(re.sub(r"argument --(\w+)(/--[\w-]+)?", r"key \1", message))
+
+
+@dataclass
+class _Value:
+    value: Any
+    origin: str  # "config.yaml:7" or "command line"
+
+
+def known_keys() -> set[str]:
+    return {f.name for section in SECTIONS for f in fields(section) if f.init}
+
+
+def parse_config(argv: list[str]) -> RunConfig:
+    """Parse `[CONFIG.yaml] [--key value ...]` into a RunConfig; raise DftuneError naming the key and its origin."""
+    values: dict[str, _Value] = {}
+    if argv and not argv[0].startswith("--"):
+        values.update(read_yaml(Path(argv[0])))
+        argv = argv[1:]
+    values.update(parse_flags(argv))
+
+    notes: list[str] = []
+    env: dict[str, str] = {}
+    known = known_keys()
+    resolved: dict[str, _Value] = {}
+    for key, item in values.items():
+        translation = translate(key, item.value) if key not in known else None
+        if translation is not None:
+            notes.append(f"{item.origin}: {key} {translation.note}")
+            env.update(translation.env)
+            resolved.update({k: _Value(v, item.origin) for k, v in translation.keys.items()})
+        elif key in known:
+            resolved[key] = item
+        else:
+            hint = difflib.get_close_matches(key, sorted(known), n=1)
+            fix = f"; did you mean {hint[0]!r}?" if hint else "; see `dftune train --help` for the keys"
+            raise DftuneError(f"{item.origin}: unknown key {key!r}{fix}")
+
+    parser = ConfigArgumentParser(SECTIONS)
+    try:
+        model, data, method, training = parser.parse_args_into_dataclasses(args=to_argv(resolved))
+    except ValueError as err:  # __post_init__ checks: contradictions and out-of-range values
+        raise DftuneError(f"invalid configuration: {err}") from None
+    return RunConfig(model, data, method, training, notes, env)
+
+
+def read_yaml(path: Path) -> dict[str, _Value]:
+    """Top-level keys of a YAML mapping, each with `file:line` for error messages."""
+    if not path.is_file():
+        raise DftuneError(f"config file not found: {path} (the first argument, when not a --flag, is a YAML file)")
+    text = path.read_text(encoding="utf-8-sig")
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise DftuneError(f"{path}: not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise DftuneError(f"{path}: the config must be a mapping of key: value, got {type(data).__name__}")
+    lines = {key.value: key.start_mark.line + 1 for key, _ in node.value}
+    return {str(k): _Value(v, f"{path}:{lines.get(k, '?')}") for k, v in data.items() if v is not None}
+
+
+def parse_flags(argv: list[str]) -> dict[str, _Value]:
+    """`--key v`, `--key=v`, `--key v1 v2` (a list) and a bare `--flag` (true) into key -> value."""
+    values: dict[str, _Value] = {}
+    key: str | None = None
+    for token in argv:
+        if token.startswith("--"):
+            key, eq, inline = token[2:].partition("=")
+            key = key.replace("-", "_")
+            values[key] = _Value([inline] if eq else [], "command line")
+        elif key is None:
+            raise DftuneError(f"unexpected argument {token!r}: options are written --key value")
+        else:
+            values[key].value.append(token)
+    for item in values.values():
+        item.value = {0: True, 1: item.value[0] if item.value else None}.get(len(item.value), item.value)
+    return values
+
+
+def to_argv(values: dict[str, _Value]) -> list[str]:
+    """Render merged values as flags for HfArgumentParser (lists as several words, mappings as JSON)."""
+    argv: list[str] = []
+    for key, item in values.items():
+        value = item.value
+        if isinstance(value, (list, tuple)):
+            if not value:  # an empty list in YAML means "none": keep the default
+                continue
+            argv += [f"--{key}", *map(_scalar, value)]
+        else:
+            argv += [f"--{key}", _scalar(value)]
+    return argv
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, dict):
+        return json.dumps(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _explicit_training_args(training: TrainingArguments) -> dict[str, Any]:
+    """TrainingArguments that differ from their defaults, as plain YAML values."""
+    defaults = TrainingArguments(output_dir=training.output_dir)
+    out: dict[str, Any] = {}
+    for f in fields(TrainingArguments):
+        if not f.init:
+            continue
+        value = getattr(training, f.name)
+        if value != getattr(defaults, f.name) or f.name == "output_dir":
+            out[f.name] = json.loads(json.dumps(value, default=str))
+    return out
+
+
+def apply_env(config: RunConfig) -> None:
+    """Export the environment that legacy keys translated to (e.g. TENSORBOARD_LOGGING_DIR)."""
+    os.environ.update(config.env)

@@ -1,0 +1,81 @@
+"""Batch tokenised samples: pad to the longest, or pack them padding-free into one row.
+
+Padded (B x L): input_ids (pad_token_id), attention_mask (0 on padding), labels (-100 on padding).
+Packed (1 x sum of lengths): input_ids, labels, position_ids restarting at 0 per sample, and no
+attention_mask: transformers' mask builder (masking_utils.find_packed_sequence_indices) then derives a
+block-diagonal causal mask from the position_ids, so samples do not attend to each other. The label of each
+sample's first token is -100, so the last token of one sample is never trained to predict the next sample.
+Transformers only looks for packed sequences when no KV cache is passed, and a model whose config has
+use_cache=True builds one even in training: call `configure_packing(model.config)` before training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from transformers import PreTrainedConfig
+
+from dftune.data.encode import IGNORE_INDEX
+from dftune.errors import DftuneError
+
+# Attention implementations that separate packed samples by position_ids when attention_mask is None.
+# eager and sdpa: loss and gradients checked in tests/data/test_collate.py; flex_attention: same mask
+# builder, forward checked (no CPU backward); flash_attention_2/3: varlen from position_ids, needs a GPU.
+PACKING_ATTENTION = ("eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3")
+
+
+@dataclass
+class DataCollatorForChat:
+    """`collator(features) -> dict[str, Tensor]` for features holding `input_ids` and `labels` lists."""
+
+    pad_token_id: int
+    packing: bool = False
+
+    def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        return self._pack(features) if self.packing else self._pad(features)
+
+    def _pad(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        longest = max(len(f["input_ids"]) for f in features)
+        input_ids = torch.full((len(features), longest), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(features), longest), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((len(features), longest), dtype=torch.long)
+        for row, feature in enumerate(features):
+            n = len(feature["input_ids"])
+            input_ids[row, :n] = torch.as_tensor(feature["input_ids"])
+            labels[row, :n] = torch.as_tensor(feature["labels"])
+            attention_mask[row, :n] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+    def _pack(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        input_ids, labels, position_ids = [], [], []
+        for feature in features:
+            sample_labels = torch.as_tensor(feature["labels"], dtype=torch.long).clone()
+            sample_labels[0] = IGNORE_INDEX
+            input_ids.append(torch.as_tensor(feature["input_ids"], dtype=torch.long))
+            labels.append(sample_labels)
+            position_ids.append(torch.arange(len(sample_labels)))
+        return {
+            "input_ids": torch.cat(input_ids)[None],
+            "labels": torch.cat(labels)[None],
+            "position_ids": torch.cat(position_ids)[None],
+        }
+
+
+def configure_packing(config: PreTrainedConfig) -> None:
+    """Make a model's config safe for packed batches: refuse attention that would mix samples, disable the cache.
+
+    With use_cache=True transformers creates a KV cache in forward, skips the packed-sequence detection and
+    lets every sample attend to the samples before it in the row (measured: loss and gradients differ).
+    """
+    attn_implementation = config._attn_implementation
+    if attn_implementation not in PACKING_ATTENTION:
+        raise DftuneError(
+            f"packing: true needs an attention implementation that separates packed samples by position_ids "
+            f"({', '.join(PACKING_ATTENTION)}); the model uses {attn_implementation!r}. "
+            "Set packing: false or choose one of these."
+        )
+    config.use_cache = False

@@ -1,0 +1,127 @@
+"""The validation report: per-file counts, every rejected record with its location and reason, and its JSON form.
+
+JSON schema: {"total", "kept", "rejected", "files": {path: {"total", "kept", "rejected", "reasons"}},
+"errors": [{"file", "line" (1-based) or "index" (0-based), "reason", "detail"?}]}.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dftune.data.readers import Location
+
+
+@dataclass(frozen=True)
+class RecordIssue:
+    """One rejected record: where it is, a fixed `reason` category, and optional free-text `detail`."""
+
+    location: Location
+    reason: str
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        where = {"line": self.location.line} if self.location.line is not None else {"index": self.location.index}
+        out: dict[str, Any] = {"file": self.location.file, **where, "reason": self.reason}
+        if self.detail:
+            out["detail"] = self.detail
+        return out
+
+    def __str__(self) -> str:
+        return f"{self.location}: {self.reason}" + (f" ({self.detail})" if self.detail else "")
+
+
+@dataclass
+class ValidationReport:
+    """Counts per file (`totals`) and the rejected records; kept = total - rejected, so nothing goes uncounted."""
+
+    totals: dict[str, int] = field(default_factory=dict)
+    errors: list[RecordIssue] = field(default_factory=list)
+
+    def add_file(self, file: str, total: int) -> None:
+        self.totals[file] = self.totals.get(file, 0) + total
+
+    def reject(self, location: Location, reason: str, detail: str = "") -> None:
+        self.errors.append(RecordIssue(location, reason, detail))
+
+    def merge(self, other: ValidationReport) -> None:
+        for file, total in other.totals.items():
+            self.add_file(file, total)
+        self.errors.extend(other.errors)
+
+    @property
+    def total(self) -> int:
+        return sum(self.totals.values())
+
+    @property
+    def rejected(self) -> int:
+        return len(self.errors)
+
+    @property
+    def kept(self) -> int:
+        return self.total - self.rejected
+
+    def reasons(self, file: str) -> Counter[str]:
+        return Counter(issue.reason for issue in self.errors if issue.location.file == file)
+
+    def sorted_errors(self) -> list[RecordIssue]:
+        """Errors in file order, then by position (tokenisation rejects are found after structural ones)."""
+        order = {file: i for i, file in enumerate(self.totals)}
+
+        def key(issue: RecordIssue) -> tuple[int, int]:
+            loc = issue.location
+            return order.get(loc.file, len(order)), loc.line if loc.line is not None else loc.index or 0
+
+        return sorted(self.errors, key=key)
+
+    def to_dict(self) -> dict[str, Any]:
+        files = {}
+        for file, total in self.totals.items():
+            reasons = self.reasons(file)
+            rejected = sum(reasons.values())
+            files[file] = {"total": total, "kept": total - rejected, "rejected": rejected, "reasons": dict(reasons)}
+        return {
+            "total": self.total,
+            "kept": self.kept,
+            "rejected": self.rejected,
+            "files": files,
+            "errors": [issue.to_dict() for issue in self.sorted_errors()],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ValidationReport:
+        report = cls({file: counts["total"] for file, counts in data["files"].items()})
+        for err in data["errors"]:
+            location = Location(err["file"], line=err.get("line"), index=err.get("index"))
+            report.reject(location, err["reason"], err.get("detail", ""))
+        return report
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        return path
+
+    def format_table(self) -> str:
+        """A markdown table: one row per file with its counts and rejection reasons."""
+        rows = ["| file | total | kept | rejected | reasons |", "|---|---:|---:|---:|---|"]
+        for file, total in self.totals.items():
+            reasons = self.reasons(file)
+            rejected = sum(reasons.values())
+            why = ", ".join(f"{reason}: {n}" for reason, n in reasons.most_common()) or "-"
+            rows.append(f"| {file} | {total} | {total - rejected} | {rejected} | {why} |")
+        rows.append(f"| **all** | {self.total} | {self.kept} | {self.rejected} | |")
+        return "\n".join(rows)
+
+    def format_errors(self, limit: int = 20, full_report: str | Path | None = None) -> str:
+        """The first `limit` bad records, one per line, then how many more and where the full list is."""
+        issues = self.sorted_errors()
+        lines = [f"  {issue}" for issue in issues[:limit]]
+        if len(issues) > limit:
+            lines.append(f"  ... and {len(issues) - limit} more")
+        if full_report is not None:
+            lines.append(f"full report: {full_report}")
+        return "\n".join(lines)

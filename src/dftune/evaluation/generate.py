@@ -1,0 +1,56 @@
+"""Greedy, batched generation of the last assistant turn, and exact-match accuracy against the reference."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+Messages = list[dict[str, str]]
+
+
+@torch.no_grad()
+def generate_replies(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[Messages],
+    *,
+    max_new_tokens: int = 32,
+    batch_size: int = 64,
+) -> list[str]:
+    """The model's greedy reply to each conversation prefix (left-padded batches, special tokens stripped)."""
+    was_training = model.training
+    model.eval()
+    padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    replies: list[str] = []
+    try:
+        for start in range(0, len(prompts), batch_size):
+            texts = [
+                tokenizer.apply_chat_template(list(p), tokenize=False, add_generation_prompt=True)
+                for p in prompts[start : start + batch_size]
+            ]
+            batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+            output = model.generate(
+                **batch,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+            new_tokens = output[:, batch["input_ids"].shape[1] :]
+            replies += [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+    finally:
+        tokenizer.padding_side = padding_side
+        model.train(was_training)
+    return replies
+
+
+def exact_match_accuracy(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: Sequence[dict], **kwargs: int
+) -> float:
+    """Share of records whose last assistant turn the model reproduces exactly from the turns before it."""
+    prompts = [r["messages"][:-1] for r in records]
+    references = [r["messages"][-1]["content"].strip() for r in records]
+    replies = generate_replies(model, tokenizer, prompts, **kwargs)
+    return sum(r == ref for r, ref in zip(replies, references)) / max(len(records), 1)

@@ -1,0 +1,39 @@
+"""Training objectives: every one is cross-entropy times a detached per-token coefficient.
+
+Module order: diffusion, objectives > core.
+"""
+
+from dftune.losses.core import IGNORE_INDEX, SAMPLE_METRICS, LossOutput, TokenStats, shift_labels, token_stats
+from dftune.losses.diffusion import masked_diffusion_loss
+from dftune.losses.objectives import (
+    OBJECTIVES,
+    Objective,
+    bft_coefficients,
+    bft_loss,
+    compute_objective,
+    dft_coefficients,
+    dft_loss,
+    lowest_group_confidence,
+    sft_coefficients,
+    sft_loss,
+)
+
+__all__ = [
+    "IGNORE_INDEX",
+    "OBJECTIVES",
+    "SAMPLE_METRICS",
+    "LossOutput",
+    "Objective",
+    "TokenStats",
+    "bft_coefficients",
+    "bft_loss",
+    "compute_objective",
+    "dft_coefficients",
+    "dft_loss",
+    "lowest_group_confidence",
+    "masked_diffusion_loss",
+    "sft_coefficients",
+    "sft_loss",
+    "shift_labels",
+    "token_stats",
+]

@@ -1,0 +1,101 @@
+"""The shared core of every objective: per-token cross-entropy of the valid targets, and the result type.
+
+Every objective here is "cross-entropy times a detached per-token coefficient":
+``loss = sum_i c_i * CE_i`` over the valid target tokens i. This module computes CE_i (with the gradient)
+from logits and labels; `objectives.py` and `diffusion.py` supply the coefficients c_i from detached
+statistics only, so the same coefficient functions can serve any other way of computing CE_i.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+IGNORE_INDEX = -100
+
+Count = int | Tensor
+"""A normaliser: a Python int, or a 0-d tensor (e.g. all-reduced across processes) to avoid a sync."""
+
+SAMPLE_METRICS = frozenset({"bft_sample_weight", "bft_min_group_conf"})
+"""Metrics that are means over samples; every other metric is a mean over target tokens.
+
+A trainer averaging metrics over several calls weights each call by `LossOutput.num_samples` for these
+and by `LossOutput.num_tokens` for the rest, which gives the exact mean over the whole window.
+"""
+
+
+@dataclass
+class LossOutput:
+    """What every objective returns."""
+
+    loss: Tensor
+    """Scalar to call `.backward()` on, float32 or wider."""
+    metrics: dict[str, Tensor | float]
+    """Detached 0-d tensors or floats: means over this call's tokens (or samples, see `SAMPLE_METRICS`)."""
+    num_tokens: int
+    """Valid target tokens in this call: the weight of the per-token metrics."""
+    num_samples: int
+    """Samples in this call, including those with no target token: the weight of `SAMPLE_METRICS`."""
+
+
+@dataclass(frozen=True)
+class TokenStats:
+    """Cross-entropy of the N valid targets of a batch, in flat order (row-major over [B, T])."""
+
+    ce: Tensor
+    """[N] -log p(target), differentiable, float32 or wider."""
+    correct: Tensor
+    """[N] bool: argmax of the logits == target."""
+    index: Tensor
+    """[N] long: flat position b * T + t of each valid target in the [B, T] grid."""
+
+
+def shift_labels(labels: Tensor) -> Tensor:
+    """HF causal-LM alignment: targets[:, t] = labels[:, t + 1], and the last position has no target.
+
+    [B, T] -> [B, T], so that targets line up with logits[:, t] without slicing (and copying) the logits.
+    """
+    return F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+
+
+def token_stats(logits: Tensor, targets: Tensor) -> TokenStats:
+    """Cross-entropy of each valid target, computed on the valid rows only.
+
+    Equals ``F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")`` at the
+    positions where ``targets != -100``, without upcasting the whole [B, T, V] tensor: the [N, V] rows of
+    the valid positions are gathered first (in the logits' dtype) and only they are upcast.
+    float64 logits stay float64.
+    """
+    if logits.shape[:-1] != targets.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} do not match targets {tuple(targets.shape)}")
+    flat_targets = targets.flatten()  # [B*T]
+    index = (flat_targets != IGNORE_INDEX).nonzero().squeeze(1)  # [N]
+    rows = logits.flatten(0, 1).index_select(0, index)  # [N, V] in the logits' dtype
+    rows = rows.to(torch.promote_types(rows.dtype, torch.float32))
+    target = flat_targets.index_select(0, index)  # [N]
+    ce = F.cross_entropy(rows, target, reduction="none")  # [N]
+    correct = rows.detach().argmax(dim=-1) == target
+    return TokenStats(ce=ce, correct=correct, index=index)
+
+
+def token_metrics(stats: TokenStats) -> dict[str, Tensor | float]:
+    """Per-token means that every objective reports, so runs with different objectives stay comparable.
+
+    avg_p_correct: mean target probability; token_accuracy: mean of argmax == target; ce: plain mean
+    cross-entropy. All 0.0 when there is no valid target.
+    """
+    ce = stats.ce.detach()
+    count = max(ce.numel(), 1)  # no target: sums are 0, and so are the means
+    return {
+        "avg_p_correct": torch.exp(-ce).sum() / count,
+        "token_accuracy": stats.correct.sum().to(ce.dtype) / count,
+        "ce": ce.sum() / count,
+    }
+
+
+def weighted_ce(stats: TokenStats, coefficients: Tensor) -> Tensor:
+    """sum_i c_i * CE_i, with the coefficients [N] detached: the gradient flows through CE only."""
+    return (coefficients.detach().to(stats.ce.dtype) * stats.ce).sum()

@@ -1,0 +1,92 @@
+"""Small randomly initialised models made locally, with no download: what tests, examples and the quickstart use.
+
+A preset is a model config plus a byte-level tokenizer whose vocabulary is the 256 bytes and the ChatML
+special tokens. Byte-level keeps every id stable across machines (nothing is trained) and makes arithmetic
+and string tasks easy for a tiny model: one digit is one token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedConfig, PreTrainedTokenizerFast
+
+from dftune.errors import DftuneError
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named architecture; `config()` builds its transformers config for a given vocabulary size."""
+
+    description: str
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+    max_position_embeddings: int = 1024
+
+    def config(self, vocab_size: int, pad_token_id: int, eos_token_id: int) -> PreTrainedConfig:
+        return LlamaConfig(
+            vocab_size=vocab_size,
+            hidden_size=self.hidden_size,
+            intermediate_size=self.intermediate_size,
+            num_hidden_layers=self.num_layers,
+            num_attention_heads=self.num_heads,
+            num_key_value_heads=self.num_heads,
+            max_position_embeddings=self.max_position_embeddings,
+            pad_token_id=pad_token_id,
+            bos_token_id=None,
+            eos_token_id=eos_token_id,
+            tie_word_embeddings=False,
+        )
+
+
+PRESETS: dict[str, Preset] = {
+    "tiny-llama": Preset("Llama, 2 layers, hidden 64: for tests", 64, 2, 4, 128),
+    "small-llama": Preset("Llama, 4 layers, hidden 128: for the quickstart", 128, 4, 4, 384),
+}
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """Byte-level tokenizer: ids 0-255 are the bytes (GPT-2's printable mapping), then the ChatML specials."""
+    byte_to_char = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(byte_to_char))}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens(list(SPECIAL_TOKENS))
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        model_max_length=1024,
+    )
+    tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
+
+
+def init_model(preset: str, output_dir: str | Path, *, seed: int = 0) -> Path:
+    """Write a randomly initialised `preset` model and its tokenizer to `output_dir` in Hugging Face format."""
+    if preset not in PRESETS:
+        raise DftuneError(f"unknown preset {preset!r}; choose one of: {', '.join(sorted(PRESETS))}")
+    output_dir = Path(output_dir)
+    tokenizer = build_tokenizer()
+    config = PRESETS[preset].config(len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
+    return output_dir

@@ -1,0 +1,1 @@
+"""Pictures of runs: training curves from the Trainer's log history."""

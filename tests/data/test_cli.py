@@ -1,0 +1,52 @@
+"""`dftune data check`: exit codes, the table, token statistics and the JSON report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from dftune.cli import data_cmd
+from dftune.errors import DftuneError
+
+from .conftest import chat, write_jsonl
+
+
+def run(*argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="dftune")
+    data_cmd.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["data", "check", *argv])
+    return args.func(args)
+
+
+def test_all_valid_exits_0(tmp_path, capsys):
+    data = write_jsonl(tmp_path / "a.jsonl", [chat(), {"prompt": "q", "completion": "a"}])
+    assert run(str(data)) == 0
+    assert f"| {data} | 2 | 2 | 0 | - |" in capsys.readouterr().out
+
+
+def test_bad_records_exit_1_and_write_the_report(tmp_path, capsys, tokenizer):
+    tokenizer.save_pretrained(tmp_path / "tok")
+    long = {"messages": [{"role": "user", "content": "x" * 80}, {"role": "assistant", "content": "y"}]}
+    data = write_jsonl(tmp_path / "a.jsonl", [chat(), "{oops", long, chat("q" * 40)])
+    report = tmp_path / "report.json"
+    code = run(str(data), "--tokenizer", str(tmp_path / "tok"), "--max_length", "64", "--report", str(report))
+    out = capsys.readouterr().out
+    assert code == 1
+    assert f"{data}:2: invalid JSON" in out and f"{data}:3: no assistant token within max_length" in out
+    assert "tokens per record: min 28, mean 47.0, p50 28, p95 66, max 66; truncated to 64: 1 of 2" in out
+    saved = json.loads(report.read_text())
+    assert set(saved) == {"total", "kept", "rejected", "files", "errors"}
+    assert (saved["total"], saved["kept"], saved["rejected"]) == (4, 2, 2)
+    assert saved["files"][str(data)]["rejected"] == 2
+    assert [(e["line"], e["reason"]) for e in saved["errors"]] == [
+        (2, "invalid JSON"),
+        (3, "no assistant token within max_length"),
+    ]
+
+
+def test_max_length_needs_a_tokenizer(tmp_path):
+    data = write_jsonl(tmp_path / "a.jsonl", [chat()])
+    with pytest.raises(DftuneError, match="--tokenizer"):
+        run(str(data), "--max_length", "8")

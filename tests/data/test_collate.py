@@ -1,0 +1,82 @@
+"""Batching: padded layout, packed layout, and packed == padded (loss and gradients) on a real tiny Llama."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from dftune.data import DataCollatorForChat, configure_packing
+from dftune.errors import DftuneError
+from dftune.models.presets import init_model
+
+FEATURES = [
+    {"input_ids": [5, 6, 7], "labels": [-100, 6, 7]},
+    {"input_ids": [8, 9], "labels": [8, 9]},
+]
+
+
+def test_padding_to_the_longest():
+    batch = DataCollatorForChat(pad_token_id=0)(FEATURES)
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 9, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert batch["labels"].tolist() == [[-100, 6, 7], [8, 9, -100]]
+
+
+def test_packing_concatenates_with_restarting_positions():
+    batch = DataCollatorForChat(pad_token_id=0, packing=True)(FEATURES)
+    assert set(batch) == {"input_ids", "labels", "position_ids"}
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1]]
+    assert batch["labels"].tolist() == [[-100, 6, 7, -100, 9]]  # 7 must not be trained to predict 8
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return init_model("tiny-llama", tmp_path_factory.mktemp("tiny"))
+
+
+def summed_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Plain shifted token cross-entropy, summed: position t predicts labels[t + 1]."""
+    return torch.nn.functional.cross_entropy(
+        logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100, reduction="sum"
+    )
+
+
+@pytest.mark.parametrize(
+    ("attn", "tolerance"),
+    # eager computes its softmax in float32 even for a float64 model, hence its looser bound.
+    [("sdpa", 1e-10), ("eager", 1e-6)],
+)
+def test_packed_equals_padded(model_dir, attn, tolerance):
+    model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation=attn, dtype=torch.float64)
+    configure_packing(model.config)
+    model.train()
+    generator = torch.Generator().manual_seed(0)
+    features = []
+    for length in (7, 19, 4, 11):  # awkward lengths, ignored tokens inside each sample
+        ids = torch.randint(0, 256, (length,), generator=generator).tolist()
+        features.append({"input_ids": ids, "labels": [t if i % 3 else -100 for i, t in enumerate(ids)]})
+
+    results = []
+    for packing in (False, True):
+        batch = DataCollatorForChat(pad_token_id=0, packing=packing)(features)
+        labels = batch.pop("labels")
+        model.zero_grad()
+        loss = summed_ce(model(**batch).logits, labels)
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    (padded_loss, padded_grads), (packed_loss, packed_grads) = results
+    torch.testing.assert_close(packed_loss, padded_loss, rtol=tolerance, atol=0)
+    for packed, padded in zip(packed_grads, padded_grads):
+        torch.testing.assert_close(packed, padded, rtol=tolerance, atol=tolerance * padded.abs().max().item())
+
+
+def test_configure_packing_disables_the_cache_and_refuses_unknown_attention(model_dir):
+    config = AutoConfig.from_pretrained(model_dir, attn_implementation="sdpa")
+    assert config.use_cache
+    configure_packing(config)
+    assert not config.use_cache
+    config._attn_implementation = "some_kernel"
+    with pytest.raises(DftuneError, match="packing: true needs"):
+        configure_packing(config)

@@ -1,0 +1,110 @@
+"""Straightforward reference implementations, written from the formulas with loops, for the loss tests.
+
+Each works on float64 logits and returns (loss, metrics); nothing here is vectorised or clever.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def targets_by_row(logits: Tensor, labels: Tensor) -> list[list[tuple[Tensor, Tensor, bool]]]:
+    """Per row, in order, (ce, logp, argmax == target) of each target.
+
+    logits[b, t] predicts labels[b, t + 1].
+    """
+    rows = []
+    for b in range(labels.shape[0]):
+        row = []
+        for t in range(labels.shape[1] - 1):
+            y = int(labels[b, t + 1])
+            if y == -100:
+                continue
+            logp = torch.log_softmax(logits[b, t], dim=-1)[y]
+            row.append((-logp, logp, int(logits[b, t].detach().argmax()) == y))
+        rows.append(row)
+    return rows
+
+
+def token_metrics(tokens: list[tuple[Tensor, Tensor, bool]]) -> dict[str, float]:
+    if not tokens:
+        return {"avg_p_correct": 0.0, "token_accuracy": 0.0, "ce": 0.0}
+    return {
+        "avg_p_correct": sum(math.exp(float(logp.detach())) for _, logp, _ in tokens) / len(tokens),
+        "token_accuracy": sum(ok for _, _, ok in tokens) / len(tokens),
+        "ce": sum(float(ce.detach()) for ce, _, _ in tokens) / len(tokens),
+    }
+
+
+def dft(logits: Tensor, labels: Tensor, alpha: float = 1.0, num_items: int | None = None):
+    """sum_i CE_i * (alpha * sg(p_i) + 1 - alpha) / N; alpha = 0 is SFT."""
+    tokens = [tok for row in targets_by_row(logits, labels) for tok in row]
+    n = len(tokens) if num_items is None else num_items
+    loss = sum(ce * (alpha * torch.exp(logp.detach()) + 1 - alpha) for ce, logp, _ in tokens) / n
+    return loss + 0 * logits.sum(), token_metrics(tokens)
+
+
+def lowest_group_confidence(logps: list[float], group_size: int) -> float:
+    if not logps:
+        return 0.0
+    width = min(group_size, len(logps))
+    means = [sum(logps[j : j + width]) / width for j in range(len(logps) - width + 1)]
+    return min(1.0, math.exp(min(means)))
+
+
+def bft(
+    logits: Tensor, labels: Tensor, group_size: int = 256, gamma: float = 1.0, num_samples: int | None = None
+):
+    """Per row: DFT mean over its targets (0 if none) times 1 - p_conf ** gamma, summed, / S."""
+    rows = targets_by_row(logits, labels)
+    total = 0 * logits.sum()
+    weights, confs = [], []
+    for row in rows:
+        p_conf = lowest_group_confidence([float(logp.detach()) for _, logp, _ in row], group_size)
+        weight = 1.0 - p_conf**gamma
+        weights.append(weight)
+        confs.append(p_conf)
+        if row:
+            total = total + weight * sum(ce * torch.exp(logp.detach()) for ce, logp, _ in row) / len(row)
+    s = len(rows) if num_samples is None else num_samples
+    metrics = token_metrics([tok for row in rows for tok in row])
+    metrics |= {"bft_sample_weight": sum(weights) / len(rows), "bft_min_group_conf": sum(confs) / len(rows)}
+    return total / s, metrics
+
+
+def masked_diffusion(logits: Tensor, labels: Tensor, t: Tensor, num_answer_tokens: int):
+    """sum over masked positions (no shift) of CE / t_b, / num_answer_tokens."""
+    total = 0 * logits.sum()
+    tokens = []
+    for b in range(labels.shape[0]):
+        for i in range(labels.shape[1]):
+            y = int(labels[b, i])
+            if y == -100:
+                continue
+            logp = torch.log_softmax(logits[b, i], dim=-1)[y]
+            total = total - logp / t[b]
+            tokens.append((-logp, logp, int(logits[b, i].argmax()) == y))
+    return total / num_answer_tokens, token_metrics(tokens)
+
+
+def make_batch(
+    batch: int, length: int, vocab: int, *, seed: int = 0, scale: float = 1.0, empty_row: int | None = 1
+) -> tuple[Tensor, Tensor]:
+    """logits [B, T, V] float64 leaf (scale 50 makes very confident predictions) and labels [B, T] whose
+    labelled spans alternate with ignored ones (several turns per row); row `empty_row` has no target."""
+    gen = torch.Generator().manual_seed(seed)
+    logits = (torch.randn(batch, length, vocab, generator=gen, dtype=torch.float64) * scale).requires_grad_()
+    labels = torch.randint(0, vocab, (batch, length), generator=gen)
+    span = torch.randint(2, 5, (batch, length), generator=gen)  # turn lengths
+    for b in range(batch):
+        labelled, t = bool(b % 2), 0
+        while t < length:
+            if not labelled:
+                labels[b, t : t + int(span[b, t])] = -100
+            t, labelled = t + int(span[b, t]), not labelled
+    if empty_row is not None and empty_row < batch:
+        labels[empty_row] = -100
+    return logits, labels
