@@ -32,7 +32,7 @@ def _init_model(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from dftune.demo.quickstart import run_quickstart
 
-    run_quickstart(args.output_dir, steps=args.steps)
+    run_quickstart(args.output_dir, steps=args.steps, dft_alpha=args.dft_alpha)
     return 0
 
 
@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the quickstart: DFT on a bundled task, accuracy before/after, curves PNG")
     demo.add_argument("--output_dir", default="outputs/quickstart")
     demo.add_argument("--steps", type=int, default=None, help="training steps (default: the quickstart's own)")
+    demo.add_argument("--dft_alpha", type=float, default=0.7, help="DFT alpha (default: the seed train.sh's 0.7)")
     demo.set_defaults(func=_demo)
 
     data_cmd.register(sub)

@@ -26,6 +26,12 @@ class MethodArguments:
     bft_gamma: float = _env_default("BFT_CONF_GAMMA", "1.0", float)  # type: ignore[assignment]
     use_dft_loss: bool = field(default=False, metadata={"help": "LLaMA-Factory alias for loss: dft."})
     use_bft_loss: bool = field(default=False, metadata={"help": "LLaMA-Factory alias for loss: bft."})
+    fused_loss: str = field(
+        default="auto",
+        metadata={"help": "auto|true|false: compute the loss from the hidden states one chunk of logits at a time "
+                  "(never the [B, T, V] logits). auto: where exact, else the plain head with one log line saying why; "
+                  "true: an error where it cannot apply."},
+    )
     finetuning_type: Literal["full", "lora"] = field(default="full", metadata={"help": "Train all weights or LoRA."})
     lora_rank: int = field(default=8, metadata={"help": "LoRA rank r."})
     lora_alpha: float | None = field(default=None, metadata={"help": "LoRA scaling alpha (default 2 * lora_rank)."})
@@ -40,6 +46,9 @@ class MethodArguments:
             self.lora_target = [self.lora_target]
         # LLaMA-Factory writes `lora_target: q_proj,v_proj`.
         self.lora_target = [name for item in self.lora_target for name in item.split(",") if name]
+        self.fused_loss = str(self.fused_loss).lower()  # YAML `true` arrives as a bool or "True"
+        if self.fused_loss not in ("auto", "true", "false"):
+            raise ValueError(f"fused_loss must be auto, true or false, got {self.fused_loss}")
         if self.bft_group_size < 1:
             raise ValueError(f"bft_group_size must be at least 1, got {self.bft_group_size}")
         if self.dft_alpha is not None and not 0.0 <= self.dft_alpha <= 1.0:

@@ -1,10 +1,11 @@
 """Training objectives: every one is cross-entropy times a detached per-token coefficient.
 
-Module order: diffusion, objectives > core.
+Module order: fused > objectives > core; diffusion > core.
 """
 
 from dftune.losses.core import IGNORE_INDEX, SAMPLE_METRICS, LossOutput, TokenStats, shift_labels, token_stats
 from dftune.losses.diffusion import masked_diffusion_loss
+from dftune.losses.fused import fused_linear_loss
 from dftune.losses.objectives import (
     OBJECTIVES,
     Objective,
@@ -30,6 +31,7 @@ __all__ = [
     "compute_objective",
     "dft_coefficients",
     "dft_loss",
+    "fused_linear_loss",
     "lowest_group_confidence",
     "masked_diffusion_loss",
     "sft_coefficients",

@@ -66,6 +66,7 @@ def build_trainer(config: RunConfig, callbacks: list[TrainerCallback] | None = N
         callbacks=callbacks,
         objective=config.method.loss,
         objective_kwargs=objective_kwargs(config),
+        fused_loss=config.method.fused_loss,
     )
 
 

@@ -6,18 +6,32 @@ The Trainer stays in charge of everything else (DeepSpeed, FSDP, checkpoints, tr
   split gives the same gradient;
 - the logs: the objective's metrics averaged over the whole logging window and all processes;
 - evaluation: the objective's loss, plain CE and avg_p_correct over the whole eval set, not a mean of batch means.
+And, where it is exact, the loss head is fused (`fused_loss`): the [B, T, V] logits are never materialised.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
+from peft import PeftModel
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
-from transformers import Trainer
+from transformers import PreTrainedModel, Trainer
+from transformers.integrations import is_deepspeed_zero3_enabled
 
-from dftune.losses import OBJECTIVES, compute_objective
+from dftune.errors import DftuneError
+from dftune.losses import OBJECTIVES, compute_objective, fused_linear_loss
 from dftune.train.metrics import MetricWindow
+
+logger = logging.getLogger(__name__)
+
+# Config keys of architectures that transform the logits after the output layer (Gemma 2/3 soft-capping,
+# Cohere, Granite): the fused head computes plain `hidden @ W.T`, so those fall back.
+LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
 
 
 def sample_ids_from_positions(position_ids: torch.Tensor) -> torch.Tensor:
@@ -32,19 +46,78 @@ def packed_sample_ids(batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
     return None
 
 
+def fusable_head(model: nn.Module) -> tuple[nn.Linear | None, str]:
+    """The output layer when `fused_linear_loss(hidden, head.weight, ...)` provably equals the model's logits
+    followed by the objective, else (None, the reason).
+
+    Exact when the head is a plain bias-free `nn.Linear` reached as `get_output_embeddings()` and the config
+    declares no transform after it. LoRA on the decoder's linear layers is fine (they run in the forward); a
+    peft-wrapped head is not.
+    """
+    if isinstance(model, PeftModel):
+        peft_type = str(model.peft_config[model.active_adapter].peft_type.value)
+        if peft_type != "LORA":
+            return None, f"peft {peft_type} changes the inputs or outputs of the decoder"
+        base = model.get_base_model()
+    else:
+        base = model
+    if not isinstance(base, PreTrainedModel):
+        return None, f"{type(base).__name__} is not a transformers model"
+    head = base.get_output_embeddings()
+    if isinstance(head, BaseTunerLayer):
+        return None, f"the output layer is LoRA-adapted (peft {type(head).__name__} around lm_head)"
+    if type(head) is not nn.Linear:
+        return None, f"the output layer is {type(head).__name__}, not a plain nn.Linear"
+    if head.bias is not None:
+        return None, "the output layer has a bias"
+    for key in LOGIT_TRANSFORMS:
+        value = getattr(base.config, key, None)  # optional, architecture-specific keys
+        if value is not None and value != 1.0:
+            return None, f"the model transforms its logits after the output layer (config.{key} = {value})"
+    return head, ""
+
+
+@contextmanager
+def head_returns_hidden(head: nn.Linear) -> Iterator[None]:
+    """Inside, the output layer is the identity: the model's `logits` are its final hidden states [B, T, H].
+
+    We still call the model itself (not its decoder) so that the DDP / DeepSpeed / peft wrappers run their
+    forward: DDP only all-reduces gradients of a backward whose forward went through it.
+    """
+    head.forward = lambda hidden: hidden  # instance attribute shadows nn.Linear.forward; hooks still run
+    try:
+        yield
+    finally:
+        del head.forward
+
+
 class ObjectiveTrainer(Trainer):
     """Trainer whose loss is a dftune objective (`objective` in OBJECTIVES, with its keyword arguments)."""
 
     # compute_loss returns a loss already divided by the global count: the Trainer must not divide it again.
     loss_is_scaled_for_ga = True
 
-    def __init__(self, *args: Any, objective: str, objective_kwargs: dict[str, Any], **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        objective: str,
+        objective_kwargs: dict[str, Any],
+        fused_loss: str = "auto",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.objective = objective
         self.objective_kwargs = objective_kwargs
         self.unit = OBJECTIVES[objective].normalise_by
         self._train_window = MetricWindow()
         self._eval_window = MetricWindow()
+        self.fused_head: nn.Linear | None = None
+        if fused_loss != "false":
+            self.fused_head, reason = fusable_head(self.model)
+            if self.fused_head is None and fused_loss == "true":
+                raise DftuneError(f"fused_loss: true cannot apply: {reason}. Set fused_loss: auto or false")
+            if self.fused_head is None:
+                logger.info("fused_loss: auto uses the unfused loss head: %s", reason)
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):  # type: ignore[override]
         """Replace transformers' token count by the objective's own unit, summed over processes when averaging."""
@@ -65,7 +138,6 @@ class ObjectiveTrainer(Trainer):
         num_items_in_batch: torch.Tensor | None = None,
     ):
         labels = inputs.pop("labels")
-        outputs = model(**inputs, use_cache=False)
         kwargs = dict(self.objective_kwargs)
         sample_ids = packed_sample_ids(inputs)
         if sample_ids is not None and self.unit == "samples":
@@ -73,7 +145,12 @@ class ObjectiveTrainer(Trainer):
         # Training: normalise by the global count from get_batch_samples. Evaluation passes a token count whatever
         # the objective, so there we normalise per batch and let the window build the exact dataset-level mean.
         global_count = num_items_in_batch if model.training else None
-        out = compute_objective(self.objective, outputs.logits, labels, global_count=global_count, **kwargs)
+        # Fused unless an evaluation asks for logits (compute_metrics); then `outputs` holds no logits.
+        if self.fused_head is not None and not (return_outputs and self.compute_metrics is not None):
+            out, outputs = self._fused_objective(model, inputs, labels, global_count, kwargs), {}
+        else:
+            outputs = model(**inputs, use_cache=False)
+            out = compute_objective(self.objective, outputs.logits, labels, global_count=global_count, **kwargs)
         loss = out.loss
         if model.training:
             self._train_window.add(out)
@@ -83,6 +160,22 @@ class ObjectiveTrainer(Trainer):
         else:
             self._eval_window.add(out, loss_weight=out.num_tokens if self.unit == "tokens" else out.num_samples)
         return (loss, outputs) if return_outputs else loss
+
+    def _fused_objective(self, model, inputs, labels, global_count, kwargs):
+        """The objective from the final hidden states and the head's weight, one chunk of logits at a time."""
+        head = self.fused_head
+        with head_returns_hidden(head):
+            hidden = model(**inputs, use_cache=False).logits  # [B, T, H]
+        # ZeRO-3 partitions the head's weight; gather it for the loss (code path only: not testable on CPU).
+        gather = nullcontext()
+        if is_deepspeed_zero3_enabled():
+            import deepspeed
+
+            gather = deepspeed.zero.GatheredParameters(head.weight, modifier_rank=None)
+        with gather:
+            return fused_linear_loss(
+                hidden, head.weight, labels, objective=self.objective, global_count=global_count, **kwargs
+            )
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._train_window:
