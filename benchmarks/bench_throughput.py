@@ -79,6 +79,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--max_length", type=int, default=1024)
+    parser.add_argument("--repeats", type=int, default=2, help="round-robin repeats; the best time counts")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
@@ -94,11 +95,17 @@ def main() -> None:
                                          fingerprint="bench-throughput")
         model_dir = init_model("small-llama", Path(tmp) / "model")
         tokens = real_tokens(dataset, args)
-        runs = {
-            "dftune padded": run_dftune(model_dir, dataset, False, tmp, args),
-            "dftune packed": run_dftune(model_dir, dataset, True, tmp, args),
-            "TRL SFTTrainer padded (loss_type=dft)": run_trl(model_dir, dataset, tmp, args),
+        contenders = {
+            "dftune padded": lambda: run_dftune(model_dir, dataset, False, tmp, args),
+            "dftune packed": lambda: run_dftune(model_dir, dataset, True, tmp, args),
+            "TRL SFTTrainer padded (loss_type=dft)": lambda: run_trl(model_dir, dataset, tmp, args),
         }
+        # Round-robin repeats, best of each: the first run of a process pays one-off start-up costs, and a busy
+        # machine slows whichever run it overlaps; neither should decide the ranking.
+        runs = {name: float("inf") for name in contenders}
+        for _ in range(args.repeats):
+            for name, run in contenders.items():
+                runs[name] = min(runs[name], run())
     results = {name: {"seconds": s, "tokens_per_s": tokens / s} for name, s in runs.items()}
     base = results["dftune padded"]["tokens_per_s"]
     rows = ["| run | seconds | tokens/s | vs dftune padded |", "|---|---:|---:|---:|"]

@@ -6,7 +6,8 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from dftune.data import DataCollatorForChat, configure_packing
+from dftune.data import DataCollatorForChat
+from dftune.data.collate import pack_rows, configure_packing
 from dftune.errors import DftuneError
 from dftune.models.presets import init_model
 
@@ -23,12 +24,31 @@ def test_padding_to_the_longest():
     assert batch["labels"].tolist() == [[-100, 6, 7], [8, 9, -100]]
 
 
-def test_packing_concatenates_with_restarting_positions():
+def test_packing_restarts_positions_and_masks_boundaries():
+    """Lengths 3 and 2: capacity 3, so two rows; the short row's pad tail continues its positions."""
     batch = DataCollatorForChat(pad_token_id=0, packing=True)(FEATURES)
     assert set(batch) == {"input_ids", "labels", "position_ids"}
-    assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9]]
-    assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1]]
-    assert batch["labels"].tolist() == [[-100, 6, 7, -100, 9]]  # 7 must not be trained to predict 8
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 9, 0]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2], [0, 1, 2]]
+    assert batch["labels"].tolist() == [[-100, 6, 7], [-100, 9, -100]]
+
+
+def test_packing_shares_rows_without_crossing_samples():
+    features = [{"input_ids": [1] * n, "labels": [1] * n} for n in (4, 1, 2, 3, 2)]
+    batch = DataCollatorForChat(pad_token_id=0, packing=True)(features)
+    assert batch["input_ids"].shape == (3, 4)  # 12 tokens in rows of at most 4 (the longest sample)
+    starts = batch["position_ids"].eq(0)
+    assert starts.sum() == len(features)  # every sample starts once; pad tails start nothing
+    assert batch["labels"][starts].eq(-100).all()  # no token is trained to predict across a boundary
+    assert batch["labels"].ne(-100).sum() == sum(n - 1 for n in (4, 1, 2, 3, 2))
+
+
+@pytest.mark.parametrize("lengths", [[5], [3, 3, 3], [1, 7, 2, 6, 3, 5, 4], [2] * 9])
+def test_pack_rows_fits_every_sample_once_within_capacity(lengths):
+    rows = pack_rows(lengths)
+    assert sorted(i for row in rows for i in row) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in row) <= max(lengths) for row in rows)
+    assert len(rows) <= len(lengths)
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """Keys that users' existing scripts and YAML files write but our dataclasses do not: one table, one place.
 
 Each entry maps an old key to the keys that replace it (renamed flags, transformers' removed arguments,
-LLaMA-Factory spellings), plus environment variables where transformers now reads the setting from there.
+LLaMA-Factory and dLLM-Factory spellings), plus environment variables where transformers now reads the setting from there.
 """
 
 from __future__ import annotations
@@ -51,6 +51,13 @@ LEGACY_KEYS: dict[str, Callable[[Any], Translation]] = {
         env={"TENSORBOARD_LOGGING_DIR": str(value)},
         note="set as TENSORBOARD_LOGGING_DIR (transformers 5 removed --logging_dir)",
     ),
+    # Seed 003 (dLLM-Factory's sft/config/sft/default_config.yaml).
+    "model_name": _rename("model_name_or_path", "dLLM-Factory's name"),
+    "local_batch_size": _rename("per_device_train_batch_size", "dLLM-Factory's name"),
+    "num_epochs": _rename("num_train_epochs", "dLLM-Factory's name"),
+    "grad_accum_steps": _rename("gradient_accumulation_steps", "dLLM-Factory's name"),
+    "job_name": _rename("run_name", "dLLM-Factory's name"),
+    "train_data": _rename("data_files", "dLLM-Factory's name: a local .json list of records or a dataset name"),
     "overwrite_output_dir": _drop("transformers 5 removed it; output_dir is always written to"),
     "save_safetensors": _drop("transformers 5 always saves safetensors"),
     "include_tokens_per_second": _drop("removed in transformers 5"),

@@ -32,6 +32,15 @@ class MethodArguments:
                   "(never the [B, T, V] logits). auto: where exact, else the plain head with one log line saying why; "
                   "true: an error where it cannot apply."},
     )
+    diffusion_eps: float = field(
+        default=1e-3,
+        metadata={"help": "stage dllm: mask ratios are t = (1 - eps) * u + eps with u ~ U(0, 1), so t >= eps."},
+    )
+    mask_token_id: int | None = field(
+        default=None,
+        metadata={"help": "stage dllm: the mask token id (default: the model config's mask_token_id, "
+                  "else the tokenizer's mask token; LLaDA's is 126336)."},
+    )
     finetuning_type: Literal["full", "lora"] = field(default="full", metadata={"help": "Train all weights or LoRA."})
     lora_rank: int = field(default=8, metadata={"help": "LoRA rank r."})
     lora_alpha: float | None = field(default=None, metadata={"help": "LoRA scaling alpha (default 2 * lora_rank)."})
@@ -54,6 +63,10 @@ class MethodArguments:
         if self.dft_alpha is not None and not 0.0 <= self.dft_alpha <= 1.0:
             raise ValueError(f"dft_alpha must be in [0, 1], got {self.dft_alpha}")
         self.loss = self.resolved_loss()
+        if self.stage == "dllm" and self.loss == "bft":
+            raise ValueError("stage: dllm supports loss: sft (the masked-diffusion loss) or dft, not bft")
+        if not 0.0 < self.diffusion_eps < 1.0:
+            raise ValueError(f"diffusion_eps must be in (0, 1), got {self.diffusion_eps}")
 
     def resolved_loss(self) -> str:
         """One objective from `loss` and the seeds' booleans, rejecting combinations that contradict."""

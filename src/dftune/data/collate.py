@@ -1,8 +1,12 @@
-"""Batch tokenised samples: pad to the longest, or pack them padding-free into one row.
+"""Batch tokenised samples: pad to the longest, or pack them into as few rows as fit.
 
 Padded (B x L): input_ids (pad_token_id), attention_mask (0 on padding), labels (-100 on padding).
-Packed (1 x sum of lengths): input_ids, labels, position_ids restarting at 0 per sample, and no
-attention_mask: transformers' mask builder (masking_utils.find_packed_sequence_indices) then derives a
+Packed (R x L', R <= B, L' <= L): samples placed first-fit, longest first, into rows no longer than the batch's
+longest sample; input_ids, labels, position_ids restarting at 0 per sample, and no attention_mask. Rows are
+capped at the longest sample because attention without a varlen kernel (sdpa, eager on CPU) costs the square of
+the row length: one row of every sample would cost more than padding. A short row's tail is filled with pad
+tokens whose positions continue the row's last sample (so they form no sample of their own), labelled -100:
+causal attention never lets a real token see them. Without attention_mask, transformers' mask builder (masking_utils.find_packed_sequence_indices) then derives a
 block-diagonal causal mask from the position_ids, so samples do not attend to each other. The label of each
 sample's first token is -100, so the last token of one sample is never trained to predict the next sample.
 Transformers only looks for packed sequences when no KV cache is passed, and a model whose config has
@@ -51,18 +55,39 @@ class DataCollatorForChat:
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
     def _pack(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        input_ids, labels, position_ids = [], [], []
-        for feature in features:
-            sample_labels = torch.as_tensor(feature["labels"], dtype=torch.long).clone()
-            sample_labels[0] = IGNORE_INDEX
-            input_ids.append(torch.as_tensor(feature["input_ids"], dtype=torch.long))
-            labels.append(sample_labels)
-            position_ids.append(torch.arange(len(sample_labels)))
-        return {
-            "input_ids": torch.cat(input_ids)[None],
-            "labels": torch.cat(labels)[None],
-            "position_ids": torch.cat(position_ids)[None],
-        }
+        rows = pack_rows([len(f["input_ids"]) for f in features])
+        width = max(sum(len(features[i]["input_ids"]) for i in row) for row in rows)
+        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+        position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, row in enumerate(rows):
+            start = 0
+            for i in row:
+                n = len(features[i]["input_ids"])
+                input_ids[r, start : start + n] = torch.as_tensor(features[i]["input_ids"])
+                labels[r, start + 1 : start + n] = torch.as_tensor(features[i]["labels"][1:])
+                position_ids[r, start : start + n] = torch.arange(n)
+                start += n
+            # The pad tail continues the last sample's positions: part of it, never a sample of its own.
+            last = position_ids[r, start - 1] if start else -1
+            position_ids[r, start:] = torch.arange(last + 1, last + 1 + width - start)
+        return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+
+
+def pack_rows(lengths: Sequence[int]) -> list[list[int]]:
+    """First-fit decreasing: sample indices grouped into rows whose total length is at most max(lengths)."""
+    capacity = max(lengths)
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        slot = next((r for r, free in enumerate(room) if free >= lengths[i]), None)
+        if slot is None:
+            rows.append([])
+            room.append(capacity)
+            slot = len(rows) - 1
+        rows[slot].append(i)
+        room[slot] -= lengths[i]
+    return rows
 
 
 def configure_packing(config: PreTrainedConfig) -> None:

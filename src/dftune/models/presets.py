@@ -1,7 +1,8 @@
 """Small randomly initialised models made locally, with no download: what tests, examples and the quickstart use.
 
 A preset is a model config plus a byte-level tokenizer whose vocabulary is the 256 bytes and the ChatML
-special tokens. Byte-level keeps every id stable across machines (nothing is trained) and makes arithmetic
+special tokens (plus `<|mask|>` for the diffusion preset, appended last so every other id is unchanged).
+Byte-level keeps every id stable across machines (nothing is trained) and makes arithmetic
 and string tasks easy for a tiny model: one digit is one token.
 """
 
@@ -23,6 +24,7 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+MASK_TOKEN = "<|mask|>"
 
 
 @dataclass(frozen=True)
@@ -35,8 +37,15 @@ class Preset:
     num_heads: int
     intermediate_size: int
     max_position_embeddings: int = 1024
+    bidirectional: bool = False
+    """A masked-diffusion LM (LLaDA's recipe: a Llama without the causal mask), with a `<|mask|>` token."""
 
-    def config(self, vocab_size: int, pad_token_id: int, eos_token_id: int) -> PreTrainedConfig:
+    def config(
+        self, vocab_size: int, pad_token_id: int, eos_token_id: int, mask_token_id: int | None = None
+    ) -> PreTrainedConfig:
+        # transformers builds a bidirectional mask for decoder-only models whose config says is_causal=False
+        # (masking_utils.create_causal_mask); tests/diffusion checks that a late token changes early logits.
+        extra = {"is_causal": False, "mask_token_id": mask_token_id} if self.bidirectional else {}
         return LlamaConfig(
             vocab_size=vocab_size,
             hidden_size=self.hidden_size,
@@ -49,28 +58,35 @@ class Preset:
             bos_token_id=None,
             eos_token_id=eos_token_id,
             tie_word_embeddings=False,
+            **extra,
         )
 
 
 PRESETS: dict[str, Preset] = {
     "tiny-llama": Preset("Llama, 2 layers, hidden 64: for tests", 64, 2, 4, 128),
     "small-llama": Preset("Llama, 4 layers, hidden 128: for the quickstart", 128, 4, 4, 384),
+    "tiny-dllm": Preset(
+        "bidirectional Llama with a <|mask|> token, 4 layers, hidden 128: masked-diffusion tests and examples",
+        128, 4, 4, 384, bidirectional=True,
+    ),
 }
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    """Byte-level tokenizer: ids 0-255 are the bytes (GPT-2's printable mapping), then the ChatML specials."""
+def build_tokenizer(*, mask_token: bool = False) -> PreTrainedTokenizerFast:
+    """Byte-level tokenizer: ids 0-255 are the bytes (GPT-2's printable mapping), then the ChatML specials,
+    then `<|mask|>` (the tokenizer's `mask_token`) when `mask_token`."""
     byte_to_char = pre_tokenizers.ByteLevel.alphabet()
     vocab = {ch: i for i, ch in enumerate(sorted(byte_to_char))}
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     backend.decoder = decoders.ByteLevel()
-    backend.add_special_tokens(list(SPECIAL_TOKENS))
+    backend.add_special_tokens(list(SPECIAL_TOKENS) + ([MASK_TOKEN] if mask_token else []))
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         model_max_length=1024,
+        **({"mask_token": MASK_TOKEN} if mask_token else {}),
     )
     tokenizer.chat_template = CHATML_TEMPLATE
     return tokenizer
@@ -81,8 +97,9 @@ def init_model(preset: str, output_dir: str | Path, *, seed: int = 0) -> Path:
     if preset not in PRESETS:
         raise DftuneError(f"unknown preset {preset!r}; choose one of: {', '.join(sorted(PRESETS))}")
     output_dir = Path(output_dir)
-    tokenizer = build_tokenizer()
-    config = PRESETS[preset].config(len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id)
+    spec = PRESETS[preset]
+    tokenizer = build_tokenizer(mask_token=spec.bidirectional)
+    config = spec.config(len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.mask_token_id)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id

@@ -1,4 +1,7 @@
-"""One supervised run, top to bottom: check the data, load the model, train with the objective, save."""
+"""One supervised run, top to bottom: check the data, load the model, train with the objective, save.
+
+Stage sft trains a causal LM with `ObjectiveTrainer`; stage dllm a masked-diffusion LM with `DiffusionTrainer`.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,9 @@ from transformers import TrainerCallback
 
 from dftune.config.parse import CONFIG_FILE_NAME, RunConfig, apply_env
 from dftune.data import DataCollatorForChat, configure_packing, prepare_datasets
+from dftune.diffusion.collator import DiffusionCollator
+from dftune.diffusion.model import load_diffusion_model, resolve_mask_token_id
+from dftune.diffusion.trainer import DiffusionTrainer
 from dftune.errors import DftuneError
 from dftune.train.model import apply_lora, load_model, load_tokenizer
 from dftune.train.trainer import ObjectiveTrainer
@@ -29,8 +35,10 @@ def objective_kwargs(config: RunConfig) -> dict[str, Any]:
 
 def build_trainer(config: RunConfig, callbacks: list[TrainerCallback] | None = None) -> ObjectiveTrainer:
     """Data first (bad records stop the run before any model loads), then model, LoRA and Trainer."""
-    if config.method.stage != "sft":
-        raise DftuneError(f"stage: {config.method.stage} is not available yet; this version trains stage: sft")
+    if config.method.stage not in ("sft", "dllm"):
+        raise DftuneError(f"stage: {config.method.stage} is not available yet; this version trains sft and dllm")
+    if config.method.stage == "dllm" and config.data.packing:
+        raise DftuneError("stage: dllm pads every row with EOS (answer tokens); set packing: false")
     if not config.data.data_files:
         raise DftuneError("data_files is required: one or more .jsonl/.json/.parquet files, globs or folders")
     apply_env(config)
@@ -42,7 +50,7 @@ def build_trainer(config: RunConfig, callbacks: list[TrainerCallback] | None = N
     prepared = prepare_datasets(
         config.data, tokenizer, seed=config.training.seed, report_path=output_dir / "data_report.json"
     )
-    model = load_model(config.model)
+    model = load_diffusion_model(config.model) if config.method.stage == "dllm" else load_model(config.model)
     if config.data.packing:
         configure_packing(model.config)
     if config.model.enable_gradient_checkpointing:
@@ -55,6 +63,19 @@ def build_trainer(config: RunConfig, callbacks: list[TrainerCallback] | None = N
         raise DftuneError(
             f"eval_strategy: {config.training.eval_strategy.value} needs eval data: "
             "set eval_files or validation_split_percentage"
+        )
+    if config.method.stage == "dllm":
+        mask_token_id = resolve_mask_token_id(config.method.mask_token_id, model.config, tokenizer)
+        return DiffusionTrainer(
+            model=model,
+            args=config.training,
+            train_dataset=prepared.train,
+            eval_dataset=prepared.eval,
+            data_collator=DiffusionCollator(mask_token_id, tokenizer.eos_token_id, eps=config.method.diffusion_eps),
+            processing_class=tokenizer,
+            callbacks=callbacks,
+            objective=config.method.loss,
+            dft_alpha=config.method.effective_dft_alpha,
         )
     return ObjectiveTrainer(
         model=model,

@@ -1,0 +1,104 @@
+"""`dftune generate --model DIR --prompt TEXT`: one reply from a causal LM (HF generate) or a diffusion LM (the
+masked-diffusion sampler), through the chat template. A LoRA output folder loads onto its base model."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from dftune.errors import DftuneError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `generate` to the top-level subparsers; `args.func(args)` returns the exit code."""
+    gen = subparsers.add_parser(
+        "generate",
+        help="reply to one prompt with a trained model (causal or masked-diffusion)",
+        description="Reply to PROMPT as the user turn of a chat. Diffusion models (masked LMs, is_causal: false, "
+        "or a mask_token_id in the config) use the masked-diffusion sampler; others use HF generate.",
+    )
+    gen.add_argument("--model", required=True, help="model folder (a `dftune train` output_dir) or Hub name")
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--system", help="optional system message")
+    gen.add_argument("--kind", choices=["auto", "causal", "diffusion"], default="auto")
+    gen.add_argument("--max_new_tokens", type=int, default=64)
+    gen.add_argument("--temperature", type=float, default=0.0, help="0: greedy / argmax")
+    gen.add_argument("--steps", type=int, help="diffusion: denoising steps (default max_new_tokens)")
+    gen.add_argument("--block_length", type=int, help="diffusion: semi-autoregressive block (default: one block)")
+    gen.add_argument("--remasking", choices=["low_confidence", "random"], default="low_confidence")
+    gen.add_argument("--cfg_scale", type=float, default=0.0, help="diffusion: classifier-free guidance (0: off)")
+    gen.add_argument("--mask_token_id", type=int, help="diffusion: default from the config or tokenizer")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--trust_remote_code", action="store_true")
+    gen.set_defaults(func=run_generate)
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from transformers import AutoConfig, AutoTokenizer
+
+    from dftune.config.model_args import ModelArguments
+    from dftune.diffusion.model import is_diffusion_config, load_diffusion_model, resolve_mask_token_id
+    from dftune.diffusion.sampler import sample_replies
+
+    torch.manual_seed(args.seed)
+    base = _base_model(args.model)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
+        config = AutoConfig.from_pretrained(base, trust_remote_code=args.trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise DftuneError(f"cannot load --model {args.model!r}: {err}") from None
+    diffusion = args.kind == "diffusion" or (args.kind == "auto" and is_diffusion_config(config))
+    messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
+        {"role": "user", "content": args.prompt}
+    ]
+    if diffusion:
+        model = load_diffusion_model(
+            ModelArguments(model_name_or_path=base, trust_remote_code=args.trust_remote_code)
+        )
+        model = _with_adapter(model, args.model, base)
+        reply = sample_replies(
+            model, tokenizer, [messages],
+            mask_token_id=resolve_mask_token_id(args.mask_token_id, config, tokenizer),
+            max_new_tokens=args.max_new_tokens, steps=args.steps, block_length=args.block_length,
+            temperature=args.temperature, remasking=args.remasking, cfg_scale=args.cfg_scale,
+        )[0]  # fmt: skip
+    else:
+        reply = _causal_reply(args, base, tokenizer, messages)
+    print(reply)
+    return 0
+
+
+def _causal_reply(args: argparse.Namespace, base: str, tokenizer, messages) -> str:
+    from transformers import AutoModelForCausalLM
+
+    model = _with_adapter(
+        AutoModelForCausalLM.from_pretrained(base, trust_remote_code=args.trust_remote_code), args.model, base
+    ).eval()
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    batch = tokenizer(text, return_tensors="pt", add_special_tokens=False)
+    sampling = {"do_sample": True, "temperature": args.temperature} if args.temperature > 0 else {"do_sample": False}
+    with torch.no_grad():
+        output = model.generate(
+            **batch, max_new_tokens=args.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id, **sampling,
+        )  # fmt: skip
+    return tokenizer.decode(output[0, batch["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+
+
+def _base_model(path: str) -> str:
+    """The base model of a LoRA adapter folder, else the folder itself."""
+    if (Path(path) / "adapter_config.json").is_file():
+        from peft import PeftConfig
+
+        return PeftConfig.from_pretrained(path).base_model_name_or_path
+    return path
+
+
+def _with_adapter(model, path: str, base: str):
+    if base == path:
+        return model
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, path)

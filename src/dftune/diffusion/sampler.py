@@ -1,0 +1,175 @@
+"""Reverse process of a masked-diffusion LM: start from masks, unmask a fixed number of tokens per step.
+
+LLaDA's sampler (Nie et al. 2025, Sec. 2.4 and Appendix B.3, "semi-autoregressive remasking"): the answer is
+`max_new_tokens` mask tokens after the prompt, cut into blocks of `block_length` filled left to right; each
+block gets `steps / num_blocks` steps. At every step the model predicts all masked positions at once, and the
+`k` most confident predictions in the current block are kept (`low_confidence` remasking: the others go back
+to masks) or `k` random ones (`random`). k follows a linear schedule: the block's masks split evenly over
+its steps, the remainder to the first steps. Tokens once unmasked are never changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from transformers import PreTrainedTokenizerBase
+
+Remasking = Literal["low_confidence", "random"]
+
+
+def transfer_schedule(num_masked: Tensor, steps: int) -> Tensor:
+    """[B, steps] tokens to unmask at each step: num_masked // steps each, plus one for the first
+    num_masked % steps steps. Rows sum to num_masked [B]."""
+    base = (num_masked // steps)[:, None].expand(-1, steps)  # [B, steps]
+    extra = torch.arange(steps, device=num_masked.device)[None] < (num_masked % steps)[:, None]
+    return base + extra.long()
+
+
+def model_logits(model: nn.Module, x: Tensor) -> Tensor:
+    """[B, L, V] logits of the whole row, bidirectional (no attention_mask: nothing is padding)."""
+    return model(input_ids=x).logits
+
+
+@torch.no_grad()
+def sample(
+    model: nn.Module,
+    prompt_ids: Tensor,
+    *,
+    mask_token_id: int,
+    max_new_tokens: int = 64,
+    steps: int | None = None,
+    block_length: int | None = None,
+    temperature: float = 0.0,
+    remasking: Remasking = "low_confidence",
+    cfg_scale: float = 0.0,
+    eos_token_id: int | Sequence[int] | None = None,
+    generator: torch.Generator | None = None,
+    on_step: Callable[[Tensor], None] | None = None,
+) -> Tensor:
+    """[B, max_new_tokens] generated ids after `prompt_ids` [B, P] (same-length prompts, no padding).
+
+    steps: denoising steps in all (default max_new_tokens: one token per step); must be a multiple of the
+    number of blocks. block_length: default max_new_tokens (one block); must divide max_new_tokens.
+    temperature: 0 = argmax, else Gumbel-max sampling from softmax(logits / temperature).
+    cfg_scale: classifier-free guidance, logits = u + (cfg_scale + 1) * (c - u) with u the logits when the
+    prompt is all masks (LLaDA Appendix B.3); 0 = off.
+    eos_token_id: once every row has an EOS in its finished blocks, the remaining blocks are skipped and filled
+    with EOS (what full decoding converges to after a trained model's EOS). The output is not truncated:
+    see `truncate_at_eos`.
+    on_step: called with the current [B, P + max_new_tokens] ids after every step (tests, visualisation).
+    """
+    block_length = block_length or max_new_tokens
+    steps = steps or max_new_tokens
+    if max_new_tokens % block_length:
+        raise ValueError(f"block_length {block_length} must divide max_new_tokens {max_new_tokens}")
+    num_blocks = max_new_tokens // block_length
+    if steps % num_blocks:
+        raise ValueError(f"steps {steps} must be a multiple of the number of blocks {num_blocks}")
+    if remasking not in ("low_confidence", "random"):
+        raise ValueError(f"remasking must be low_confidence or random, got {remasking!r}")
+    steps_per_block = steps // num_blocks
+    eos = torch.as_tensor([] if eos_token_id is None else eos_token_id, device=prompt_ids.device).flatten()
+
+    was_training = getattr(model, "training", False)
+    if isinstance(model, nn.Module):
+        model.eval()
+    batch, prompt_length = prompt_ids.shape
+    x = torch.full((batch, prompt_length + max_new_tokens), mask_token_id, dtype=torch.long, device=prompt_ids.device)
+    x[:, :prompt_length] = prompt_ids
+    try:
+        for block in range(num_blocks):
+            start, end = prompt_length + block * block_length, prompt_length + (block + 1) * block_length
+            schedule = transfer_schedule((x[:, start:end] == mask_token_id).sum(1), steps_per_block)  # [B, S]
+            for step in range(steps_per_block):
+                masked = x == mask_token_id  # [B, L]
+                logits = _guided_logits(model, x, prompt_length, mask_token_id, cfg_scale).float()  # [B, L, V]
+                logits[..., mask_token_id] = -torch.inf  # a prediction must be a real token
+                x0 = _pick(logits, temperature, generator)  # [B, L]
+                if remasking == "low_confidence":
+                    confidence = torch.softmax(logits, -1).gather(-1, x0[..., None]).squeeze(-1)
+                else:
+                    confidence = torch.rand(x.shape, generator=generator, device=x.device)
+                confidence[:, end:] = -torch.inf  # later blocks wait for their turn
+                confidence = confidence.masked_fill(~masked, -torch.inf)  # unmasked tokens stay as they are
+                for row in range(batch):
+                    k = int(schedule[row, step])
+                    if k:
+                        keep = torch.topk(confidence[row], k).indices
+                        x[row, keep] = x0[row, keep]
+                if on_step is not None:
+                    on_step(x.clone())
+            answer = x[:, prompt_length:end]
+            if eos.numel() and bool(torch.isin(answer, eos).any(1).all()) and end < x.shape[1]:
+                x[:, end:] = eos[0]
+                break
+    finally:
+        if isinstance(model, nn.Module):
+            model.train(was_training)
+    return x[:, prompt_length:]
+
+
+def truncate_at_eos(ids: Sequence[int], eos_token_id: int | Sequence[int] | None) -> list[int]:
+    """`ids` up to (without) the first EOS."""
+    stops = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id or ())
+    out: list[int] = []
+    for token in ids:
+        if token in stops:
+            break
+        out.append(int(token))
+    return out
+
+
+def _guided_logits(model: nn.Module, x: Tensor, prompt_length: int, mask_token_id: int, cfg_scale: float) -> Tensor:
+    if cfg_scale <= 0.0:
+        return model_logits(model, x)
+    unconditional = x.clone()
+    unconditional[:, :prompt_length] = mask_token_id
+    both = model_logits(model, torch.cat([x, unconditional]))  # [2B, L, V]
+    cond, uncond = both.chunk(2)
+    return uncond + (cfg_scale + 1.0) * (cond - uncond)
+
+
+def _pick(logits: Tensor, temperature: float, generator: torch.Generator | None) -> Tensor:
+    """argmax of logits / temperature + Gumbel noise: a sample from softmax(logits / temperature)."""
+    if temperature <= 0.0:
+        return logits.argmax(-1)
+    u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float64)
+    gumbel = -torch.log(-torch.log(u.clamp_min(1e-20)))
+    return (logits.double() / temperature + gumbel).argmax(-1)
+
+
+def sample_replies(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[list[dict[str, str]]],
+    *,
+    mask_token_id: int,
+    eos_token_id: int | Sequence[int] | None = None,
+    batch_size: int = 64,
+    **kwargs,
+) -> list[str]:
+    """The reply to each conversation prefix, through its chat template's generation prompt, cut at the first
+    EOS (default: the tokenizer's). Prompts are batched by token length, since rows carry no padding.
+    `kwargs` go to `sample`."""
+    eos_token_id = tokenizer.eos_token_id if eos_token_id is None else eos_token_id
+    encoded = [
+        tokenizer.apply_chat_template(list(p), tokenize=False, add_generation_prompt=True) for p in prompts
+    ]
+    ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in encoded]
+    by_length: dict[int, list[int]] = {}
+    for index, row in enumerate(ids):
+        by_length.setdefault(len(row), []).append(index)
+    replies = [""] * len(prompts)
+    device = next(model.parameters()).device
+    for indices in by_length.values():
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start : start + batch_size]
+            prompt_ids = torch.tensor([ids[i] for i in chunk], device=device)
+            out = sample(model, prompt_ids, mask_token_id=mask_token_id, eos_token_id=eos_token_id, **kwargs)
+            for i, row in zip(chunk, out.tolist()):
+                kept = truncate_at_eos(row, eos_token_id)
+                replies[i] = tokenizer.decode(kept, skip_special_tokens=True).strip()
+    return replies
