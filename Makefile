@@ -23,6 +23,7 @@ demo: setup
 	$(VENV)/bin/dftune demo --output_dir outputs/quickstart
 
 bench: setup
+	$(VENV)/bin/python -m pip install -q -c constraints.txt -e '.[dev,bench]'
 	$(VENV)/bin/python benchmarks/run_all.py
 
 clean:

@@ -7,12 +7,10 @@ large (the BFT reference code has this bug). With plain SGD that shows up direct
 
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
-from datasets import Dataset
-from transformers import AutoModelForCausalLM, TrainingArguments
+from sgd_setup import sgd_args, synthetic_dataset
+from transformers import AutoModelForCausalLM
 from transformers.integrations.integration_utils import rewrite_logs
 
 from dftune.data import DataCollatorForChat
@@ -21,39 +19,10 @@ from dftune.train.trainer import ObjectiveTrainer
 OBJECTIVES = {"sft": {}, "dft": {"alpha": 0.7}, "bft": {"group_size": 3, "gamma": 1.0}}
 
 
-def synthetic_dataset(n: int = 16, seed: int = 0) -> Dataset:
-    """Variable-length rows with 1-2 labelled spans each, so token counts differ between micro-batches."""
-    rng = random.Random(seed)
-    rows = {"input_ids": [], "labels": []}
-    for _ in range(n):
-        length = rng.randint(6, 20)
-        ids = [rng.randrange(256) for _ in range(length)]
-        labels = [-100] * length
-        for _ in range(rng.randint(1, 2)):
-            start = rng.randint(1, length - 2)
-            for t in range(start, min(length, start + rng.randint(1, 6))):
-                labels[t] = ids[t]
-        rows["input_ids"].append(ids)
-        rows["labels"].append(labels)
-    return Dataset.from_dict(rows)
-
-
 def train(model_dir, tmp_path, objective: str, batch: int, accumulation: int, packing: bool = False):
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float64, attn_implementation="sdpa")
-    args = TrainingArguments(
-        output_dir=str(tmp_path / f"{objective}-{batch}x{accumulation}-{packing}"),
-        per_device_train_batch_size=batch,
-        gradient_accumulation_steps=accumulation,
-        optim="sgd",
-        learning_rate=0.5,
-        lr_scheduler_type="constant",
-        max_grad_norm=0.0,
-        max_steps=2,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        seed=0,
+    args = sgd_args(
+        str(tmp_path / f"{objective}-{batch}x{accumulation}-{packing}"), batch=batch, accumulation=accumulation, steps=2
     )
     trainer = ObjectiveTrainer(
         model=model,

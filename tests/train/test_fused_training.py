@@ -11,8 +11,8 @@ import logging
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from test_accumulation import synthetic_dataset
-from transformers import AutoModelForCausalLM, TrainingArguments
+from sgd_setup import sgd_args, synthetic_dataset
+from transformers import AutoModelForCausalLM
 
 from dftune.data import DataCollatorForChat
 from dftune.errors import DftuneError
@@ -22,21 +22,7 @@ OBJECTIVES = {"dft": {"alpha": 0.7}, "bft": {"group_size": 3, "gamma": 1.0}}
 
 
 def make_trainer(model, tmp_path, objective: str, fused_loss: str, packing: bool = False) -> ObjectiveTrainer:
-    args = TrainingArguments(
-        output_dir=str(tmp_path / f"{objective}-{fused_loss}-{packing}"),
-        per_device_train_batch_size=4,
-        gradient_accumulation_steps=2,
-        optim="sgd",
-        learning_rate=0.5,
-        lr_scheduler_type="constant",
-        max_grad_norm=0.0,
-        max_steps=3,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        seed=0,
-    )
+    args = sgd_args(str(tmp_path / f"{objective}-{fused_loss}-{packing}"), batch=4, accumulation=2, steps=3)
     return ObjectiveTrainer(
         model=model,
         args=args,

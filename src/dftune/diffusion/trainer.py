@@ -16,7 +16,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import Trainer
 
 from dftune.diffusion.objective import diffusion_objective
 from dftune.train.trainer import ObjectiveTrainer
@@ -31,15 +30,9 @@ class DiffusionTrainer(ObjectiveTrainer):
         # The collator needs labels, which remote-code models (LLaDA) do not take in forward: keep the columns.
         self._signature_columns = ["input_ids", "labels"]
 
-    def get_batch_samples(self, epoch_iterator, num_batches, device):  # type: ignore[override]
-        """The accumulation window's batches and its global number of answer tokens."""
-        batch_samples, _ = Trainer.get_batch_samples(self, epoch_iterator, num_batches, device)
-        if not batch_samples:
-            return batch_samples, None
-        count = sum(b["answer_mask"].sum() for b in batch_samples).to(device)
-        if self.args.average_tokens_across_devices and self.args.world_size > 1:
-            count = self.accelerator.gather(count).sum()
-        return batch_samples, count
+    def batch_count(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Answer tokens of a micro-batch, masked or not: LLaDA's SFT loss divides by the answer length."""
+        return batch["answer_mask"].sum()
 
     def compute_loss(  # type: ignore[override]
         self,
@@ -57,14 +50,8 @@ class DiffusionTrainer(ObjectiveTrainer):
         out = diffusion_objective(
             self.objective, outputs.logits, labels, t, num_answer_tokens=count, alpha=self.dft_alpha
         )
-        loss = out.loss
-        if model.training:
-            self._train_window.add(out)
-            if num_items_in_batch is not None and self.args.average_tokens_across_devices:
-                # DDP and DeepSpeed average gradients over processes; the global count already divides the sum.
-                loss = loss * self.accelerator.num_processes
-        else:
-            self._eval_window.add(out, loss_weight=int(local_count))
-            if self.compute_metrics is None:
-                outputs = {}  # nobody reads eval logits: do not let the evaluation loop gather [B, L, V]
+        global_count = num_items_in_batch if model.training else None
+        loss = self.record(out, training=model.training, global_count=global_count, eval_weight=int(local_count))
+        if not model.training and self.compute_metrics is None:
+            outputs = {}  # nobody reads eval logits: do not let the evaluation loop gather [B, L, V]
         return (loss, outputs) if return_outputs else loss

@@ -24,7 +24,7 @@ from transformers import PreTrainedModel, Trainer
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 from dftune.errors import DftuneError
-from dftune.losses import OBJECTIVES, compute_objective, fused_linear_loss
+from dftune.losses import OBJECTIVES, LossOutput, compute_objective, fused_linear_loss
 from dftune.train.metrics import MetricWindow
 
 logger = logging.getLogger(__name__)
@@ -119,16 +119,30 @@ class ObjectiveTrainer(Trainer):
             if self.fused_head is None:
                 logger.info("fused_loss: auto uses the unfused loss head: %s", reason)
 
+    def batch_count(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One collated micro-batch's share of the global count that normalises the loss (the objective's unit)."""
+        return OBJECTIVES[self.objective].local_count(batch["labels"], packed_sample_ids(batch))
+
     def get_batch_samples(self, epoch_iterator, num_batches, device):  # type: ignore[override]
-        """Replace transformers' token count by the objective's own unit, summed over processes when averaging."""
+        """Replace transformers' token count by our own, summed over the accumulation window and processes."""
         batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
         if not batch_samples:
             return batch_samples, None
-        objective = OBJECTIVES[self.objective]
-        count = sum(objective.local_count(b["labels"], packed_sample_ids(b)) for b in batch_samples).to(device)
+        count = sum(self.batch_count(b) for b in batch_samples).to(device)
         if self.args.average_tokens_across_devices and self.args.world_size > 1:
             count = self.accelerator.gather(count).sum()
         return batch_samples, count
+
+    def record(self, out: LossOutput, *, training: bool, global_count: Any, eval_weight: int) -> torch.Tensor:
+        """Add a call's metrics to its window; return the loss to backpropagate (or report, in evaluation)."""
+        if not training:
+            self._eval_window.add(out, loss_weight=eval_weight)
+            return out.loss
+        self._train_window.add(out)
+        if global_count is not None and self.args.average_tokens_across_devices:
+            # DDP and DeepSpeed average gradients over processes; the global count already divides the sum.
+            return out.loss * self.accelerator.num_processes
+        return out.loss
 
     def compute_loss(  # type: ignore[override]
         self,
@@ -151,14 +165,8 @@ class ObjectiveTrainer(Trainer):
         else:
             outputs = model(**inputs, use_cache=False)
             out = compute_objective(self.objective, outputs.logits, labels, global_count=global_count, **kwargs)
-        loss = out.loss
-        if model.training:
-            self._train_window.add(out)
-            if global_count is not None and self.args.average_tokens_across_devices:
-                # DDP and DeepSpeed average gradients over processes; the global count already divides the sum.
-                loss = loss * self.accelerator.num_processes
-        else:
-            self._eval_window.add(out, loss_weight=out.num_tokens if self.unit == "tokens" else out.num_samples)
+        eval_weight = out.num_tokens if self.unit == "tokens" else out.num_samples
+        loss = self.record(out, training=model.training, global_count=global_count, eval_weight=eval_weight)
         return (loss, outputs) if return_outputs else loss
 
     def _fused_objective(self, model, inputs, labels, global_count, kwargs):
