@@ -36,7 +36,10 @@ METHOD = """## Method
   so this measures the data layout and the trainer, not the fused head), synthetic multi-turn chat records
   of varying length, DFT, the same batch size, optimiser and steps for every run. tokens/s = mean record
   length x steps x batch / train_runtime (real tokens, not padding). TRL 1.16 `SFTTrainer` with
-  `SFTConfig(loss_type="dft")` gets the same `input_ids` and `labels`, padded batches.
+  `SFTConfig(loss_type="dft")` gets the same `input_ids` and `labels`, padded batches. The contenders run
+  round-robin, best of two (the first run in a process pays one-off start-up costs). Packing places samples
+  into rows no longer than the batch's longest sample: one row for the whole batch was 1.7x slower than
+  padding here, because sdpa without a varlen kernel computes attention over the full row.
 - Liger-Kernel's fused linear cross-entropy (Triton, CUDA only) is out of scope here; `--device cuda` runs
   the same scripts on a GPU.
 """

@@ -15,7 +15,7 @@ def _train(args: argparse.Namespace) -> int:
     from dftune.train.run import run_sft
 
     if {"-h", "--help"} & set(args.rest):
-        ConfigArgumentParser(SECTIONS).print_help()
+        ConfigArgumentParser(SECTIONS, prog="dftune train").print_help()
         return 0
     run_sft(parse_config(args.rest))
     return 0
