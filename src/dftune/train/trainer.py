@@ -12,8 +12,8 @@ And, where it is exact, the loss head is fused (`fused_loss`): the [B, T, V] log
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -21,7 +21,6 @@ from peft import PeftModel
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 from transformers import PreTrainedModel, Trainer
-from transformers.integrations import is_deepspeed_zero3_enabled
 
 from dftune.errors import DftuneError
 from dftune.losses import OBJECTIVES, LossOutput, compute_objective, fused_linear_loss
@@ -78,15 +77,23 @@ def fusable_head(model: nn.Module) -> tuple[nn.Linear | None, str]:
 
 
 @contextmanager
-def head_returns_hidden(head: nn.Linear) -> Iterator[None]:
-    """Inside, the output layer is the identity: the model's `logits` are its final hidden states [B, T, H].
+def head_computes(head: nn.Linear, loss_fn: Callable[[torch.Tensor], LossOutput]) -> Iterator[list[LossOutput]]:
+    """Inside, the output layer computes `loss_fn(final hidden states [B, T, H])` instead of the logits.
 
-    We still call the model itself (not its decoder) so that the DDP / DeepSpeed / peft wrappers run their
-    forward: DDP only all-reduces gradients of a backward whose forward went through it.
+    The loss runs inside the head's own forward, called by the model's forward, so every wrapper sees the head's
+    weight used where it expects it: DDP (which otherwise marks it unused and fails when its gradient arrives),
+    DeepSpeed ZeRO-3 (whose forward hooks gather the partitioned weight), peft. The model's `logits` output is
+    then the scalar loss; the LossOutput is left in the yielded list.
     """
-    head.forward = lambda hidden: hidden  # instance attribute shadows nn.Linear.forward; hooks still run
+    results: list[LossOutput] = []
+
+    def forward(hidden: torch.Tensor) -> torch.Tensor:
+        results.append(loss_fn(hidden))
+        return results[-1].loss
+
+    head.forward = forward  # instance attribute shadows nn.Linear.forward; hooks still run
     try:
-        yield
+        yield results
     finally:
         del head.forward
 
@@ -169,21 +176,18 @@ class ObjectiveTrainer(Trainer):
         loss = self.record(out, training=model.training, global_count=global_count, eval_weight=eval_weight)
         return (loss, outputs) if return_outputs else loss
 
-    def _fused_objective(self, model, inputs, labels, global_count, kwargs):
+    def _fused_objective(self, model, inputs, labels, global_count, kwargs) -> LossOutput:
         """The objective from the final hidden states and the head's weight, one chunk of logits at a time."""
         head = self.fused_head
-        with head_returns_hidden(head):
-            hidden = model(**inputs, use_cache=False).logits  # [B, T, H]
-        # ZeRO-3 partitions the head's weight; gather it for the loss (code path only: not testable on CPU).
-        gather = nullcontext()
-        if is_deepspeed_zero3_enabled():
-            import deepspeed
 
-            gather = deepspeed.zero.GatheredParameters(head.weight, modifier_rank=None)
-        with gather:
+        def loss_fn(hidden: torch.Tensor) -> LossOutput:
             return fused_linear_loss(
                 hidden, head.weight, labels, objective=self.objective, global_count=global_count, **kwargs
             )
+
+        with head_computes(head, loss_fn) as results:
+            model(**inputs, use_cache=False)
+        return results[-1]
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._train_window:
