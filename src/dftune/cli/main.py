@@ -37,7 +37,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dftune.cli import data_cmd, generate_cmd
+    from dftune.cli import data_cmd, generate_cmd, merge_cmd
     from dftune.models.presets import PRESETS
 
     parser = argparse.ArgumentParser(prog="dftune", description="Fine-tune LLMs with differentiated objectives.")
@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     data_cmd.register(sub)
     generate_cmd.register(sub)
+    merge_cmd.register(sub)
     return parser
 
 
