@@ -45,11 +45,14 @@ def build_trainer(config: RunConfig, callbacks: list[TrainerCallback] | None = N
     for note in config.notes:
         logger.info("config: %s", note)
 
+    # Touching `device` sets up torch.distributed (and DeepSpeed): ZeRO-3 partitions the weights while they load.
+    logger.info("device %s, world size %d", config.training.device, config.training.world_size)
     tokenizer = load_tokenizer(config.model)
     output_dir = Path(config.training.output_dir)
-    prepared = prepare_datasets(
-        config.data, tokenizer, seed=config.training.seed, report_path=output_dir / "data_report.json"
-    )
+    with config.training.main_process_first(desc="data preparation"):  # the others then hit its cache
+        prepared = prepare_datasets(
+            config.data, tokenizer, seed=config.training.seed, report_path=output_dir / "data_report.json"
+        )
     model = load_diffusion_model(config.model) if config.method.stage == "dllm" else load_model(config.model)
     if config.data.packing:
         configure_packing(model.config)
