@@ -7,6 +7,10 @@ from collections.abc import Sequence
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from dftune.errors import DftuneError
+from dftune.evaluation.extract import EXTRACTORS
+from dftune.evaluation.report import EvalReport, RecordResult
+
 Messages = list[dict[str, str]]
 
 
@@ -46,11 +50,34 @@ def generate_replies(
     return replies
 
 
+def evaluate_records(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    conversations: Sequence[Messages],
+    *,
+    extractor: str = "exact",
+    **kwargs: int,
+) -> EvalReport:
+    """Greedy replies to each conversation's turns before its last (the reference assistant turn), scored by
+    comparing `extractor(reply)` with `extractor(reference)`."""
+    if extractor not in EXTRACTORS:
+        raise DftuneError(f"unknown extractor {extractor!r}; choose one of: {', '.join(EXTRACTORS)}")
+    extract = EXTRACTORS[extractor]
+    for i, messages in enumerate(conversations):
+        if messages[-1]["role"] != "assistant":
+            raise DftuneError(f"record {i}: the last message must be the reference assistant reply")
+    replies = generate_replies(model, tokenizer, [m[:-1] for m in conversations], **kwargs)
+    results = []
+    for i, (messages, reply) in enumerate(zip(conversations, replies)):
+        reference, extracted = messages[-1]["content"], extract(reply)
+        prompt = next((m["content"] for m in reversed(messages[:-1]) if m["role"] == "user"), "")
+        correct = bool(extracted) and extracted == extract(reference)
+        results.append(RecordResult(i, prompt, reference, reply, extracted, correct))
+    return EvalReport(results)
+
+
 def exact_match_accuracy(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: Sequence[dict], **kwargs: int
 ) -> float:
-    """Share of records whose last assistant turn the model reproduces exactly from the turns before it."""
-    prompts = [r["messages"][:-1] for r in records]
-    references = [r["messages"][-1]["content"].strip() for r in records]
-    replies = generate_replies(model, tokenizer, prompts, **kwargs)
-    return sum(r == ref for r, ref in zip(replies, references)) / max(len(records), 1)
+    """Share of ChatML records whose last assistant turn the model reproduces exactly from the turns before it."""
+    return evaluate_records(model, tokenizer, [r["messages"] for r in records], **kwargs).accuracy

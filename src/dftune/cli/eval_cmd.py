@@ -1,0 +1,52 @@
+"""`dftune eval --model DIR --data FILE [--adapter DIR]`: held-out accuracy by greedy generation."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from dftune.evaluation import EXTRACTORS
+
+    ev = subparsers.add_parser("eval", help="generation-based accuracy on held-out ChatML records")
+    ev.add_argument("--model", required=True, help="model folder (the base model when --adapter is given)")
+    ev.add_argument("--adapter", help="a LoRA adapter folder to apply on top of --model")
+    ev.add_argument("--data", required=True, nargs="+", help="records whose last assistant turn is the reference")
+    ev.add_argument("--extractor", default="exact", choices=sorted(EXTRACTORS))
+    ev.add_argument("--max_new_tokens", type=int, default=64)
+    ev.add_argument("--batch_size", type=int, default=32)
+    ev.add_argument("--limit", type=int, help="evaluate the first N records only")
+    ev.add_argument("--output", help="per-record results as JSONL (default: eval_results.jsonl beside the model)")
+    ev.set_defaults(func=run_eval)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from dftune.data import load_records, normalize_messages
+    from dftune.errors import DftuneError
+    from dftune.evaluation import evaluate_records
+
+    conversations = []
+    for raw in load_records(args.data):
+        if raw.reason is not None:
+            raise DftuneError(f"{raw.location}: {raw.reason}")
+        conversations.append(normalize_messages(raw.value))
+    conversations = conversations[: args.limit]
+    try:
+        model = AutoModelForCausalLM.from_pretrained(args.model)
+        tokenizer = AutoTokenizer.from_pretrained(args.adapter or args.model)
+    except OSError as err:
+        raise DftuneError(f"cannot load {args.model!r}: {err}") from None
+    if args.adapter:
+        model = PeftModel.from_pretrained(model, args.adapter)
+    report = evaluate_records(
+        model, tokenizer, conversations, extractor=args.extractor,
+        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+    )  # fmt: skip
+    output = Path(args.output or Path(args.adapter or args.model) / "eval_results.jsonl")
+    report.write_jsonl(output)
+    print(f"{report.summary()}; per-record results: {output}")
+    return 0
