@@ -8,6 +8,7 @@ import sys
 
 from dftune import __version__
 from dftune.errors import DftuneError
+from dftune.runlog import setup_logging
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -22,9 +23,11 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _init_model(args: argparse.Namespace) -> int:
+    import torch
+
     from dftune.models.presets import init_model
 
-    path = init_model(args.preset, args.output_dir, seed=args.seed)
+    path = init_model(args.preset, args.output_dir, seed=args.seed, dtype=getattr(torch, args.torch_dtype))
     print(f"wrote {args.preset} to {path}")
     return 0
 
@@ -37,8 +40,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dftune.cli import data_cmd, generate_cmd, merge_cmd
-    from dftune.models.presets import PRESETS
+    from dftune.cli import data_cmd, eval_cmd, generate_cmd, merge_cmd
+    from dftune.cli import compare_cmd, plot_cmd
+    from dftune.models.presets import PRESETS, SMOLLM2
 
     parser = argparse.ArgumentParser(prog="dftune", description="Fine-tune LLMs with differentiated objectives.")
     parser.add_argument("--version", action="version", version=f"dftune {__version__}")
@@ -48,7 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=_train)  # its keys are parsed by dftune.config, from the words argparse leaves over
 
     init = sub.add_parser("init-model", help="write a small random model with a ChatML tokenizer, offline")
-    init.add_argument("--preset", required=True, choices=sorted(PRESETS))
+    init.add_argument("--preset", required=True, choices=sorted([*PRESETS, SMOLLM2]))
+    init.add_argument("--torch_dtype", choices=["float32", "bfloat16"], default="float32",
+                      help=f"weights dtype of the {SMOLLM2} conversion")
     init.add_argument("--output_dir", required=True)
     init.add_argument("--seed", type=int, default=0)
     init.set_defaults(func=_init_model)
@@ -62,14 +68,17 @@ def build_parser() -> argparse.ArgumentParser:
     data_cmd.register(sub)
     generate_cmd.register(sub)
     merge_cmd.register(sub)
+    eval_cmd.register(sub)
+    plot_cmd.register(sub)
+    compare_cmd.register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    setup_logging(logging.INFO)  # one format; info lines once, from the main process
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    if args.func is _train:
+    if args.func is _train or args.command == "compare":  # config keys, parsed by dftune.config
         args.rest = rest
     elif rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
@@ -77,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except DftuneError as err:
         print(f"dftune: error: {err}", file=sys.stderr)
-        return 2
+        return err.exit_code
     except KeyboardInterrupt:
         return 130
 

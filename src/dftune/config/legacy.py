@@ -58,7 +58,6 @@ LEGACY_KEYS: dict[str, Callable[[Any], Translation]] = {
     "grad_accum_steps": _rename("gradient_accumulation_steps", "dLLM-Factory's name"),
     "job_name": _rename("run_name", "dLLM-Factory's name"),
     "train_data": _rename("data_files", "dLLM-Factory's name: a local .json list of records or a dataset name"),
-    "overwrite_output_dir": _drop("transformers 5 removed it; output_dir is always written to"),
     "save_safetensors": _drop("transformers 5 always saves safetensors"),
     "include_tokens_per_second": _drop("removed in transformers 5"),
     "use_mps_device": _drop("removed in transformers 5; MPS is used when available"),

@@ -41,6 +41,29 @@ class MethodArguments:
         metadata={"help": "stage dllm: the mask token id (default: the model config's mask_token_id, "
                   "else the tokenizer's mask token; LLaDA's is 126336)."},
     )
+    beta: float = field(
+        default=0.1, metadata={"help": "stage dpo: how far the policy may move from the reference (TRL's beta)."}
+    )
+    loss_type: list[str] = field(
+        default_factory=lambda: ["sigmoid"],
+        metadata={"help": "stage dpo: TRL's DPO loss_type, passed through (sigmoid = DPO, ipo, hinge, robust, ...)."},
+    )
+    max_prompt_length: int | None = field(
+        default=None,
+        metadata={"help": "stage dpo: prompts longer than this keep their last max_prompt_length tokens."},
+    )
+    precompute_ref_log_probs: bool = field(
+        default=False,
+        metadata={"help": "stage dpo: compute the reference log-probs once before training, then free the reference."},
+    )
+    ref_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "stage dpo: a separate reference model (default: see docs/dpo.md)."}
+    )
+    adapter_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "stage dpo: a trained LoRA adapter (e.g. from SFT), loaded as the trainable policy and as "
+                  "the frozen reference (seed 004's set-up); needs finetuning_type: lora."},
+    )
     finetuning_type: Literal["full", "lora"] = field(default="full", metadata={"help": "Train all weights or LoRA."})
     lora_rank: int = field(default=8, metadata={"help": "LoRA rank r."})
     lora_alpha: float | None = field(default=None, metadata={"help": "LoRA scaling alpha (default 2 * lora_rank)."})
@@ -67,6 +90,29 @@ class MethodArguments:
             raise ValueError("stage: dllm supports loss: sft (the masked-diffusion loss) or dft, not bft")
         if not 0.0 < self.diffusion_eps < 1.0:
             raise ValueError(f"diffusion_eps must be in (0, 1), got {self.diffusion_eps}")
+        self._check_preference_keys()
+
+    def _check_preference_keys(self) -> None:
+        if isinstance(self.loss_type, str):
+            self.loss_type = [self.loss_type]
+        self.loss_type = [name for item in self.loss_type for name in item.split(",") if name]
+        if self.stage != "dpo":
+            given = [key for key in ("max_prompt_length", "ref_model_name_or_path", "adapter_name_or_path")
+                     if getattr(self, key) is not None]
+            given += ["precompute_ref_log_probs"] if self.precompute_ref_log_probs else []
+            if given:
+                raise ValueError(f"{', '.join(given)} apply to stage: dpo only, but the stage is {self.stage}")
+            return
+        if self.loss != "sft":  # resolved_loss() has run: sft is the default, so anything else was asked for
+            raise ValueError(f"stage: dpo trains with loss_type (sigmoid, ipo, ...), not loss: {self.loss}")
+        if self.beta <= 0:
+            raise ValueError(f"beta must be positive, got {self.beta}")
+        if not self.loss_type:
+            raise ValueError("loss_type must name at least one TRL DPO loss, e.g. sigmoid")
+        if self.max_prompt_length is not None and self.max_prompt_length < 1:
+            raise ValueError(f"max_prompt_length must be at least 1, got {self.max_prompt_length}")
+        if self.adapter_name_or_path is not None and self.finetuning_type != "lora":
+            raise ValueError("adapter_name_or_path trains that LoRA adapter: set finetuning_type: lora")
 
     def resolved_loss(self) -> str:
         """One objective from `loss` and the seeds' booleans, rejecting combinations that contradict."""

@@ -21,3 +21,12 @@ class ModelArguments:
     enable_gradient_checkpointing: bool = field(
         default=False, metadata={"help": "Recompute activations in the backward pass to save memory."}
     )
+    quantization_bit: int | None = field(
+        default=None,
+        metadata={"help": "QLoRA: load the base weights in 4 bits (NF4, double quantisation, bf16 compute) or 8 "
+                  "through bitsandbytes (CUDA only); train LoRA on top (LLaMA-Factory's key)."},
+    )
+
+    def __post_init__(self) -> None:
+        if self.quantization_bit not in (None, 4, 8):
+            raise ValueError(f"quantization_bit must be 4 or 8, got {self.quantization_bit}")

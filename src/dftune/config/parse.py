@@ -22,9 +22,10 @@ from dftune.config.data_args import DataArguments
 from dftune.config.legacy import translate
 from dftune.config.method_args import MethodArguments
 from dftune.config.model_args import ModelArguments
+from dftune.config.reliability_args import ReliabilityArguments
 from dftune.errors import DftuneError
 
-SECTIONS = (ModelArguments, DataArguments, MethodArguments, TrainingArguments)
+SECTIONS = (ModelArguments, DataArguments, MethodArguments, ReliabilityArguments, TrainingArguments)
 CONFIG_FILE_NAME = "dftune_config.yaml"
 
 
@@ -38,11 +39,12 @@ class RunConfig:
     training: TrainingArguments
     notes: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    reliability: ReliabilityArguments = field(default_factory=ReliabilityArguments)
 
     def to_yaml(self) -> str:
         """The resolved config as YAML that `dftune train` reads back: what actually ran."""
         merged: dict[str, Any] = {}
-        for section in (self.model, self.data, self.method):
+        for section in (self.model, self.data, self.method, self.reliability):
             merged.update(asdict(section))
         merged.update(_explicit_training_args(self.training))
         return yaml.safe_dump(merged, sort_keys=False)
@@ -92,14 +94,16 @@ def parse_config(argv: list[str]) -> RunConfig:
 
     parser = ConfigArgumentParser(SECTIONS)
     try:
-        model, data, method, training = parser.parse_args_into_dataclasses(args=to_argv(resolved))
+        model, data, method, reliability, training = parser.parse_args_into_dataclasses(args=to_argv(resolved))
     except ValueError as err:  # __post_init__ checks: contradictions and out-of-range values
         raise DftuneError(f"invalid configuration: {err}") from None
-    return RunConfig(model, data, method, training, notes, env)
+    return RunConfig(model, data, method, training, notes, env, reliability)
 
 
 def read_yaml(path: Path) -> dict[str, _Value]:
     """Top-level keys of a YAML mapping, each with `file:line` for error messages."""
+    if path.is_dir():
+        raise DftuneError(f"config file {path} is a directory; give the YAML file itself")
     if not path.is_file():
         raise DftuneError(f"config file not found: {path} (the first argument, when not a --flag, is a YAML file)")
     text = path.read_text(encoding="utf-8-sig")

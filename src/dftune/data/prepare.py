@@ -71,13 +71,13 @@ def prepare_datasets(
     full_report = Path(report_path) if report_path is not None else cache.report_file(entry)
     if report_path is not None:
         report.save(report_path)
-    _apply_policy(report, data_args.on_bad_record, full_report)
+    apply_policy(report, data_args.on_bad_record, full_report)
 
     train, evaluation = datasets["train"], datasets.get("eval")
     if len(train) == 0:
         raise DftuneError(f"no valid training records left (see {full_report})")
     if data_args.validation_split_percentage > 0:
-        train, evaluation = _split(train, data_args.validation_split_percentage, seed)
+        train, evaluation = split_off(train, data_args.validation_split_percentage, seed)
     return PreparedData(train, evaluation, report, cache_hit=cached is not None)
 
 
@@ -100,7 +100,7 @@ def _build(
     return datasets, report
 
 
-def _apply_policy(report: ValidationReport, policy: str, full_report: Path) -> None:
+def apply_policy(report: ValidationReport, policy: str, full_report: Path) -> None:
     if report.rejected == 0:
         return
     if policy == "error":
@@ -118,7 +118,7 @@ def _apply_policy(report: ValidationReport, policy: str, full_report: Path) -> N
     )
 
 
-def _split(train: Dataset, percentage: float, seed: int) -> tuple[Dataset, Dataset]:
+def split_off(train: Dataset, percentage: float, seed: int) -> tuple[Dataset, Dataset]:
     """Hold out `percentage`% of the records (at least one), chosen by `seed`."""
     if len(train) < 2:
         raise DftuneError(f"validation_split_percentage needs at least 2 valid records, got {len(train)}")

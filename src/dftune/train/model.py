@@ -7,7 +7,13 @@ import logging
 
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from dftune.config.method_args import MethodArguments
 from dftune.config.model_args import ModelArguments
@@ -41,8 +47,32 @@ def load_tokenizer(args: ModelArguments) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
+def quantization_config(args: ModelArguments) -> BitsAndBytesConfig | None:
+    """QLoRA's set-up (NF4, double quantisation, bf16 compute and storage, as seed 004), or a DftuneError here,
+    before any weights load, when bitsandbytes or CUDA is missing."""
+    if args.quantization_bit is None:
+        return None
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise DftuneError(
+            f"quantization_bit: {args.quantization_bit} needs the bitsandbytes package, which is not installed. "
+            "Fix: `pip install bitsandbytes` on a CUDA machine, or remove quantization_bit"
+        )
+    if not torch.cuda.is_available():
+        raise DftuneError(f"quantization_bit: {args.quantization_bit} needs a CUDA GPU; remove it to train here")
+    if args.quantization_bit == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+        bnb_4bit_quant_storage=torch.bfloat16,  # FSDP shards the packed 4-bit weights as this dtype
+    )
+
+
 def load_model(args: ModelArguments) -> PreTrainedModel:
     check_attention(args.attn_implementation)
+    quantization = quantization_config(args)
     dtype = args.torch_dtype if args.torch_dtype == "auto" else getattr(torch, args.torch_dtype)
     try:
         return AutoModelForCausalLM.from_pretrained(
@@ -50,25 +80,32 @@ def load_model(args: ModelArguments) -> PreTrainedModel:
             dtype=dtype,
             attn_implementation=args.attn_implementation,
             trust_remote_code=args.trust_remote_code,
+            quantization_config=quantization,
+            use_safetensors=True,  # never unpickle weights (docs/reliability.md)
         )
     except OSError as err:
         raise DftuneError(f"cannot load model_name_or_path {args.model_name_or_path!r}: {err}") from None
 
 
-def apply_lora(model: PreTrainedModel, method: MethodArguments) -> PreTrainedModel:
+def lora_config(method: MethodArguments) -> LoraConfig:
     """LoRA on `lora_target` modules; 'all' means every linear layer but the output head (peft's all-linear)."""
     targets: str | list[str] = "all-linear" if method.lora_target == ["all"] else method.lora_target
-    config = LoraConfig(
+    return LoraConfig(
         r=method.lora_rank,
         lora_alpha=method.lora_alpha if method.lora_alpha is not None else 2 * method.lora_rank,
         lora_dropout=method.lora_dropout,
         target_modules=targets,
         task_type="CAUSAL_LM",
     )
+
+
+def apply_lora(model: PreTrainedModel, method: MethodArguments) -> PreTrainedModel:
+    config = lora_config(method)
     try:
         model = get_peft_model(model, config)
     except ValueError as err:
         raise DftuneError(f"lora_target {method.lora_target}: {err}") from None
     trainable, total = model.get_nb_trainable_parameters()
-    logger.info("LoRA r=%d on %s: %d of %d parameters trainable", method.lora_rank, targets, trainable, total)
+    logger.info("LoRA r=%d on %s: %d of %d parameters trainable", method.lora_rank, config.target_modules, trainable,
+                total)
     return model

@@ -1,7 +1,11 @@
-"""Training curves of one or more runs as a PNG, from `trainer.state.log_history`."""
+"""Training curves of one or more runs as a PNG, from `trainer.state.log_history` or a run folder's
+`trainer_state.json` (written by every `dftune train`): no tracker needed."""
 
 from __future__ import annotations
 
+import io
+import json
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -10,8 +14,31 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 
+from PIL import Image  # noqa: E402
+
+from dftune.errors import DftuneError  # noqa: E402
+
 LogHistory = Sequence[Mapping[str, float]]
 DEFAULT_PANELS = (("loss", "objective loss"), ("ce", "plain cross-entropy"), ("avg_p_correct", "avg p(correct)"))
+# `dftune plot` and `dftune compare`: everything a run logs, training solid and held-out (eval_) dashed.
+RUN_PANELS = (
+    *DEFAULT_PANELS,
+    ("token_accuracy", "token accuracy"),
+    ("grad_norm", "gradient norm"),
+    ("learning_rate", "learning rate"),
+)
+STATE_FILE = "trainer_state.json"
+
+
+def load_log_history(run_dir: str | Path) -> list[dict[str, float]]:
+    """The log history a run saved (`trainer.save_state()`, also in each checkpoint-N folder)."""
+    path = Path(run_dir) / STATE_FILE
+    if not path.is_file():
+        raise DftuneError(
+            f"{run_dir}: no {STATE_FILE} here; give the output_dir of a finished `dftune train` run "
+            "or one of its checkpoint-N folders"
+        )
+    return json.loads(path.read_text(encoding="utf-8"))["log_history"]
 
 
 def series(history: LogHistory, key: str) -> tuple[list[int], list[float]]:
@@ -26,26 +53,41 @@ def plot_runs(
     *,
     panels: Sequence[tuple[str, str]] = DEFAULT_PANELS,
     title: str = "",
+    columns: int | None = None,
 ) -> Path:
-    """One panel per logged key, one line per run (training) plus its `eval_` twin dashed where logged."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False)
-    for ax, (key, label) in zip(axes[0], panels):
-        for name, history in runs.items():
+    """One panel per logged key, one line per run (training) plus its `eval_` twin dashed where logged.
+
+    Panels fill a grid `columns` wide (default: one row); a key no run logged says so in its panel.
+    """
+    columns = columns or len(panels)
+    rows = math.ceil(len(panels) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.8 * rows), squeeze=False)
+    for ax in axes.flat[len(panels) :]:
+        ax.set_visible(False)
+    for ax, (key, label) in zip(axes.flat, panels):
+        for i, (name, history) in enumerate(runs.items()):
+            color = f"C{i % 10}"  # a run keeps its colour in every panel, even where it lacks a key
             steps, values = series(history, key)
-            line = ax.plot(steps, values, label=name)[0] if steps else None
+            if steps:
+                ax.plot(steps, values, color=color, label=name)
             eval_steps, eval_values = series(history, f"eval_{key}")
             if eval_steps:
-                color = line.get_color() if line else None
                 ax.plot(eval_steps, eval_values, "--o", ms=3, color=color, label=f"{name} (held-out)")
         ax.set_title(label)
         ax.set_xlabel("optimizer step")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.lines:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, f"{key}: not logged", ha="center", va="center", transform=ax.transAxes, color="gray")
     if title:
         fig.suptitle(title)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=110)
     plt.close(fig)
+    # A 256-colour palette loses nothing visible on line plots and makes the file 3x smaller (~100 KB).
+    Image.open(buffer).convert("RGB").quantize(256).save(path, optimize=True)
     return path

@@ -1,0 +1,46 @@
+"""`dftune compare CONFIG.yaml --losses sft,dft,bft [--seeds 1,2] [--output_dir DIR] [--key value ...]`."""
+
+from __future__ import annotations
+
+import argparse
+
+from dftune.errors import DftuneError
+
+LOSSES = ("sft", "dft", "bft")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    compare = subparsers.add_parser(
+        "compare",
+        help="train one config once per objective (and seed); write a table and the overlaid curves",
+        description="Runs CONFIG once per loss and seed as `dftune train` would, each in DIR/<loss>-seed<k>/, then "
+        "writes DIR/compare.md, compare.json and compare.png. Other --key value words override the config's keys.",
+        allow_abbrev=False,  # `--loss dft` or `--seed 3` are config keys, not abbreviations of --losses / --seeds
+    )
+    compare.add_argument("config", help="a `dftune train` YAML config")
+    compare.add_argument("--losses", required=True, help="comma-separated objectives, e.g. sft,dft,bft")
+    compare.add_argument("--seeds", default=None, help="comma-separated seeds (default: the config's seed)")
+    compare.add_argument("--output_dir", default="outputs/compare", help="folder for the runs, table and plot")
+    compare.set_defaults(func=run_compare)
+
+
+def split_list(text: str | None, cast: type, allowed: tuple = ()) -> list:
+    items = [item.strip() for item in (text or "").split(",") if item.strip()]
+    try:
+        values = [cast(item) for item in items]
+    except ValueError:
+        raise DftuneError(f"not a comma-separated list of {cast.__name__}: {text!r}") from None
+    bad = [v for v in values if allowed and v not in allowed]
+    if bad:
+        raise DftuneError(f"unknown loss {bad[0]!r}; choose from {', '.join(allowed)}")
+    return values
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from dftune.compare import compare
+
+    losses = split_list(args.losses, str, LOSSES)
+    if not losses:
+        raise DftuneError("--losses needs at least one objective, e.g. --losses sft,dft")
+    compare([args.config, *args.rest], losses, args.output_dir, split_list(args.seeds, int) or None)
+    return 0

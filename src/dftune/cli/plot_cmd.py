@@ -1,0 +1,34 @@
+"""`dftune plot RUN_DIR [RUN_DIR ...] --output FILE.png`: the curves of one or several runs, overlaid."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from dftune.viz.curves import RUN_PANELS, load_log_history, plot_runs
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    plot = subparsers.add_parser(
+        "plot",
+        help="overlay the training and eval curves of finished runs in one PNG",
+        description="Loss, eval loss and CE, avg_p_correct, token accuracy, grad norm and learning rate of each "
+        "run, from its trainer_state.json (no tracker needed). Training solid, eval dashed.",
+    )
+    plot.add_argument("runs", nargs="+", help="output_dir of `dftune train` runs (or their checkpoint-N folders)")
+    plot.add_argument("--output", required=True, help="the PNG to write")
+    plot.add_argument("--title", default="", help="figure title")
+    plot.set_defaults(func=run_plot)
+
+
+def run_labels(run_dirs: list[str]) -> list[str]:
+    """Each run's folder name, or its path where two runs share a name (outputs/a/sft and outputs/b/sft)."""
+    names = [Path(d).name or str(d) for d in run_dirs]
+    return [name if names.count(name) == 1 else str(d) for name, d in zip(names, run_dirs)]
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    histories = {label: load_log_history(d) for label, d in zip(run_labels(args.runs), args.runs)}
+    path = plot_runs(histories, args.output, panels=RUN_PANELS, title=args.title, columns=3)
+    print(f"wrote {path}")
+    return 0

@@ -1,0 +1,170 @@
+"""`dftune compare`: one config trained once per objective (and seed) through `run_sft`, then one table and one plot.
+
+    DIR/<loss>-seed<k>/     each run, exactly as `dftune train` writes it
+    DIR/compare.md          final and best eval CE, final avg_p_correct, exact-match accuracy, per run
+    DIR/compare.json        the same numbers, for scripts
+    DIR/compare.png         every run's curves overlaid (`dftune plot` on the run folders)
+
+Switching objective goes through the config layer: the config is parsed as `dftune train` would parse it, then
+its method section is rebuilt with `dataclasses.replace` (so `MethodArguments.__post_init__` checks it again),
+with the keys that select another objective (`dft_alpha`, `use_dft_loss`, `use_bft_loss`) cleared where they
+do not fit. Runs go one after another in this process: launch it with `python`/`dftune`, not torchrun.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import logging
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+
+from dftune.config.parse import RunConfig, parse_config
+from dftune.data.readers import resolve_sources
+from dftune.data.validate import collect_conversations
+from dftune.errors import DftuneError
+from dftune.evaluation import exact_match_accuracy
+from dftune.train.run import run_sft
+from dftune.viz.curves import RUN_PANELS, plot_runs
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class RunResult:
+    loss: str
+    seed: int
+    output_dir: str
+    steps: int
+    final_eval_ce: float | None
+    best_eval_ce: float | None
+    final_avg_p_correct: float | None  # training, averaged over the last logging window
+    exact_match: float | None  # greedy generation on the eval records that end with a reference answer
+
+    @property
+    def name(self) -> str:
+        return f"{self.loss}-seed{self.seed}"
+
+
+def objective_config(argv: Sequence[str], loss: str, seed: int, output_dir: Path) -> RunConfig:
+    """The run config of one objective and seed: `argv` as `dftune train` parses it, then the method switched."""
+    config = parse_config([*argv, "--output_dir", str(output_dir), "--seed", str(seed)])
+    method = config.method
+    cleared = {
+        "dft_alpha": None if loss != "dft" else method.dft_alpha,
+        "use_dft_loss": method.use_dft_loss and loss == "dft",
+        "use_bft_loss": method.use_bft_loss and loss == "bft",
+    }
+    for key, value in cleared.items():
+        if getattr(method, key) != value:
+            config.notes.append(f"compare: {key} cleared for loss {loss}")
+    try:
+        config.method = dataclasses.replace(method, loss=loss, **cleared)
+    except ValueError as err:
+        raise DftuneError(f"--losses {loss}: {err}") from None
+    name = f"{loss}-seed{seed}"
+    config.training.run_name = f"{config.training.run_name}-{name}" if config.training.run_name else name
+    return config
+
+
+def reference_records(config: RunConfig) -> list[dict]:
+    """Eval records whose last message is an assistant turn (a reference answer), as ChatML records."""
+    if not config.data.eval_files:
+        return []
+    conversations, _ = collect_conversations(resolve_sources(config.data.eval_files))
+    return [{"messages": m} for m in conversations.messages if m[-1]["role"] == "assistant"]
+
+
+def answer_budget(tokenizer, records: list[dict], cap: int = 512) -> int:
+    """New tokens for generation: the longest reference answer plus room for the end-of-turn tokens."""
+    longest = max(len(tokenizer(r["messages"][-1]["content"], add_special_tokens=False)["input_ids"]) for r in records)
+    return min(longest + 4, cap)
+
+
+def summarise(trainer, config: RunConfig, seed: int, records: list[dict]) -> RunResult:
+    history = trainer.state.log_history
+    eval_ce = [e["eval_ce"] for e in history if "eval_ce" in e]
+    train_p = [e["avg_p_correct"] for e in history if "avg_p_correct" in e]
+    accuracy = None
+    if records and config.method.stage == "sft":  # dllm models do not decode left to right with generate()
+        tokenizer = trainer.processing_class
+        accuracy = exact_match_accuracy(
+            trainer.model, tokenizer, records,
+            max_new_tokens=answer_budget(tokenizer, records), batch_size=config.training.per_device_eval_batch_size,
+        )  # fmt: skip
+    return RunResult(
+        loss=config.method.loss,
+        seed=seed,
+        output_dir=str(config.training.output_dir),
+        steps=trainer.state.global_step,
+        final_eval_ce=eval_ce[-1] if eval_ce else None,
+        best_eval_ce=min(eval_ce) if eval_ce else None,
+        final_avg_p_correct=train_p[-1] if train_p else None,
+        exact_match=accuracy,
+    )
+
+
+def _cell(value: float | None, percent: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.1%}" if percent else f"{value:.4f}"
+
+
+def markdown_table(results: Sequence[RunResult]) -> str:
+    """One row per run; with several seeds, a mean row per objective after them."""
+    columns = ("final eval CE", "best eval CE", "final avg_p_correct", "exact match")
+    lines = ["| run | loss | seed | steps | " + " | ".join(columns) + " |", "|---" * (4 + len(columns)) + "|"]
+
+    def row(name: str, loss: str, seed: str, steps: str, values: Sequence[float | None]) -> str:
+        cells = [_cell(v, percent=i == 3) for i, v in enumerate(values)]
+        return f"| {name} | {loss} | {seed} | {steps} | " + " | ".join(cells) + " |"
+
+    metrics = ("final_eval_ce", "best_eval_ce", "final_avg_p_correct", "exact_match")
+    for r in results:
+        lines.append(row(r.name, r.loss, str(r.seed), str(r.steps), [getattr(r, m) for m in metrics]))
+    for loss in dict.fromkeys(r.loss for r in results):
+        group = [r for r in results if r.loss == loss]
+        if len(group) > 1:
+            means = []
+            for m in metrics:
+                values = [getattr(r, m) for r in group if getattr(r, m) is not None]
+                means.append(statistics.fmean(values) if values else None)
+            lines.append(row(f"**{loss} mean**", loss, f"{len(group)} seeds", "", means))
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(results: Sequence[RunResult], histories: dict[str, list], output_dir: Path, title: str) -> Path:
+    (output_dir / "compare.md").write_text(f"# {title}\n\n" + markdown_table(results), encoding="utf-8")
+    payload = {"runs": [{**dataclasses.asdict(r), "name": r.name} for r in results]}
+    (output_dir / "compare.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    return plot_runs(histories, output_dir / "compare.png", panels=RUN_PANELS, title=title, columns=3)
+
+
+def compare(
+    argv: Sequence[str], losses: Sequence[str], output_dir: str | Path, seeds: Sequence[int] | None = None
+) -> list[RunResult]:
+    """Train `argv` (`[CONFIG.yaml] [--key value ...]`) once per loss and seed; write table and plot after each run."""
+    output_dir = Path(output_dir)
+    base = parse_config(list(argv))  # mistakes in the config stop here, before any training
+    seeds = list(seeds) if seeds else [base.training.seed]
+    records = reference_records(base)
+    config_name = Path(argv[0]).name if argv and not argv[0].startswith("--") else "flags"
+    title = f"dftune compare: {', '.join(losses)} ({config_name})"
+    # Every run's config first: a loss that contradicts the config (bft with stage dllm) stops before any training.
+    runs = [(loss, seed) for loss in losses for seed in seeds]
+    plan = [(seed, objective_config(argv, loss, seed, output_dir / f"{loss}-seed{seed}")) for loss, seed in runs]
+    results: list[RunResult] = []
+    histories: dict[str, list] = {}
+    for seed, config in plan:
+        logger.info("compare: run %d of %d: loss %s, seed %d", len(results) + 1, len(plan), config.method.loss, seed)
+        trainer = run_sft(config)
+        result = summarise(trainer, config, seed, records)
+        results.append(result)
+        histories[result.name] = trainer.state.log_history
+        del trainer  # free the model before the next run loads its own
+        gc.collect()
+        plot = write_outputs(results, histories, output_dir, title)
+    logger.info("compare: wrote %s, %s and %s", output_dir / "compare.md", output_dir / "compare.json", plot)
+    return results

@@ -1,0 +1,101 @@
+"""The policy DPO trains and the frozen reference it is measured against, one rule per set-up.
+
+| set-up                                   | policy                          | reference                            |
+|------------------------------------------|---------------------------------|--------------------------------------|
+| `ref_model_name_or_path`                 | as below                        | that model, loaded like the policy   |
+| `adapter_name_or_path` (seed 004)        | base + that adapter, trainable  | base + the same adapter, frozen      |
+| `finetuning_type: lora`                  | base + a new LoRA adapter       | base with the adapters disabled      |
+| `finetuning_type: full`                  | the starting model              | a frozen copy of the starting model  |
+
+Seed 004 loads its SFT adapter twice (`PeftModel.from_pretrained(..., adapter_name="DPO")` then
+`load_adapter(..., adapter_name="reference")`) and names both in DPOConfig. TRL 1.16 removed those two
+arguments: given a PeftModel that already holds an adapter and no reference model, it adds a "ref" adapter
+with the same config and copies the weights into it, frozen. Same result; `check_reference` verifies it.
+
+The full-model copy is loaded again from disk rather than left to TRL, which re-creates it from the config's
+model id and fails under ZeRO-3; loading through `load_model` also partitions it while it loads. With
+`precompute_ref_log_probs` (and no FSDP) there is no copy at all: TRL runs the untrained policy over the data
+once before the first step.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, replace
+
+from peft import LoraConfig, PeftModel, prepare_model_for_kbit_training
+from transformers import PreTrainedModel
+
+from dftune.config.parse import RunConfig
+from dftune.errors import DftuneError
+from dftune.train.model import load_model, lora_config
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PolicyAndReference:
+    """What DPOTrainer is given: the policy, an explicit reference or None, and a LoRA config for TRL to apply."""
+
+    policy: PreTrainedModel
+    reference: PreTrainedModel | None
+    peft_config: LoraConfig | None
+    description: str
+
+
+def load_policy_and_reference(config: RunConfig) -> PolicyAndReference:
+    """Load the models of the table above. Call after the distributed state is set up (ZeRO-3 loads sharded)."""
+    method, model_args = config.method, config.model
+    if model_args.quantization_bit is not None and method.finetuning_type != "lora":
+        raise DftuneError(f"quantization_bit: {model_args.quantization_bit} trains LoRA on frozen quantised "
+                          "weights: set finetuning_type: lora")
+    policy = load_model(model_args)
+    if model_args.quantization_bit is not None:
+        # Seed 004's QLoRA set-up: frozen base, norms in fp32, embeddings' outputs requiring grad.
+        policy = prepare_model_for_kbit_training(
+            policy, use_gradient_checkpointing=config.training.gradient_checkpointing
+        )
+    peft_config = None
+    if method.adapter_name_or_path is not None:
+        try:
+            policy = PeftModel.from_pretrained(policy, method.adapter_name_or_path, is_trainable=True)
+        except (OSError, ValueError) as err:
+            raise DftuneError(f"cannot load adapter_name_or_path {method.adapter_name_or_path!r}: {err}") from None
+        description = f"the adapter {method.adapter_name_or_path}, frozen copy"
+    elif method.finetuning_type == "lora":
+        peft_config = lora_config(method)
+        description = "the base model with the LoRA adapters disabled"
+    else:
+        description = "a frozen copy of the starting model"
+
+    reference = None
+    if method.ref_model_name_or_path is not None:
+        reference = load_model(replace(model_args, model_name_or_path=method.ref_model_name_or_path))
+        description = f"the separate model {method.ref_model_name_or_path}"
+    elif method.finetuning_type == "full":
+        if method.precompute_ref_log_probs and not uses_fsdp(config):
+            description = "the starting model, run once before training (precompute_ref_log_probs)"
+        else:
+            reference = load_model(model_args)
+    if reference is not None:
+        reference.requires_grad_(False)
+        reference.eval()
+    return PolicyAndReference(policy, reference, peft_config, description)
+
+
+def check_reference(model: PreTrainedModel, config: RunConfig) -> None:
+    """The adapter set-up relies on TRL copying the adapter into a frozen "ref" one: fail loudly if it did not."""
+    if config.method.adapter_name_or_path is None or config.method.ref_model_name_or_path is not None:
+        return
+    if not isinstance(model, PeftModel) or "ref" not in model.peft_config:
+        raise DftuneError("this TRL version did not copy the adapter into a frozen reference adapter; "
+                          "dftune is tested with trl 1.16")
+    trainable_ref = [name for name, p in model.named_parameters() if ".ref." in name and p.requires_grad]
+    if trainable_ref:
+        raise DftuneError(f"the reference adapter is trainable ({trainable_ref[0]}); dftune is tested with trl 1.16")
+
+
+def uses_fsdp(config: RunConfig) -> bool:
+    """FSDP from `--fsdp` or from `accelerate launch --config_file` (which says so in the environment)."""
+    return bool(config.training.fsdp) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("true", "1")

@@ -1,0 +1,163 @@
+"""Checkpoints that are either complete or ignored, resume that finds the newest complete one, and an output_dir
+that is checked before anything is written to it.
+
+The Trainer writes `checkpoint-N/` file by file; a crash (SIGKILL, preemption, full disk) can leave it half
+written. So a checkpoint counts only once `dftune_complete` is in it: written last, after the Trainer's save has
+returned and every file is flushed to disk. Resume reads only complete checkpoints; rotation
+(`save_total_limit`) counts and deletes only complete ones, so it can never leave a run without one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from transformers import TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from dftune.config.reliability_args import ReliabilityArguments
+from dftune.errors import DftuneError
+
+logger = logging.getLogger(__name__)
+
+COMPLETE_MARKER = "dftune_complete"
+CHECKPOINT_RE = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+# Files that show a folder holds a run's results (data_report.json alone does not: data checks write it first).
+RUN_FILES = ("trainer_state.json", "dftune_config.yaml", "config.json", "adapter_config.json", "model.safetensors")
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def mark_complete(checkpoint: Path, global_step: int) -> None:
+    """Flush every file of `checkpoint` to disk, then write the marker (itself written whole, by rename)."""
+    for path in sorted(checkpoint.rglob("*")):
+        if path.is_file():
+            _fsync(path)
+    tmp = checkpoint / f".{COMPLETE_MARKER}.tmp"
+    tmp.write_text(json.dumps({"global_step": global_step}) + "\n", encoding="utf-8")
+    _fsync(tmp)
+    os.replace(tmp, checkpoint / COMPLETE_MARKER)
+    _fsync(checkpoint)  # the rename itself
+
+
+def is_complete(checkpoint: Path) -> bool:
+    return (checkpoint / COMPLETE_MARKER).is_file()
+
+
+def list_checkpoints(output_dir: Path) -> list[Path]:
+    """`checkpoint-N` folders of `output_dir`, oldest step first."""
+    if not output_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in output_dir.iterdir() if (m := CHECKPOINT_RE.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found)]
+
+
+def last_complete_checkpoint(output_dir: Path) -> Path | None:
+    """The newest complete checkpoint; newer incomplete ones are skipped with a warning."""
+    for checkpoint in reversed(list_checkpoints(output_dir)):
+        if is_complete(checkpoint):
+            return checkpoint
+        logger.warning("skipping incomplete checkpoint %s (no %s marker: its save was interrupted)",
+                       checkpoint, COMPLETE_MARKER)
+    return None
+
+
+def rotate_checkpoints(output_dir: Path, save_total_limit: int | None, keep: set[Path]) -> None:
+    """Keep the newest `save_total_limit` complete checkpoints (and `keep`, e.g. the best one); delete older
+    complete ones and the incomplete leftovers older than the newest complete one. Never the newest complete one."""
+    if not save_total_limit or save_total_limit <= 0:
+        return
+    checkpoints = list_checkpoints(output_dir)
+    complete = [c for c in checkpoints if is_complete(c)]
+    if not complete:
+        return
+    kept = set(complete[-save_total_limit:]) | {complete[-1]} | {Path(k) for k in keep}
+    newest_step = int(CHECKPOINT_RE.match(complete[-1].name).group(1))
+    for checkpoint in checkpoints:
+        stale = int(CHECKPOINT_RE.match(checkpoint.name).group(1)) < newest_step
+        if checkpoint not in kept and (is_complete(checkpoint) or stale):
+            logger.info("deleting checkpoint %s (save_total_limit %d)", checkpoint, save_total_limit)
+            shutil.rmtree(checkpoint, ignore_errors=True)
+
+
+def resolve_resume(value: str | None, output_dir: Path) -> str | None:
+    """`resume_from_checkpoint` as a checkpoint path or None (a fresh run).
+
+    auto: the newest complete checkpoint in output_dir, else a fresh run (so one command line serves the first
+    start and every restart); true: the same, but no checkpoint is an error; a path: that checkpoint, which must be
+    complete; false or absent: a fresh run.
+    """
+    word = None if value is None else str(value).strip()
+    if word is None or word.lower() in ("", "false", "none"):
+        return None
+    if word.lower() in ("auto", "true"):
+        checkpoint = last_complete_checkpoint(output_dir)
+        if checkpoint is not None:
+            logger.info("resuming from %s", checkpoint)
+            return str(checkpoint)
+        if word.lower() == "true":
+            raise DftuneError(f"resume_from_checkpoint: true, but output_dir {output_dir} holds no complete "
+                              "checkpoint; use auto to start fresh when there is none")
+        logger.info("resume_from_checkpoint: auto found no complete checkpoint in %s: starting fresh", output_dir)
+        return None
+    path = Path(word).expanduser()
+    if not path.exists():
+        raise DftuneError(f"resume_from_checkpoint: {word} does not exist (auto picks the newest in output_dir)")
+    if not path.is_dir():
+        raise DftuneError(f"resume_from_checkpoint: {word} is a file; give a checkpoint-N folder")
+    if not (path / "trainer_state.json").is_file():
+        raise DftuneError(f"resume_from_checkpoint: {word} is not a Trainer checkpoint (no trainer_state.json)")
+    if not is_complete(path):
+        raise DftuneError(f"resume_from_checkpoint: {word} is incomplete (no {COMPLETE_MARKER} marker: its save "
+                          "was interrupted); use auto to pick the newest complete one")
+    return str(path)
+
+
+def prepare_output_dir(output_dir: Path, *, resume: str | None, resume_asked: bool, overwrite: bool,
+                       main_process: bool) -> None:
+    """Refuse an output_dir that holds another run (unless resuming or overwriting) or cannot be written.
+
+    `resume_asked` (auto/true found nothing to resume): checkpoint folders there are incomplete leftovers of this
+    same run, fine to train over; a finished run's files still need overwrite_output_dir.
+    """
+    if output_dir.exists() and not output_dir.is_dir():
+        raise DftuneError(f"output_dir {output_dir} is a file; give a folder")
+    if resume is None and output_dir.is_dir():
+        checkpoints = list_checkpoints(output_dir)
+        held = [n for n in RUN_FILES if (output_dir / n).exists()] + ([] if resume_asked else [p.name for p in checkpoints])
+        if held and not overwrite:
+            raise DftuneError(
+                f"output_dir {output_dir} holds another run ({', '.join(held[:4])}); set overwrite_output_dir: true "
+                "to replace it, resume_from_checkpoint: auto to continue it, or choose another output_dir"
+            )
+        if overwrite and main_process:
+            for checkpoint in checkpoints:  # else a later `auto` would resume the old run
+                logger.info("overwrite_output_dir: removing %s", checkpoint)
+                shutil.rmtree(checkpoint)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=output_dir, prefix=".dftune-write-test"):
+            pass
+    except OSError as err:
+        raise DftuneError(f"cannot write to output_dir {output_dir}: {err.strerror or err}") from None
+
+
+def resolve_run_dir(training: TrainingArguments, reliability: ReliabilityArguments) -> str | None:
+    """Check output_dir and resolve `resume_from_checkpoint` (auto/true/path/false) to a checkpoint path or None."""
+    output_dir = Path(training.output_dir)
+    resume = resolve_resume(training.resume_from_checkpoint, output_dir)
+    asked = str(training.resume_from_checkpoint).strip().lower() in ("auto", "true")
+    prepare_output_dir(output_dir, resume=resume, resume_asked=asked, overwrite=reliability.overwrite_output_dir,
+                       main_process=training.process_index == 0)
+    return resume

@@ -1,0 +1,125 @@
+"""The one-screen run header (what is about to train, and how) and the final summary (what came out).
+
+Both are plain text blocks logged once, by the main process. The header is logged from `on_train_begin`
+because only then does the Trainer know the real number of optimizer steps (epochs x batches / accumulation).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from torch import nn
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from dftune.runlog import process_info
+
+logger = logging.getLogger(__name__)
+
+TRAIN_KEYS = ("loss", "ce", "avg_p_correct", "token_accuracy")
+
+
+def human(n: float) -> str:
+    """12345678 -> '12.35M': parameter and sample counts at a glance."""
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(int(n))
+
+
+def parameter_counts(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total). Under DeepSpeed ZeRO-3 a parameter holds a 0-element shard; its full size is ds_numel."""
+    trainable = total = 0
+    for p in model.parameters():
+        n = getattr(p, "ds_numel", None) or p.numel()  # ds_numel: DeepSpeed's attribute, absent otherwise
+        total += n
+        trainable += n if p.requires_grad else 0
+    return trainable, total
+
+
+def block(title: str, rows: Sequence[tuple[str, str]]) -> str:
+    """Rows as an aligned two-column block under a title rule."""
+    width = max(len(name) for name, _ in rows)
+    lines = [f"---- {title} " + "-" * max(0, 60 - len(title))]
+    lines += [f"  {name.ljust(width)}  {value}" for name, value in rows]
+    return "\n".join(lines)
+
+
+def header_rows(
+    args: TrainingArguments,
+    state: TrainerState,
+    model: nn.Module,
+    *,
+    model_name: str,
+    objective: str,
+    train_samples: int,
+    eval_samples: int | None,
+    trackers: str,
+) -> list[tuple[str, str]]:
+    trainable, total = parameter_counts(model)
+    info = process_info()
+    config = model.config
+    precision = "bf16 mixed" if args.bf16 else "fp16 mixed" if args.fp16 else "fp32"
+    effective = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    return [
+        ("model", f"{model_name} ({type(model).__name__})"),
+        ("parameters", f"{human(trainable)} trainable / {human(total)} total ({trainable / max(total, 1):.1%})"),
+        ("objective", objective),
+        ("data", f"{train_samples} train samples, " + (f"{eval_samples} eval" if eval_samples else "no eval")),
+        (
+            "effective batch",
+            f"{effective} = {args.per_device_train_batch_size} per device x {args.gradient_accumulation_steps} "
+            f"accumulation x {args.world_size} processes",
+        ),
+        ("steps", f"{state.max_steps} optimizer steps, logging every {state.logging_steps:g}"),
+        ("precision", f"{precision}, weights {next(model.parameters()).dtype}".replace("torch.", "")),
+        ("attention", str(config._attn_implementation)),
+        ("launcher", f"{info.launcher}, world size {args.world_size}, device {args.device}"),
+        ("trackers", trackers or "none"),
+        ("output", str(args.output_dir)),
+    ]
+
+
+class RunHeader(TrainerCallback):
+    """Logs the run header once, when training starts."""
+
+    def __init__(
+        self, *, model_name: str, objective: str, train_samples: int, eval_samples: int | None, trackers: str
+    ) -> None:
+        self.described = {
+            "model_name": model_name,
+            "objective": objective,
+            "train_samples": train_samples,
+            "eval_samples": eval_samples,
+            "trackers": trackers,  # as requested: swanlab leaves report_to for a callback of its own
+        }
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        if state.is_world_process_zero:
+            logger.info("%s", block("dftune run", header_rows(args, state, kwargs["model"], **self.described)))
+
+
+def last_entry(history: Sequence[Mapping[str, Any]], key: str) -> Mapping[str, Any]:
+    """The last log entry holding `key` (the Trainer's final `train_runtime` entry also holds `train_loss`)."""
+    return next((e for e in reversed(history) if key in e and "train_runtime" not in e), {})
+
+
+def summary_rows(history: Sequence[Mapping[str, Any]], *, steps: int, seconds: float, output_dir: str):
+    train = last_entry(history, "loss")
+    evaluation = last_entry(history, "eval_loss")
+    rows = [("steps", str(steps)), ("time", f"{seconds:.1f} s")]
+    if train:
+        rows.append(("final train", ", ".join(f"{k} {train[k]:.4f}" for k in TRAIN_KEYS if k in train)))
+    if evaluation:
+        metrics = [k for k in evaluation if k.startswith("eval_") and not k.endswith(("_runtime", "_per_second"))]
+        rows.append(("eval", ", ".join(f"{k[5:]} {evaluation[k]:.4f}" for k in metrics)))
+    rows.append(("output", output_dir))
+    return rows
+
+
+def log_summary(history: Sequence[Mapping[str, Any]], *, steps: int, seconds: float, output_dir: str) -> None:
+    """Log the final summary block (call it on the main process)."""
+    logger.info("%s", block("dftune done", summary_rows(history, steps=steps, seconds=seconds, output_dir=output_dir)))

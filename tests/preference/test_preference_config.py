@@ -1,0 +1,77 @@
+"""Stage dpo keys: the examples parse, contradictions are errors before any model loads, DPOConfig is ours."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dftune.config.parse import parse_config
+from dftune.errors import DftuneError
+from dftune.preference.data import collect_preferences
+from dftune.preference.trainer import dpo_config
+from dftune.train.model import load_tokenizer, quantization_config
+
+EXAMPLES = sorted((Path(__file__).parents[2] / "examples" / "dpo").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_dpo_example_parses(path):
+    # The 72B examples ask for bf16 on GPUs; use_cpu lets TrainingArguments accept bf16 on this CPU machine.
+    config = parse_config([str(path), "--use_cpu", "true"])
+    assert config.method.stage == "dpo" and config.method.loss_type == ["sigmoid"]
+    dpo = dpo_config(config)
+    assert (dpo.beta, dpo.max_length, dpo.bf16) == (config.method.beta, config.data.max_length, config.training.bf16)
+    assert dpo.learning_rate == config.training.learning_rate  # ours, not TRL's 1e-6 default
+
+
+def test_the_seed_004_examples_are_there():
+    names = {path.name for path in EXAMPLES}
+    assert {"qwen72b_qlora_zero3.yaml", "qwen72b_qlora_fsdp.yaml", "tiny_dpo.yaml"} <= names
+
+
+def test_dpo_config_keeps_training_arguments_off_trl_defaults(tmp_path):
+    """TRL defaults bf16 and gradient checkpointing on; a CPU run must get the user's (default: off) values."""
+    config = parse_config(["--stage", "dpo", "--output_dir", str(tmp_path), "--use_cpu", "true",
+                           "--beta", "0.3", "--loss_type", "sigmoid,sft", "--max_length", "77"])  # fmt: skip
+    dpo = dpo_config(config)
+    assert dpo.bf16 is False and dpo.gradient_checkpointing is False and dpo.logging_steps == 500
+    assert (dpo.beta, dpo.loss_type, dpo.max_length) == (0.3, ["sigmoid", "sft"], 77)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--adapter_name_or_path", "a"], "apply to stage: dpo only"),
+        (["--stage", "dpo", "--loss", "dft"], "loss_type"),
+        (["--stage", "dpo", "--beta", "0"], "beta must be positive"),
+        (["--stage", "dpo", "--adapter_name_or_path", "a"], "finetuning_type: lora"),
+        (["--stage", "dpo", "--max_prompt_length", "0"], "max_prompt_length"),
+        (["--quantization_bit", "3"], "quantization_bit must be 4 or 8"),
+    ],
+)
+def test_contradictions_are_errors(flags, message):
+    with pytest.raises(DftuneError, match=message):
+        parse_config(flags)
+
+
+def test_quantization_fails_clearly_before_loading_here():
+    """No bitsandbytes or no CUDA on this machine: a DftuneError that says which, never a load attempt."""
+    config = parse_config(["--stage", "dpo", "--finetuning_type", "lora", "--quantization_bit", "4"])
+    with pytest.raises(DftuneError, match="bitsandbytes|CUDA"):
+        quantization_config(config.model)
+
+
+def test_prompt_that_fills_max_length_is_a_bad_record_unless_truncated(tiny_model_dir, tmp_path):
+    data = tmp_path / "long.jsonl"
+    records = [{"prompt": "x" * 200, "chosen": "yes", "rejected": "no"}, {"prompt": "Hi", "chosen": "a", "rejected": "b"}]
+    data.write_text("\n".join(json.dumps(r) for r in records) + "\n", encoding="utf-8")
+    tokenizer = load_tokenizer(parse_config(["--model_name_or_path", str(tiny_model_dir)]).model)
+    kept, report = collect_preferences([str(data)], tokenizer, max_length=64, max_prompt_length=None)
+    assert len(kept) == 1 and [str(issue) for issue in report.errors][0].startswith(f"{data}:1: prompt fills max_length")
+    kept, report = collect_preferences([str(data)], tokenizer, max_length=64, max_prompt_length=32)
+    assert len(kept) == 2 and report.rejected == 0
+    assert kept[1] == {"prompt": [{"role": "user", "content": "Hi"}],
+                       "chosen": [{"role": "assistant", "content": "a"}],
+                       "rejected": [{"role": "assistant", "content": "b"}]}  # fmt: skip

@@ -1,0 +1,56 @@
+"""`dftune plot`: one PNG of one or several runs' curves, checked as an image, from saved trainer_state.json."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+from matplotlib.image import imread
+
+from dftune.cli.main import main
+
+BLUE, ORANGE = (0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E)  # matplotlib's C0 and C1: the first two runs' lines
+
+
+def write_run(run_dir, scale: float) -> None:
+    """A trainer_state.json as `dftune train` writes it: train entries every step, eval entries every 5."""
+    history = []
+    for step in range(1, 21):
+        decay = math.exp(-step / 8)
+        history.append({"step": step, "loss": scale * decay, "ce": decay + 0.1, "avg_p_correct": 1 - scale * decay,
+                        "token_accuracy": step / 25, "grad_norm": 1 / step, "learning_rate": 1e-3 * (1 - step / 21)})
+        if step % 5 == 0:
+            history.append({"step": step, "eval_loss": scale * decay + 0.1, "eval_ce": decay + 0.2})
+    history.append({"step": 20, "train_runtime": 1.0, "train_loss": 0.5})
+    run_dir.mkdir(parents=True)
+    (run_dir / "trainer_state.json").write_text(json.dumps({"log_history": history}))
+
+
+def pixels_near(image: np.ndarray, rgb: tuple[int, int, int], tol: float = 0.08) -> int:
+    return int((np.abs(image[..., :3] - np.array(rgb) / 255).max(axis=-1) < tol).sum())
+
+
+def test_plot_one_and_several_runs(tmp_path, capsys):
+    write_run(tmp_path / "sft", 1.0)
+    write_run(tmp_path / "dft", 0.5)
+
+    assert main(["plot", str(tmp_path / "sft"), "--output", str(tmp_path / "one.png")]) == 0
+    one = imread(tmp_path / "one.png")
+    assert one.shape[0] > 500 and one.shape[1] > 1000  # a 2 x 3 grid of panels
+    assert one[..., :3].std() > 0.05  # not blank
+    assert pixels_near(one, BLUE) > 500 and pixels_near(one, ORANGE) < 50
+
+    argv = ["plot", str(tmp_path / "sft"), str(tmp_path / "dft"), "--output", str(tmp_path / "two.png")]
+    assert main(argv) == 0
+    two = imread(tmp_path / "two.png")
+    assert two.shape == one.shape
+    assert pixels_near(two, BLUE) > 500 and pixels_near(two, ORANGE) > 500  # a line colour per run
+    assert "two.png" in capsys.readouterr().out
+
+
+def test_plot_without_trainer_state_is_a_clear_error(tmp_path, capsys):
+    code = main(["plot", str(tmp_path), "--output", str(tmp_path / "x.png")])
+    err = capsys.readouterr().err
+    assert code == 2 and "no trainer_state.json" in err and "Traceback" not in err
+    assert not (tmp_path / "x.png").exists()
