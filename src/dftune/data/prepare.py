@@ -68,17 +68,30 @@ def prepare_datasets(
         datasets, report = _build(splits, tokenizer, data_args, key)
         cache.save_entry(entry, datasets, report)
 
+    return finish(datasets, report, data_args, seed, cache_hit=cached is not None, entry=entry, report_path=report_path)
+
+
+def finish(
+    datasets: dict[str, Dataset],
+    report: ValidationReport,
+    data_args: DataArguments,
+    seed: int,
+    *,
+    cache_hit: bool,
+    entry: Path,
+    report_path: str | Path | None,
+) -> PreparedData:
+    """Shared by every kind of data: save the report, apply the bad-record policy, split off eval data."""
     full_report = Path(report_path) if report_path is not None else cache.report_file(entry)
     if report_path is not None:
         report.save(report_path)
-    apply_policy(report, data_args.on_bad_record, full_report)
-
+    _apply_policy(report, data_args.on_bad_record, full_report)
     train, evaluation = datasets["train"], datasets.get("eval")
     if len(train) == 0:
         raise DftuneError(f"no valid training records left (see {full_report})")
     if data_args.validation_split_percentage > 0:
-        train, evaluation = split_off(train, data_args.validation_split_percentage, seed)
-    return PreparedData(train, evaluation, report, cache_hit=cached is not None)
+        train, evaluation = _split_off(train, data_args.validation_split_percentage, seed)
+    return PreparedData(train, evaluation, report, cache_hit=cache_hit)
 
 
 def _build(
@@ -100,7 +113,7 @@ def _build(
     return datasets, report
 
 
-def apply_policy(report: ValidationReport, policy: str, full_report: Path) -> None:
+def _apply_policy(report: ValidationReport, policy: str, full_report: Path) -> None:
     if report.rejected == 0:
         return
     if policy == "error":
@@ -118,7 +131,7 @@ def apply_policy(report: ValidationReport, policy: str, full_report: Path) -> No
     )
 
 
-def split_off(train: Dataset, percentage: float, seed: int) -> tuple[Dataset, Dataset]:
+def _split_off(train: Dataset, percentage: float, seed: int) -> tuple[Dataset, Dataset]:
     """Hold out `percentage`% of the records (at least one), chosen by `seed`."""
     if len(train) < 2:
         raise DftuneError(f"validation_split_percentage needs at least 2 valid records, got {len(train)}")

@@ -27,7 +27,7 @@ from dftune.data import InvalidRecord, ValidationReport, normalize_preference
 from dftune.data import cache
 from dftune.data.encode import chat_template
 from dftune.data.formats import Messages
-from dftune.data.prepare import PreparedData, apply_policy, split_off
+from dftune.data.prepare import PreparedData, finish
 from dftune.data.readers import read_records, resolve_sources
 from dftune.errors import DftuneError
 
@@ -76,16 +76,7 @@ def prepare_preference_datasets(
         logger.info("using cached preference data %s", entry)
     datasets, report = cached
 
-    full_report = Path(report_path) if report_path is not None else cache.report_file(entry)
-    if report_path is not None:
-        report.save(report_path)
-    apply_policy(report, data_args.on_bad_record, full_report)
-    train, evaluation = datasets["train"], datasets.get("eval")
-    if len(train) == 0:
-        raise DftuneError(f"no valid preference records left (see {full_report})")
-    if data_args.validation_split_percentage > 0:
-        train, evaluation = split_off(train, data_args.validation_split_percentage, seed)
-    return PreparedData(train, evaluation, report, cache_hit=cache_hit)
+    return finish(datasets, report, data_args, seed, cache_hit=cache_hit, entry=entry, report_path=report_path)
 
 
 def collect_preferences(

@@ -32,15 +32,13 @@ def has_wandb_key() -> bool:
 def tracker_callbacks(args: TrainingArguments) -> list[TrainerCallback]:
     """Prepare `args.report_to` before the Trainer reads it; return the callbacks to add for it.
 
-    - several trackers: `report_to: tensorboard,wandb` (one word, comma-separated).
+    - several trackers: `report_to: tensorboard,wandb` or a YAML list (the config layer splits them).
     - wandb: WANDB_MODE=offline when the user has set no WANDB_MODE and has no API key (`wandb sync` later).
     - swanlab: transformers' own integration fails here with "No active Run"; it is taken out of report_to and
       swanlab's SwanLabCallback is returned instead, in offline mode unless SWANLAB_MODE or an API key says
       otherwise, logging under `output_dir/swanlog`.
     """
     callbacks: list[TrainerCallback] = []
-    # transformers parses `--report_to` as one word: accept `tensorboard,wandb` for several trackers.
-    args.report_to = [name.strip() for item in args.report_to for name in item.split(",") if name.strip()]
     if "wandb" in args.report_to and "WANDB_MODE" not in os.environ and not has_wandb_key():
         os.environ["WANDB_MODE"] = "offline"
         logger.info("report_to wandb: no WANDB_MODE and no API key, so WANDB_MODE=offline (`wandb sync` uploads)")
