@@ -5,9 +5,10 @@ Each record ends up either kept or in the report with a reason; `report.total ==
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any, TypeVar
 
 from datasets import Dataset, Features, List, Value
 from transformers import PreTrainedTokenizerBase
@@ -18,6 +19,7 @@ from dftune.data.readers import Location, read_records
 from dftune.data.report import ValidationReport
 
 
+T = TypeVar("T")
 MESSAGES = Features(
     {"messages": List({"role": Value("string"), "content": Value("string")}), "source": Value("string")}
 )
@@ -41,9 +43,11 @@ class Conversations:
     locations: list[Location] = field(default_factory=list)
 
 
-def collect_conversations(sources: Sequence[str]) -> tuple[Conversations, ValidationReport]:
-    """Read and normalise every record; bad ones go to the report with their reason."""
-    conversations, report = Conversations(), ValidationReport()
+def normalized_records(
+    sources: Sequence[str], normalize: Callable[[Any], T], report: ValidationReport
+) -> Iterator[tuple[Location, T]]:
+    """(location, normalize(record)) for every record that decodes and normalises; every other record goes to
+    `report` with its reason, and each source's record count once it is read."""
     for source in sources:
         total = 0
         for record in read_records(source):
@@ -52,13 +56,20 @@ def collect_conversations(sources: Sequence[str]) -> tuple[Conversations, Valida
                 report.reject(record.location, record.reason, record.detail)
                 continue
             try:
-                messages = normalize_messages(record.value)
+                value = normalize(record.value)
             except InvalidRecord as exc:
                 report.reject(record.location, exc.reason, exc.detail)
                 continue
-            conversations.messages.append(messages)
-            conversations.locations.append(record.location)
+            yield record.location, value
         report.add_file(source, total)
+
+
+def collect_conversations(sources: Sequence[str]) -> tuple[Conversations, ValidationReport]:
+    """Read and normalise every record; bad ones go to the report with their reason."""
+    conversations, report = Conversations(), ValidationReport()
+    for location, messages in normalized_records(sources, normalize_messages, report):
+        conversations.messages.append(messages)
+        conversations.locations.append(location)
     return conversations, report
 
 

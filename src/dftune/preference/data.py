@@ -17,6 +17,7 @@ import hashlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from datasets import Dataset, Features, List, Value
 from jinja2 import TemplateError
@@ -28,7 +29,8 @@ from dftune.data import cache
 from dftune.data.encode import chat_template
 from dftune.data.formats import Messages
 from dftune.data.prepare import PreparedData, finish
-from dftune.data.readers import read_records, resolve_sources
+from dftune.data.readers import resolve_sources
+from dftune.data.validate import normalized_records
 from dftune.errors import DftuneError
 
 logger = logging.getLogger(__name__)
@@ -86,23 +88,14 @@ def collect_preferences(
     max_prompt_length: int | None,
 ) -> tuple[list[dict[str, Messages]], ValidationReport]:
     """The kept records as prompt/chosen/rejected message lists, and the report of every record."""
-    kept: list[dict[str, Messages]] = []
     report = ValidationReport()
-    for source in sources:
-        total = 0
-        for record in read_records(source):
-            total += 1
-            if record.reason is not None:
-                report.reject(record.location, record.reason, record.detail)
-                continue
-            try:
-                pair = normalize_preference(record.value)
-                check_budget(pair, tokenizer, max_length, max_prompt_length)
-            except InvalidRecord as exc:
-                report.reject(record.location, exc.reason, exc.detail)
-                continue
-            kept.append(pair)
-        report.add_file(source, total)
+
+    def normalize(value: Any) -> dict[str, Messages]:
+        pair = normalize_preference(value)
+        check_budget(pair, tokenizer, max_length, max_prompt_length)
+        return pair
+
+    kept = [pair for _, pair in normalized_records(sources, normalize, report)]
     return kept, report
 
 
