@@ -73,18 +73,15 @@ def run_generate(args: argparse.Namespace) -> int:
 def _causal_reply(args: argparse.Namespace, base: str, tokenizer, messages) -> str:
     from transformers import AutoModelForCausalLM
 
+    from dftune.evaluation import generate_replies
+
     model = _with_adapter(
         AutoModelForCausalLM.from_pretrained(base, trust_remote_code=args.trust_remote_code), args.model, base
-    ).eval()
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    batch = tokenizer(text, return_tensors="pt", add_special_tokens=False)
-    sampling = {"do_sample": True, "temperature": args.temperature} if args.temperature > 0 else {"do_sample": False}
-    with torch.no_grad():
-        output = model.generate(
-            **batch, max_new_tokens=args.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id, **sampling,
-        )  # fmt: skip
-    return tokenizer.decode(output[0, batch["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+    )
+    replies = generate_replies(
+        model, tokenizer, [messages], max_new_tokens=args.max_new_tokens, temperature=args.temperature
+    )
+    return replies[0]
 
 
 def _base_model(path: str) -> str:

@@ -22,8 +22,11 @@ def generate_replies(
     *,
     max_new_tokens: int = 32,
     batch_size: int = 64,
+    temperature: float = 0.0,
 ) -> list[str]:
-    """The model's greedy reply to each conversation prefix (left-padded batches, special tokens stripped)."""
+    """The model's reply to each conversation prefix (left-padded batches, special tokens stripped): greedy, or
+    sampled at `temperature` when it is above 0."""
+    sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
     was_training = model.training
     model.eval()
     padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
@@ -38,9 +41,9 @@ def generate_replies(
             output = model.generate(
                 **batch,
                 max_new_tokens=max_new_tokens,
-                do_sample=False,
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=tokenizer.eos_token_id,
+                **sampling,
             )
             new_tokens = output[:, batch["input_ids"].shape[1] :]
             replies += [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
