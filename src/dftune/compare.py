@@ -22,10 +22,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dftune.config.parse import RunConfig, parse_config
+from dftune.data.formats import Messages
 from dftune.data.readers import resolve_sources
 from dftune.data.validate import collect_conversations
 from dftune.errors import DftuneError
-from dftune.evaluation import exact_match_accuracy
+from dftune.evaluation import evaluate_records
 from dftune.train.run import run_sft
 from dftune.viz.curves import RUN_PANELS, plot_runs
 
@@ -69,31 +70,31 @@ def objective_config(argv: Sequence[str], loss: str, seed: int, output_dir: Path
     return config
 
 
-def reference_records(config: RunConfig) -> list[dict]:
-    """Eval records whose last message is an assistant turn (a reference answer), as ChatML records."""
+def reference_records(config: RunConfig) -> list[Messages]:
+    """Eval conversations whose last message is an assistant turn (a reference answer)."""
     if not config.data.eval_files:
         return []
     conversations, _ = collect_conversations(resolve_sources(config.data.eval_files))
-    return [{"messages": m} for m in conversations.messages if m[-1]["role"] == "assistant"]
+    return [m for m in conversations.messages if m[-1]["role"] == "assistant"]
 
 
-def answer_budget(tokenizer, records: list[dict], cap: int = 512) -> int:
+def answer_budget(tokenizer, records: list[Messages], cap: int = 512) -> int:
     """New tokens for generation: the longest reference answer plus room for the end-of-turn tokens."""
-    longest = max(len(tokenizer(r["messages"][-1]["content"], add_special_tokens=False)["input_ids"]) for r in records)
+    longest = max(len(tokenizer(m[-1]["content"], add_special_tokens=False)["input_ids"]) for m in records)
     return min(longest + 4, cap)
 
 
-def summarise(trainer, config: RunConfig, seed: int, records: list[dict]) -> RunResult:
+def summarise(trainer, config: RunConfig, seed: int, records: list[Messages]) -> RunResult:
     history = trainer.state.log_history
     eval_ce = [e["eval_ce"] for e in history if "eval_ce" in e]
     train_p = [e["avg_p_correct"] for e in history if "avg_p_correct" in e]
     accuracy = None
     if records and config.method.stage == "sft":  # dllm models do not decode left to right with generate()
         tokenizer = trainer.processing_class
-        accuracy = exact_match_accuracy(
+        accuracy = evaluate_records(
             trainer.model, tokenizer, records,
             max_new_tokens=answer_budget(tokenizer, records), batch_size=config.training.per_device_eval_batch_size,
-        )  # fmt: skip
+        ).accuracy  # fmt: skip
     return RunResult(
         loss=config.method.loss,
         seed=seed,
