@@ -1,9 +1,10 @@
 """`dftune compare`: one config trained once per objective (and seed) through `run_sft`, then one table and one plot.
 
-    DIR/<loss>-seed<k>/     each run, exactly as `dftune train` writes it
-    DIR/compare.md          final and best eval CE, final avg_p_correct, exact-match accuracy, per run
+    DIR/<loss>-seed<k>/     each run, exactly as `dftune train` writes it (with its eval_results.jsonl)
+    DIR/compare.md          final and best eval CE, final avg_p_correct, held-out accuracy with its 95% CI, per run
     DIR/compare.json        the same numbers, for scripts
     DIR/compare.png         every run's curves overlaid (`dftune plot` on the run folders)
+    DIR/accuracy.png        held-out accuracy per run with its interval (and the untrained model's, `eval_base`)
 
 Switching objective goes through the config layer: the config is parsed as `dftune train` would parse it, then
 its method section is rebuilt with `dataclasses.replace` (so `MethodArguments.__post_init__` checks it again),
@@ -27,7 +28,9 @@ from dftune.data.readers import resolve_sources
 from dftune.data.validate import collect_conversations
 from dftune.errors import DftuneError
 from dftune.evaluation import evaluate_records
+from dftune.train.model import load_model, load_tokenizer
 from dftune.train.run import run_sft
+from dftune.viz.accuracy import plot_accuracy
 from dftune.viz.curves import RUN_PANELS, plot_runs
 
 logger = logging.getLogger(__name__)
@@ -42,11 +45,16 @@ class RunResult:
     final_eval_ce: float | None
     best_eval_ce: float | None
     final_avg_p_correct: float | None  # training, averaged over the last logging window
-    exact_match: float | None  # greedy generation on the eval records that end with a reference answer
+    # greedy generation on the eval records that end with a reference answer, scored by the chosen extractor
+    accuracy: float | None = None
+    accuracy_interval: tuple[float, float] | None = None
 
     @property
     def name(self) -> str:
-        return f"{self.loss}-seed{self.seed}"
+        return BASE if self.loss == BASE else f"{self.loss}-seed{self.seed}"
+
+
+BASE = "base"  # the row of the model before any training
 
 
 def objective_config(argv: Sequence[str], loss: str, seed: int, output_dir: Path) -> RunConfig:
@@ -84,17 +92,34 @@ def answer_budget(tokenizer, records: list[Messages], cap: int = 512) -> int:
     return min(longest + 4, cap)
 
 
-def summarise(trainer, config: RunConfig, seed: int, records: list[Messages]) -> RunResult:
+@dataclasses.dataclass(frozen=True)
+class Scoring:
+    """How held-out replies are generated and scored: `dftune eval`'s extractor, a token budget (None: the longest
+    reference answer's, `answer_budget`)."""
+
+    extractor: str = "exact"
+    max_new_tokens: int | None = None
+
+
+def score(model, tokenizer, config: RunConfig, records: list[Messages], scoring: Scoring, output: Path) -> dict:
+    """Held-out accuracy and its interval as RunResult fields; per-record results go to `output`."""
+    if not records or config.method.stage != "sft":  # dllm models do not decode left to right with generate()
+        return {}
+    report = evaluate_records(
+        model, tokenizer, records, extractor=scoring.extractor,
+        max_new_tokens=scoring.max_new_tokens or answer_budget(tokenizer, records),
+        batch_size=config.training.per_device_eval_batch_size,
+    )  # fmt: skip
+    output.parent.mkdir(parents=True, exist_ok=True)
+    report.write_jsonl(output)
+    return {"accuracy": report.accuracy, "accuracy_interval": report.interval}
+
+
+def summarise(trainer, config: RunConfig, seed: int, records: list[Messages], scoring: Scoring) -> RunResult:
     history = trainer.state.log_history
     eval_ce = [e["eval_ce"] for e in history if "eval_ce" in e]
     train_p = [e["avg_p_correct"] for e in history if "avg_p_correct" in e]
-    accuracy = None
-    if records and config.method.stage == "sft":  # dllm models do not decode left to right with generate()
-        tokenizer = trainer.processing_class
-        accuracy = evaluate_records(
-            trainer.model, tokenizer, records,
-            max_new_tokens=answer_budget(tokenizer, records), batch_size=config.training.per_device_eval_batch_size,
-        ).accuracy  # fmt: skip
+    output = Path(config.training.output_dir) / "eval_results.jsonl"
     return RunResult(
         loss=config.method.loss,
         seed=seed,
@@ -103,8 +128,15 @@ def summarise(trainer, config: RunConfig, seed: int, records: list[Messages]) ->
         final_eval_ce=eval_ce[-1] if eval_ce else None,
         best_eval_ce=min(eval_ce) if eval_ce else None,
         final_avg_p_correct=train_p[-1] if train_p else None,
-        exact_match=accuracy,
+        **score(trainer.model, trainer.processing_class, config, records, scoring, output),
     )
+
+
+def base_result(config: RunConfig, records: list[Messages], scoring: Scoring, output_dir: Path) -> RunResult:
+    """The untrained model's held-out accuracy: the row every objective is measured against."""
+    model, tokenizer = load_model(config.model), load_tokenizer(config.model)
+    scores = score(model, tokenizer, config, records, scoring, output_dir / BASE / "eval_results.jsonl")
+    return RunResult(BASE, config.training.seed, str(config.model.model_name_or_path), 0, None, None, None, **scores)
 
 
 def _cell(value: float | None, percent: bool = False) -> str:
@@ -113,18 +145,26 @@ def _cell(value: float | None, percent: bool = False) -> str:
     return f"{value:.1%}" if percent else f"{value:.4f}"
 
 
-def markdown_table(results: Sequence[RunResult]) -> str:
+def _accuracy_cell(r: RunResult) -> str:
+    if r.accuracy_interval is None:
+        return _cell(r.accuracy, percent=True)
+    low, high = r.accuracy_interval
+    return f"{r.accuracy:.1%} [{low:.1%}, {high:.1%}]"
+
+
+def markdown_table(results: Sequence[RunResult], extractor: str = "exact") -> str:
     """One row per run; with several seeds, a mean row per objective after them."""
-    columns = ("final eval CE", "best eval CE", "final avg_p_correct", "exact match")
+    columns = ("final eval CE", "best eval CE", "final avg_p_correct", f"accuracy ({extractor}) [95% CI]")
     lines = ["| run | loss | seed | steps | " + " | ".join(columns) + " |", "|---" * (4 + len(columns)) + "|"]
 
-    def row(name: str, loss: str, seed: str, steps: str, values: Sequence[float | None]) -> str:
-        cells = [_cell(v, percent=i == 3) for i, v in enumerate(values)]
+    def row(name: str, loss: str, seed: str, steps: str, values: Sequence[float | None], accuracy: str) -> str:
+        cells = [_cell(v) for v in values] + [accuracy]
         return f"| {name} | {loss} | {seed} | {steps} | " + " | ".join(cells) + " |"
 
-    metrics = ("final_eval_ce", "best_eval_ce", "final_avg_p_correct", "exact_match")
+    metrics = ("final_eval_ce", "best_eval_ce", "final_avg_p_correct", "accuracy")
     for r in results:
-        lines.append(row(r.name, r.loss, str(r.seed), str(r.steps), [getattr(r, m) for m in metrics]))
+        lines.append(row(r.name, r.loss, str(r.seed), str(r.steps), [getattr(r, m) for m in metrics[:3]],
+                         _accuracy_cell(r)))  # fmt: skip
     for loss in dict.fromkeys(r.loss for r in results):
         group = [r for r in results if r.loss == loss]
         if len(group) > 1:
@@ -132,21 +172,40 @@ def markdown_table(results: Sequence[RunResult]) -> str:
             for m in metrics:
                 values = [getattr(r, m) for r in group if getattr(r, m) is not None]
                 means.append(statistics.fmean(values) if values else None)
-            lines.append(row(f"**{loss} mean**", loss, f"{len(group)} seeds", "", means))
+            lines.append(row(f"**{loss} mean**", loss, f"{len(group)} seeds", "", means[:3], _cell(means[3], True)))
     return "\n".join(lines) + "\n"
 
 
-def write_outputs(results: Sequence[RunResult], histories: dict[str, list], output_dir: Path, title: str) -> Path:
-    (output_dir / "compare.md").write_text(f"# {title}\n\n" + markdown_table(results), encoding="utf-8")
-    payload = {"runs": [{**dataclasses.asdict(r), "name": r.name} for r in results]}
+def write_outputs(
+    results: Sequence[RunResult], histories: dict[str, list], output_dir: Path, title: str, extractor: str
+) -> Path:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    table = markdown_table(results, extractor)
+    (output_dir / "compare.md").write_text(f"# {title}\n\n{table}", encoding="utf-8")
+    payload = {"extractor": extractor, "runs": [{**dataclasses.asdict(r), "name": r.name} for r in results]}
     (output_dir / "compare.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    scored = [r for r in results if r.accuracy_interval is not None]
+    if scored:
+        plot_accuracy({r.name: (r.accuracy, *r.accuracy_interval) for r in scored}, output_dir / "accuracy.png",
+                      title=f"held-out accuracy ({extractor}), 95% CI")  # fmt: skip
+    if not histories:
+        return output_dir / "compare.md"
     return plot_runs(histories, output_dir / "compare.png", panels=RUN_PANELS, title=title, columns=3)
 
 
 def compare(
-    argv: Sequence[str], losses: Sequence[str], output_dir: str | Path, seeds: Sequence[int] | None = None
+    argv: Sequence[str],
+    losses: Sequence[str],
+    output_dir: str | Path,
+    seeds: Sequence[int] | None = None,
+    *,
+    scoring: Scoring = Scoring(),
+    eval_base: bool = False,
 ) -> list[RunResult]:
-    """Train `argv` (`[CONFIG.yaml] [--key value ...]`) once per loss and seed; write table and plot after each run."""
+    """Train `argv` (`[CONFIG.yaml] [--key value ...]`) once per loss and seed; write table and plot after each run.
+
+    `scoring` says how held-out replies are scored; `eval_base` scores the untrained model first.
+    """
     output_dir = Path(output_dir)
     base = parse_config(list(argv))  # mistakes in the config stop here, before any training
     seeds = list(seeds) if seeds else [base.training.seed]
@@ -158,14 +217,18 @@ def compare(
     plan = [(seed, objective_config(argv, loss, seed, output_dir / f"{loss}-seed{seed}")) for loss, seed in runs]
     results: list[RunResult] = []
     histories: dict[str, list] = {}
+    if eval_base and records:
+        results.append(base_result(base, records, scoring, output_dir))
+        logger.info("compare: %s accuracy %.1f%%", BASE, 100 * results[-1].accuracy)
+        write_outputs(results, histories, output_dir, title, scoring.extractor)
     for seed, config in plan:
         logger.info("compare: run %d of %d: loss %s, seed %d", len(results) + 1, len(plan), config.method.loss, seed)
         trainer = run_sft(config)
-        result = summarise(trainer, config, seed, records)
+        result = summarise(trainer, config, seed, records, scoring)
         results.append(result)
         histories[result.name] = trainer.state.log_history
         del trainer  # free the model before the next run loads its own
         gc.collect()
-        plot = write_outputs(results, histories, output_dir, title)
+        plot = write_outputs(results, histories, output_dir, title, scoring.extractor)
     logger.info("compare: wrote %s, %s and %s", output_dir / "compare.md", output_dir / "compare.json", plot)
     return results

@@ -56,21 +56,32 @@ def test_switching_objective_clears_the_keys_that_contradict(tmp_path):
 def test_compare_writes_table_json_and_plot(tiny_model_dir, tmp_path):
     config = write_config(tmp_path, tiny_model_dir, "loss: dft\n        dft_alpha: 0.7")
     out = tmp_path / "cmp"
-    argv = ["compare", config, "--losses", "sft,dft", "--output_dir", str(out), "--learning_rate", "1e-3"]
+    argv = ["compare", config, "--losses", "sft,dft", "--output_dir", str(out), "--learning_rate", "1e-3",
+            "--extractor", "last_number", "--eval_base"]  # fmt: skip
     assert main(argv) == 0
 
-    runs = json.loads((out / "compare.json").read_text())["runs"]
-    assert [r["name"] for r in runs] == ["sft-seed42", "dft-seed42"]
+    payload = json.loads((out / "compare.json").read_text())
+    runs = payload["runs"]
+    assert payload["extractor"] == "last_number"
+    assert [r["name"] for r in runs] == ["base", "sft-seed42", "dft-seed42"]
+    assert runs[0]["steps"] == 0 and runs[0]["final_eval_ce"] is None
     for run in runs:
+        low, high = run["accuracy_interval"]
+        assert 0 <= low <= run["accuracy"] <= high <= 1 and high - low > 0.2  # 4 records: a wide interval
+        results = [json.loads(line) for line in (out / run["name"] / "eval_results.jsonl").read_text().splitlines()]
+        assert len(results) == 4 and sum(r["correct"] for r in results) == round(4 * run["accuracy"])
+    for run in runs[1:]:
         assert run["steps"] == 2 and run["best_eval_ce"] <= run["final_eval_ce"]
-        assert 0 < run["final_avg_p_correct"] < 1 and 0 <= run["exact_match"] <= 1
+        assert 0 < run["final_avg_p_correct"] < 1
     sft_config = (out / "sft-seed42" / "dftune_config.yaml").read_text()
     assert "loss: sft" in sft_config and "dft_alpha: null" in sft_config
     assert "learning_rate: 0.001" in sft_config  # the --key value override reached every run
     table = (out / "compare.md").read_text()
     assert "| sft-seed42 | sft | 42 | 2 |" in table and "| dft-seed42 | dft | 42 | 2 |" in table
+    assert "| base | base | 42 | 0 | - | - | - |" in table and "accuracy (last_number) [95% CI]" in table
 
     image = imread(out / "compare.png")
     assert image.shape[0] > 500 and image[..., :3].std() > 0.05
     for rgb in ((0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E)):  # matplotlib's C0 and C1: one line colour per run
         assert (np.abs(image[..., :3] - np.array(rgb) / 255).max(axis=-1) < 0.08).sum() > 300
+    assert imread(out / "accuracy.png").shape[1] > 400  # its bars are checked in tests/viz

@@ -6,9 +6,11 @@ import json
 import math
 
 import numpy as np
+import pytest
 from matplotlib.image import imread
 
 from dftune.cli.main import main
+from dftune.viz.accuracy import plot_accuracy
 
 BLUE, ORANGE = (0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E)  # matplotlib's C0 and C1: the first two runs' lines
 
@@ -54,3 +56,16 @@ def test_plot_without_trainer_state_is_a_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "no trainer_state.json" in err and "Traceback" not in err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_accuracy_bars_have_the_heights_of_their_values(tmp_path):
+    path = plot_accuracy({"base": (0.2, 0.1, 0.3), "dft": (0.8, 0.7, 0.9)}, tmp_path / "acc.png", title="held-out")
+    image = imread(path)[..., :3]
+
+    def column_height(rgb: tuple[int, int, int]) -> int:
+        """Rows in which the bar's colour appears: its height in pixels."""
+        mask = np.abs(image - np.array(rgb) / 255).max(axis=-1) < 0.08
+        return int(mask.any(axis=1).sum())
+
+    base, dft = column_height((0x1F, 0x77, 0xB4)), column_height((0xFF, 0x7F, 0x0E))
+    assert base > 10 and dft / base == pytest.approx(4.0, rel=0.1)

@@ -1,4 +1,5 @@
-"""`dftune compare CONFIG.yaml --losses sft,dft,bft [--seeds 1,2] [--output_dir DIR] [--key value ...]`."""
+"""`dftune compare CONFIG.yaml --losses sft,dft,bft [--seeds 1,2] [--output_dir DIR] [--extractor NAME]
+[--eval_base] [--key value ...]`."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ LOSSES = ("sft", "dft", "bft")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from dftune.evaluation import EXTRACTORS
+
     compare = subparsers.add_parser(
         "compare",
         help="train one config once per objective (and seed); write a table and the overlaid curves",
@@ -21,6 +24,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     compare.add_argument("--losses", required=True, help="comma-separated objectives, e.g. sft,dft,bft")
     compare.add_argument("--seeds", default=None, help="comma-separated seeds (default: the config's seed)")
     compare.add_argument("--output_dir", default="outputs/compare", help="folder for the runs, table and plot")
+    compare.add_argument("--extractor", default="exact", choices=sorted(EXTRACTORS),
+                         help="how held-out replies are scored against the reference (as in `dftune eval`)")
+    compare.add_argument("--max_new_tokens", type=int,
+                         help="generation budget for scoring (default: the longest reference answer's length + 4)")
+    compare.add_argument("--eval_base", action="store_true",
+                         help="score the untrained model on the held-out records first (the 'base' row)")
     compare.set_defaults(func=run_compare)
 
 
@@ -37,10 +46,12 @@ def split_list(text: str | None, cast: type, allowed: tuple = ()) -> list:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from dftune.compare import compare
+    from dftune.compare import Scoring, compare
 
     losses = split_list(args.losses, str, LOSSES)
     if not losses:
         raise DftuneError("--losses needs at least one objective, e.g. --losses sft,dft")
-    compare([args.config, *args.rest], losses, args.output_dir, split_list(args.seeds, int) or None)
+    seeds = split_list(args.seeds, int) or None
+    scoring = Scoring(args.extractor, args.max_new_tokens)
+    compare([args.config, *args.rest], losses, args.output_dir, seeds, scoring=scoring, eval_base=args.eval_base)
     return 0

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
@@ -97,6 +98,11 @@ def parse_config(argv: list[str]) -> RunConfig:
     try:
         argv = to_argv(resolved, multi_word=multi_word_keys(parser))
         check_engines(resolved)
+        if deepspeed_on_cpu_processes(resolved):
+            start_deepspeed_on_cpu()
+            resolved["use_cpu"] = _Value(True, "dftune")
+            notes.append("DeepSpeed processes on a machine without CUDA: DeepSpeed started on gloo, use_cpu: true")
+            argv = to_argv(resolved, multi_word=multi_word_keys(parser))
         model, data, method, reliability, training = parser.parse_args_into_dataclasses(args=argv)
     except ValueError as err:  # __post_init__ checks: contradictions and out-of-range values
         raise DftuneError(f"invalid configuration: {err}") from None
@@ -149,6 +155,24 @@ def check_engines(values: dict[str, _Value]) -> None:
     item = values.get("deepspeed")
     if item is not None and item.value and importlib.util.find_spec("deepspeed") is None:
         raise DftuneError(f"{item.origin}: deepspeed needs the deepspeed package: pip install 'dftune[deepspeed]'")
+
+
+def deepspeed_on_cpu_processes(values: dict[str, _Value]) -> bool:
+    """A DeepSpeed config, several processes (torchrun, deepspeed launcher) and no CUDA."""
+    item = values.get("deepspeed")
+    return bool(item and item.value) and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+
+
+def start_deepspeed_on_cpu() -> None:
+    """Start DeepSpeed's process group (gloo) before TrainingArguments set up the devices.
+
+    Without CUDA, accelerate 1.15 starts torch.distributed itself and leaves DeepSpeed's own communication
+    uninitialised, so ZeRO's config sees world size 1 and stops with "train_batch_size is not equal to
+    micro_batch_per_gpu * gradient_acc_step * world_size". Started here, both see every process.
+    """
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend="gloo")
 
 
 def multi_word_keys(parser: HfArgumentParser) -> set[str]:

@@ -14,6 +14,7 @@ counts only once its `dftune_complete` marker is written (see `dftune.train.chec
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import shutil
@@ -204,8 +205,10 @@ class ObjectiveTrainer(Trainer):
             )
 
         with head_computes(head, loss_fn) as results:
-            model(**inputs, use_cache=False)
-        return results[-1]
+            outputs = model(**inputs, use_cache=False)
+        # Backward goes through the head's output as the model returned it: DeepSpeed ZeRO-3 hooks that tensor to
+        # gather the partitioned weight again before the head's backward.
+        return dataclasses.replace(results[-1], loss=outputs.logits)
 
     def _get_grad_norm(self, model, grad_norm=None):  # type: ignore[override]
         """The Trainer calls this after clipping, right before `optimizer.step()`: where a bad update is dropped."""
