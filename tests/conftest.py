@@ -1,8 +1,10 @@
-"""Shared fixtures: a tiny random model made once per session, offline."""
+"""Shared fixtures: a tiny random model made once per session, offline; launch lines for 2 CPU processes."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import socket
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,3 +24,15 @@ def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return init_model("tiny-llama", tmp_path_factory.mktemp("tiny-llama"))
+
+
+def _free_port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+@pytest.fixture
+def torchrun() -> Callable[[], list[str]]:
+    """`torchrun --nproc_per_node 2` on a fresh free port each call (tests run side by side)."""
+    return lambda: [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", _free_port()]

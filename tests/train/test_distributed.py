@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -33,13 +32,8 @@ def write_data(path) -> None:
             f.write(json.dumps({"messages": messages}) + "\n")
 
 
-def free_port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
-
-
 def train(launcher: list[str], model_dir, data, output_dir, loss: str, batch: int, *extra: str) -> list[dict]:
+    """The run's logged training entries; its stderr is kept in `output_dir`/stderr.txt."""
     argv = [
         *launcher, "-m", "dftune", "train", "--model_name_or_path", str(model_dir), "--data_files", str(data),
         "--torch_dtype", "auto", "--max_length", "128", "--loss", loss, "--bft_group_size", "3", "--optim", "sgd", "--learning_rate", "0.5",
@@ -51,17 +45,14 @@ def train(launcher: list[str], model_dir, data, output_dir, loss: str, batch: in
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
     result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+    (output_dir / "stderr.txt").write_text(result.stderr, encoding="utf-8")
     state = json.loads((output_dir / "trainer_state.json").read_text())
     return [e for e in state["log_history"] if "loss" in e and "train_runtime" not in e]
 
 
-def torchrun() -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port()]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("loss", ["dft", "bft"])
-def test_two_processes_match_one(tiny_model_dir, tmp_path, loss):
+def test_two_processes_match_one(tiny_model_dir, tmp_path, loss, torchrun):
     data = tmp_path / "data.jsonl"
     write_data(data)
     model_dir = tmp_path / "float64-model"
@@ -89,7 +80,7 @@ def test_two_processes_match_one(tiny_model_dir, tmp_path, loss):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("loss", ["dft", "bft"])
-def test_zero3_matches_ddp_and_saves_a_model_that_generates(tiny_model_dir, tmp_path, loss):
+def test_zero3_matches_ddp_and_saves_a_model_that_generates(tiny_model_dir, tmp_path, loss, torchrun):
     """DeepSpeed ZeRO-3 on 2 CPU processes (gloo): the same update as DDP, and a gathered, loadable model."""
     data = tmp_path / "data.jsonl"
     write_data(data)
@@ -105,6 +96,7 @@ def test_zero3_matches_ddp_and_saves_a_model_that_generates(tiny_model_dir, tmp_
     update = torch.cat([(ddp[n] - start[n]).flatten() for n in start])
     difference = torch.cat([(zero[n] - ddp[n]).flatten() for n in start])
     assert difference.norm() / update.norm() < 1e-4 and update.abs().max() > 1e-4
+    assert "parallelism      DeepSpeed ZeRO-3, world size 2, backend gloo" in (tmp_path / "zero3" / "stderr.txt").read_text()
     assert len(zero_logs) == len(ddp_logs) == 3
     for a, b in zip(zero_logs, ddp_logs):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import socket
 import subprocess
 import sys
 
@@ -43,14 +42,8 @@ def test_process_info_from_launcher_environment():
     assert process_info({}) == ProcessInfo(0, 1, "python")
 
 
-def free_port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
-
-
 @pytest.mark.slow
-def test_two_processes_print_the_header_once(tiny_model_dir, tmp_path):
+def test_two_processes_print_the_header_once(tiny_model_dir, tmp_path, torchrun):
     """torchrun, 2 CPU processes (gloo): one header, one summary, and no info line printed twice."""
     data = tmp_path / "data.jsonl"
     data.write_text("".join(
@@ -58,8 +51,7 @@ def test_two_processes_print_the_header_once(tiny_model_dir, tmp_path):
         for i in range(16)
     ), encoding="utf-8")  # fmt: skip
     argv = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
-        "-m", "dftune", "train", "--model_name_or_path", str(tiny_model_dir), "--data_files", str(data),
+        *torchrun(), "-m", "dftune", "train", "--model_name_or_path", str(tiny_model_dir), "--data_files", str(data),
         "--max_steps", "2", "--logging_steps", "1", "--per_device_train_batch_size", "4", "--save_strategy", "no",
         "--report_to", "none", "--use_cpu", "true", "--disable_tqdm", "true", "--output_dir", str(tmp_path / "out"),
     ]  # fmt: skip
@@ -68,7 +60,8 @@ def test_two_processes_print_the_header_once(tiny_model_dir, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     err = result.stderr
     assert err.count("---- dftune run") == 1 and err.count("---- dftune done") == 1, err[-3000:]
-    assert "launcher         torchrun, world size 2" in err
+    assert "launcher         torchrun, device cpu" in err
+    assert "parallelism      DDP, world size 2, backend gloo" in err
     assert "8 = 4 per device x 1 accumulation x 2 processes" in err
     ours = [line.split(" ", 1)[1] for line in err.splitlines() if line[:2].isdigit() and " dftune." in line]
     assert ours and all(line.startswith("I [rank 0] ") for line in ours if line.startswith("I ")), ours

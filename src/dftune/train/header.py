@@ -56,6 +56,7 @@ def header_rows(
     train_samples: int,
     eval_samples: int | None,
     trackers: str,
+    parallelism: str,
 ) -> list[tuple[str, str]]:
     trainable, total = parameter_counts(model)
     info = process_info()
@@ -75,7 +76,8 @@ def header_rows(
         ("steps", f"{state.max_steps} optimizer steps, logging every {state.logging_steps:g}"),
         ("precision", f"{precision}, weights {next(model.parameters()).dtype}".replace("torch.", "")),
         ("attention", str(config._attn_implementation)),
-        ("launcher", f"{info.launcher}, world size {args.world_size}, device {args.device}"),
+        ("launcher", f"{info.launcher}, device {args.device}"),
+        ("parallelism", parallelism),
         ("trackers", trackers or "none"),
         ("output", str(args.output_dir)),
     ]
@@ -85,7 +87,14 @@ class RunHeader(TrainerCallback):
     """Logs the run header once, when training starts."""
 
     def __init__(
-        self, *, model_name: str, objective: str, train_samples: int, eval_samples: int | None, trackers: str
+        self,
+        *,
+        model_name: str,
+        objective: str,
+        train_samples: int,
+        eval_samples: int | None,
+        trackers: str,
+        parallelism: str,
     ) -> None:
         self.described = {
             "model_name": model_name,
@@ -93,6 +102,7 @@ class RunHeader(TrainerCallback):
             "train_samples": train_samples,
             "eval_samples": eval_samples,
             "trackers": trackers,  # as requested: swanlab leaves report_to for a callback of its own
+            "parallelism": parallelism,  # what engaged: "DeepSpeed ZeRO-3, world size 2, backend gloo"
         }
 
     def on_train_begin(
