@@ -34,6 +34,7 @@ def main() -> None:
     args = parser.parse_args()
     train, evaluation = make(args.n_train, args.n_eval, args.seed)
     out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     # Training data as seed 003 reads it (one .json list of records); eval as JSONL for `dftune.demo`-style checks.
     (out / "reverse_train.json").write_text("[\n" + ",\n".join(map(json.dumps, train)) + "\n]\n", encoding="utf-8")
     (out / "reverse_eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in evaluation), encoding="utf-8")

@@ -221,8 +221,8 @@ def compare(
         results.append(base_result(base, records, scoring, output_dir))
         logger.info("compare: %s accuracy %.1f%%", BASE, 100 * results[-1].accuracy)
         write_outputs(results, histories, output_dir, title, scoring.extractor)
-    for seed, config in plan:
-        logger.info("compare: run %d of %d: loss %s, seed %d", len(results) + 1, len(plan), config.method.loss, seed)
+    for number, (seed, config) in enumerate(plan, 1):
+        logger.info("compare: run %d of %d: loss %s, seed %d", number, len(plan), config.method.loss, seed)
         trainer = run_sft(config)
         result = summarise(trainer, config, seed, records, scoring)
         results.append(result)

@@ -134,3 +134,20 @@ def test_deepspeed_without_the_package_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "deepspeed" else real(name, *a))
     with pytest.raises(DftuneError, match=r"command line: deepspeed needs the deepspeed package: pip install"):
         parse_config(["--deepspeed", "configs/deepspeed/zero3.json"])
+
+
+def test_fsdp_keys_reach_training_arguments(tmp_path):
+    config = tmp_path / "fsdp.yaml"
+    config.write_text(textwrap.dedent("""
+        model_name_or_path: models/tiny
+        data_files: [train.jsonl]
+        fsdp: full_shard auto_wrap
+        fsdp_config:
+          transformer_layer_cls_to_wrap: [LlamaDecoderLayer]
+          state_dict_type: SHARDED_STATE_DICT
+    """), encoding="utf-8")
+    training = parse_config([str(config)]).training
+    assert training.fsdp is True
+    assert training.fsdp_config["reshard_after_forward"] is True  # full_shard
+    assert training.fsdp_config["transformer_layer_cls_to_wrap"] == ["LlamaDecoderLayer"]
+    assert training.fsdp_config["state_dict_type"] == "SHARDED_STATE_DICT"

@@ -86,20 +86,25 @@ def accelerate_requested_processes(ppid: int | None = None) -> int | None:
     return None
 
 
+def requested_by_accelerate(engine: str) -> bool:
+    """`accelerate launch` with an FSDP or DeepSpeed config asks through the environment, not our keys."""
+    return os.environ.get(f"ACCELERATE_USE_{engine}", "false").lower() == "true"
+
+
 def check_parallelism(trainer: Trainer) -> Parallelism:
     """Stop (GPU) or warn in one line (CPU, where the engine cannot engage) when the run's parallelism is not the
     requested one; return what runs."""
     args, actual = trainer.args, engaged(trainer)
     on_cpu = args.device.type == "cpu"
     problems = []
-    if args.fsdp and not trainer.is_fsdp_enabled:
+    if (args.fsdp or requested_by_accelerate("FSDP")) and not trainer.is_fsdp_enabled:
         problems.append(
             f"fsdp was requested but did not engage ({trainer.accelerator.distributed_type.value}): "
             f"training {actual.sharding} over {actual.backend} instead"
             + (" (accelerate 1.15 enables FSDP on GPU-class devices only)" if on_cpu else "")
         )
-    if args.deepspeed and not trainer.is_deepspeed_enabled:
-        problems.append(f"deepspeed {args.deepspeed} did not engage: training {actual.sharding} instead")
+    if (args.deepspeed or requested_by_accelerate("DEEPSPEED")) and not trainer.is_deepspeed_enabled:
+        problems.append(f"deepspeed was requested but did not engage: training {actual.sharding} instead")
     requested = accelerate_requested_processes()
     if requested is not None and requested > actual.world_size:
         problems.append(

@@ -129,6 +129,8 @@ def run_sft(config: RunConfig, callbacks: list[TrainerCallback] | None = None) -
     stop_if_interrupted(trainer, on_signal)
     if trainer.eval_dataset is not None:
         trainer.log_metrics("eval", trainer.evaluate())
+    if trainer.is_fsdp_enabled:  # the final model as one full state dict (from_pretrained), whatever checkpoints use
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model(str(output_dir))
     trainer.save_state()
     if trainer.is_world_process_zero():
