@@ -6,6 +6,7 @@ import json
 import textwrap
 
 import pytest
+from safetensors.torch import load_file
 import torch
 from peft import AutoPeftModelForCausalLM
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -97,7 +98,8 @@ def test_seed_000_train_sh_flags(tiny_model_dir, tmp_path):
 
 @pytest.mark.slow
 def test_seed_002_bft_lora_yaml(tiny_model_dir, tmp_path):
-    """Seed 002's LLaMA-Factory-style YAML (BFT, LoRA on all linear layers) trains and saves a loadable adapter."""
+    """Seed 002's LLaMA-Factory-style YAML (BFT, LoRA on all linear layers, gradient checkpointing) trains every
+    adapter and saves a loadable one."""
     out = tmp_path / "bft"
     config = tmp_path / "bft.yaml"
     config.write_text(textwrap.dedent(f"""
@@ -110,6 +112,7 @@ def test_seed_002_bft_lora_yaml(tiny_model_dir, tmp_path):
         lora_rank: 16
         lora_target: all
         use_bft_loss: true
+        enable_gradient_checkpointing: true
         ### dataset
         data_files: {json.dumps(write_chat_files(tmp_path, n_files=2))}
         cutoff_len: 256
@@ -134,6 +137,9 @@ def test_seed_002_bft_lora_yaml(tiny_model_dir, tmp_path):
     targets = {name.rsplit(".", 1)[-1] for name in model.peft_config["default"].target_modules}
     assert {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"} <= targets
     assert "lm_head" not in targets
+    # lora_B starts at zero: every one that moved got a gradient through the checkpointed layers.
+    lora_b = {n: t for n, t in load_file(out / "adapter_model.safetensors").items() if "lora_B" in n}
+    assert len(lora_b) == 7 * model.config.num_hidden_layers and all(t.abs().max() > 0 for t in lora_b.values())
 
 
 def test_bad_record_stops_before_model_loads(tiny_model_dir, tmp_path, capsys):
