@@ -1,11 +1,12 @@
 # make demo  -> set up .venv and run the quickstart (CPU, offline, a few minutes)
 # make test  -> set up .venv and run the test suite
 # make bench -> set up .venv and run the benchmarks (not part of test)
+# make demo-real -> the SmolLM2-135M-Instruct study: LoRA sft/dft/bft on word problems (~1 hour on 2 CPU cores)
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.setup-done
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo demo-real bench clean
 
 setup: $(STAMP)
 
@@ -23,6 +24,9 @@ test: setup
 
 demo: setup
 	$(VENV)/bin/dftune demo --output_dir outputs/quickstart
+
+demo-real: setup
+	DFTUNE=$(VENV)/bin/dftune PYTHON=$(VENV)/bin/python bash examples/smollm2_math/run_study.sh
 
 bench: setup
 	$(VENV)/bin/python -m pip install -q -c constraints.txt -e '.[dev,bench]'

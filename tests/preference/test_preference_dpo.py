@@ -7,16 +7,18 @@ With the policy equal to its reference every pair's implicit reward is 0, so the
 from __future__ import annotations
 
 import json
+import shutil
 import math
 from pathlib import Path
 
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 from dftune.cli.main import main
+from dftune.train.checkpoints import COMPLETE_MARKER
 from dftune.config.parse import parse_config
 from dftune.train.run import run_sft
 
@@ -120,3 +122,20 @@ def test_bad_preference_record_is_reported_before_any_model_loads(tiny_model_dir
     assert "on_bad_record: skip" in err
     report = json.loads((out / "data_report.json").read_text())
     assert (report["total"], report["kept"], report["rejected"]) == (5, 3, 2)
+
+
+@pytest.mark.slow
+def test_nonfinite_dpo_steps_stop_with_a_complete_checkpoint(tiny_model_dir, tmp_path, capsys):
+    """dftune's guards hold for DPO too: NaN weights give 3 skipped steps, a marked checkpoint and exit 1."""
+    poisoned = tmp_path / "nan-model"
+    shutil.copytree(tiny_model_dir, poisoned)
+    weights = load_file(poisoned / "model.safetensors")
+    weights["lm_head.weight"][0, 0] = float("nan")
+    save_file(weights, poisoned / "model.safetensors", metadata={"format": "pt"})
+    out = tmp_path / "dpo_nan"
+    code = main(["train", *tiny_argv(poisoned, out, "--save_steps", "100")])
+    err = capsys.readouterr().err
+    assert code == 1 and "3 steps in a row had a non-finite loss or gradient norm" in err and "Traceback" not in err
+    assert (out / "checkpoint-3" / COMPLETE_MARKER).is_file()
+    state = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())
+    assert [e["nonfinite_steps"] for e in state["log_history"] if "loss" in e] == [1, 1, 1]

@@ -30,6 +30,7 @@ from dftune.data.encode import chat_template
 from dftune.errors import DftuneError
 from dftune.preference.data import prepare_preference_datasets
 from dftune.preference.reference import check_reference, load_policy_and_reference
+from dftune.train.guards import GuardedUpdates
 from dftune.train.model import load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -50,12 +51,23 @@ def dpo_config(config: RunConfig) -> DPOConfig:
     )
 
 
-class PreferenceTrainer(DPOTrainer):
-    """DPOTrainer with `max_prompt_length` back; everything else is TRL's."""
+class PreferenceTrainer(GuardedUpdates, DPOTrainer):
+    """DPOTrainer with `max_prompt_length` back and dftune's guards (non-finite steps skipped, complete-marked
+    checkpoints); the loss and its metrics are TRL's."""
 
-    def __init__(self, *args: Any, max_prompt_length: int | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, max_prompt_length: int | None = None, max_nonfinite_steps: int = 3, **kwargs: Any
+    ) -> None:
         self.max_prompt_length = max_prompt_length  # read by _prepare_dataset inside DPOTrainer.__init__
         super().__init__(*args, **kwargs)
+        self.init_guards(max_nonfinite_steps)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[override]
+        result = super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                      num_items_in_batch=num_items_in_batch)  # fmt: skip
+        if model.training:
+            self.flag_nonfinite(result[0] if return_outputs else result)
+        return result
 
     def _prepare_dataset(self, dataset: Dataset, processing_class: Any, args: DPOConfig, dataset_name: str) -> Dataset:
         if self.max_prompt_length is None:
@@ -104,6 +116,7 @@ def build_dpo_trainer(config: RunConfig, callbacks: list[TrainerCallback] | None
         callbacks=callbacks,
         peft_config=models.peft_config,
         max_prompt_length=config.method.max_prompt_length,
+        max_nonfinite_steps=config.reliability.max_nonfinite_steps,
     )
     check_reference(trainer.model, config)
     logger.info("DPO %s, beta %g, reference: %s, %d training pairs", config.method.loss_type, config.method.beta,

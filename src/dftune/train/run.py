@@ -21,6 +21,7 @@ from dftune.diffusion.trainer import DiffusionTrainer
 from dftune.errors import DftuneError, RunStopped
 from dftune.preference import build_dpo_trainer
 from dftune.train.checkpoints import resolve_run_dir
+from dftune.train.guards import GuardedUpdates
 from dftune.train.header import RunHeader, log_summary
 from dftune.train.model import apply_lora, load_model, load_tokenizer
 from dftune.train.parallelism import check_parallelism
@@ -55,10 +56,10 @@ def build_trainer(config: RunConfig, callbacks: list[TrainerCallback] | None = N
     # Touching `device` sets up torch.distributed (and DeepSpeed): ZeRO-3 partitions the weights while they load.
     logger.info("device %s, world size %d", config.training.device, config.training.world_size)
     callbacks = [*(callbacks or []), *tracker_callbacks(config.training)]  # before a Trainer reads report_to
-    if config.method.stage == "dpo":  # TRL's DPOTrainer with our data checks, reference set-ups and keys
-        return build_dpo_trainer(config, callbacks)
     check_model_path(config.model.model_name_or_path)  # these checks take seconds: before data and weights
     config.training.resume_from_checkpoint = resolve_run_dir(config.training, config.reliability)
+    if config.method.stage == "dpo":  # TRL's DPOTrainer with our data checks, reference set-ups and keys
+        return build_dpo_trainer(config, callbacks)
     tokenizer = load_tokenizer(config.model)
     check_max_length(tokenizer, config.data.max_length)
     output_dir = Path(config.training.output_dir)
@@ -148,7 +149,7 @@ def stop_if_interrupted(trainer: Trainer, on_signal: SaveOnSignal) -> None:
         code = 128 + on_signal.received.value if on_signal.received else 1
         raise RunStopped(f"stopped by {name} at step {trainer.state.global_step}; saved {checkpoint}. Continue "
                          "with --resume_from_checkpoint auto", exit_code=code)
-    if isinstance(trainer, ObjectiveTrainer) and trainer.stopped_nonfinite_at is not None:
+    if isinstance(trainer, GuardedUpdates) and trainer.stopped_nonfinite_at is not None:
         raise RunStopped(
             f"stopped at step {trainer.stopped_nonfinite_at}: {trainer.max_nonfinite_steps} steps in a row had a "
             f"non-finite loss or gradient norm (each update skipped). {checkpoint} holds the last good weights; "

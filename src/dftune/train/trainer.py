@@ -7,33 +7,26 @@ The Trainer stays in charge of everything else (DeepSpeed, FSDP, checkpoints, tr
 - the logs: the objective's metrics averaged over the whole logging window and all processes;
 - evaluation: the objective's loss, plain CE and avg_p_correct over the whole eval set, not a mean of batch means.
 And, where it is exact, the loss head is fused (`fused_loss`): the [B, T, V] logits are never materialised.
-Reliability: a step whose loss or gradient norm is not finite leaves weights, optimizer and scheduler as they were
-(counted as `nonfinite_steps`; `max_nonfinite_steps` in a row save the last good state and stop), and a checkpoint
-counts only once its `dftune_complete` marker is written (see `dftune.train.checkpoints`).
+Reliability (non-finite steps skipped, checkpoints marked complete) comes from `dftune.train.guards`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import math
-import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate.optimizer import AcceleratedOptimizer
 from peft import PeftModel
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 from transformers import PreTrainedModel, Trainer
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from dftune.errors import DftuneError
 from dftune.losses import OBJECTIVES, LossOutput, compute_objective, fused_linear_loss
-from dftune.train.checkpoints import is_complete, mark_complete, rotate_checkpoints
+from dftune.train.guards import GuardedUpdates
 from dftune.train.metrics import MetricWindow
 
 logger = logging.getLogger(__name__)
@@ -108,7 +101,7 @@ def head_computes(head: nn.Linear, loss_fn: Callable[[torch.Tensor], LossOutput]
         del head.forward
 
 
-class ObjectiveTrainer(Trainer):
+class ObjectiveTrainer(GuardedUpdates, Trainer):
     """Trainer whose loss is a dftune objective (`objective` in OBJECTIVES, with its keyword arguments)."""
 
     # compute_loss returns a loss already divided by the global count: the Trainer must not divide it again.
@@ -129,11 +122,7 @@ class ObjectiveTrainer(Trainer):
         self.unit = OBJECTIVES[objective].normalise_by
         self._train_window = MetricWindow()
         self._eval_window = MetricWindow()
-        self.max_nonfinite_steps = max_nonfinite_steps
-        self._nonfinite_loss = False  # a micro-batch of the current optimizer step had a non-finite loss
-        self._nonfinite_in_a_row = 0
-        self._nonfinite_window = 0  # skipped updates since the last log
-        self.stopped_nonfinite_at: int | None = None  # the step whose checkpoint holds the last good state
+        self.init_guards(max_nonfinite_steps)
         self.fused_head: nn.Linear | None = None
         if fused_loss != "false":
             self.fused_head, reason = fusable_head(self.model)
@@ -161,8 +150,7 @@ class ObjectiveTrainer(Trainer):
         if not training:
             self._eval_window.add(out, loss_weight=eval_weight)
             return out.loss
-        if not torch.isfinite(out.loss.detach()):  # its update will be skipped: keep its metrics out of the logs
-            self._nonfinite_loss = True
+        if self.flag_nonfinite(out.loss):  # its update will be skipped: keep its metrics out of the logs
             return out.loss
         self._train_window.add(out)
         if global_count is not None and self.args.average_tokens_across_devices:
@@ -210,70 +198,9 @@ class ObjectiveTrainer(Trainer):
         # gather the partitioned weight again before the head's backward.
         return dataclasses.replace(results[-1], loss=outputs.logits)
 
-    def _get_grad_norm(self, model, grad_norm=None):  # type: ignore[override]
-        """The Trainer calls this after clipping, right before `optimizer.step()`: where a bad update is dropped."""
-        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
-        self._guard_update(model, grad_norm)
-        return grad_norm
-
-    def _guard_update(self, model: nn.Module, grad_norm: Any) -> None:
-        """Skip this optimizer step when its loss or gradient norm is not finite; stop after too many in a row.
-
-        Skipping is exact: with every `.grad` set to None, torch optimizers leave each parameter and its state
-        (moments, step counts) untouched, and marking the step as skipped (what accelerate does for an fp16
-        overflow) keeps the Trainer from stepping the scheduler. With fp16 the GradScaler already skips steps whose
-        gradients overflow (and lowers its scale), so there only a non-finite loss counts.
-        """
-        bad_loss, self._nonfinite_loss = self._nonfinite_loss, False
-        if self.args.world_size > 1:  # every process must skip the same steps; the grad norm is already global
-            flag = torch.tensor([float(bad_loss)], device=self.args.device)
-            bad_loss = bool(self.accelerator.reduce(flag, reduction="sum").item())
-        scaler = self.accelerator.scaler
-        bad_norm = scaler is None and grad_norm is not None and not math.isfinite(float(grad_norm))
-        bad = bad_loss or bad_norm
-        can_skip = scaler is None and not self.is_deepspeed_enabled  # DeepSpeed steps its own optimizer
-        if can_skip and isinstance(self.optimizer, AcceleratedOptimizer):
-            self.optimizer._is_overflow = bad  # read back as accelerator.optimizer_step_was_skipped
-        if not bad:
-            self._nonfinite_in_a_row = 0
-            return
-        if can_skip:
-            model.zero_grad(set_to_none=True)
-        self._nonfinite_in_a_row += 1
-        self._nonfinite_window += 1
-        step = self.state.global_step + 1
-        logger.warning("step %d: non-finite %s: update skipped (%d in a row)", step,
-                       "loss" if bad_loss else f"gradient norm ({float(grad_norm)})", self._nonfinite_in_a_row)
-        if self.max_nonfinite_steps and self._nonfinite_in_a_row >= self.max_nonfinite_steps:
-            # The weights are those of the last good update: save them, with the data position past the bad steps.
-            self.control.should_save = True
-            self.control.should_training_stop = True
-            self.stopped_nonfinite_at = step
-
-    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
-        """The Trainer's checkpoint, then the `dftune_complete` marker, then rotation among complete checkpoints."""
-        run_dir = Path(self._get_output_dir(trial=trial))
-        checkpoint = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        if self.args.should_save and checkpoint.is_dir() and not is_complete(checkpoint):
-            shutil.rmtree(checkpoint)  # an interrupted save of this same step: no stale file may survive into it
-        self.accelerator.wait_for_everyone()
-        # transformers' rotation would count the incomplete checkpoints too (and run before our marker): ours does not.
-        limit, self.args.save_total_limit = self.args.save_total_limit, None
-        try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            self.args.save_total_limit = limit
-        self.accelerator.wait_for_everyone()  # every process has written its part (RNG states, shards)
-        if self.args.should_save:
-            mark_complete(checkpoint, self.state.global_step)
-            best = self.state.best_model_checkpoint
-            rotate_checkpoints(run_dir, limit, keep={Path(best)} if best else set())
-
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs:
-            if self._train_window:
-                logs.update(self._train_window.pop_means(self.accelerator))
-            logs["nonfinite_steps"], self._nonfinite_window = self._nonfinite_window, 0
+        if "loss" in logs and self._train_window:
+            logs.update(self._train_window.pop_means(self.accelerator))
         super().log(logs, start_time)
 
     def evaluation_loop(self, *args: Any, metric_key_prefix: str = "eval", **kwargs: Any):  # type: ignore[override]

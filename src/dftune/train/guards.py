@@ -1,0 +1,105 @@
+"""Reliability shared by every dftune trainer (objectives, diffusion, DPO): a step whose loss or gradient norm is
+not finite leaves weights, optimizer and scheduler as they were (counted as `nonfinite_steps`;
+`max_nonfinite_steps` in a row save the last good state and stop), and a checkpoint counts only once its
+`dftune_complete` marker is written (see `dftune.train.checkpoints`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate.optimizer import AcceleratedOptimizer
+from torch import nn
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from dftune.train.checkpoints import is_complete, mark_complete, rotate_checkpoints
+
+logger = logging.getLogger(__name__)
+
+
+class GuardedUpdates:
+    """Mixin for `transformers.Trainer` subclasses (put it first in the bases): call `init_guards` in `__init__`
+    and `flag_nonfinite(loss)` on every training micro-batch's loss."""
+
+    def init_guards(self, max_nonfinite_steps: int) -> None:
+        self.max_nonfinite_steps = max_nonfinite_steps
+        self._nonfinite_loss = False  # a micro-batch of the current optimizer step had a non-finite loss
+        self._nonfinite_in_a_row = 0
+        self._nonfinite_window = 0  # skipped updates since the last log
+        self.stopped_nonfinite_at: int | None = None  # the step whose checkpoint holds the last good state
+
+    def flag_nonfinite(self, loss: torch.Tensor) -> bool:
+        """True (and this optimizer step will be skipped) when a micro-batch's training loss is not finite."""
+        if torch.isfinite(loss.detach()).all():
+            return False
+        self._nonfinite_loss = True
+        return True
+
+    def _get_grad_norm(self, model, grad_norm=None):  # type: ignore[override]
+        """The Trainer calls this after clipping, right before `optimizer.step()`: where a bad update is dropped."""
+        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        self._guard_update(model, grad_norm)
+        return grad_norm
+
+    def _guard_update(self, model: nn.Module, grad_norm: Any) -> None:
+        """Skip this optimizer step when its loss or gradient norm is not finite; stop after too many in a row.
+
+        Skipping is exact: with every `.grad` set to None, torch optimizers leave each parameter and its state
+        (moments, step counts) untouched, and marking the step as skipped (what accelerate does for an fp16
+        overflow) keeps the Trainer from stepping the scheduler. With fp16 the GradScaler already skips steps whose
+        gradients overflow (and lowers its scale), so there only a non-finite loss counts.
+        """
+        bad_loss, self._nonfinite_loss = self._nonfinite_loss, False
+        if self.args.world_size > 1:  # every process must skip the same steps; the grad norm is already global
+            flag = torch.tensor([float(bad_loss)], device=self.args.device)
+            bad_loss = bool(self.accelerator.reduce(flag, reduction="sum").item())
+        scaler = self.accelerator.scaler
+        bad_norm = scaler is None and grad_norm is not None and not math.isfinite(float(grad_norm))
+        bad = bad_loss or bad_norm
+        can_skip = scaler is None and not self.is_deepspeed_enabled  # DeepSpeed steps its own optimizer
+        if can_skip and isinstance(self.optimizer, AcceleratedOptimizer):
+            self.optimizer._is_overflow = bad  # read back as accelerator.optimizer_step_was_skipped
+        if not bad:
+            self._nonfinite_in_a_row = 0
+            return
+        if can_skip:
+            model.zero_grad(set_to_none=True)
+        self._nonfinite_in_a_row += 1
+        self._nonfinite_window += 1
+        step = self.state.global_step + 1
+        logger.warning("step %d: non-finite %s: update skipped (%d in a row)", step,
+                       "loss" if bad_loss else f"gradient norm ({float(grad_norm)})", self._nonfinite_in_a_row)
+        if self.max_nonfinite_steps and self._nonfinite_in_a_row >= self.max_nonfinite_steps:
+            # The weights are those of the last good update: save them, with the data position past the bad steps.
+            self.control.should_save = True
+            self.control.should_training_stop = True
+            self.stopped_nonfinite_at = step
+
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        """The Trainer's checkpoint, then the `dftune_complete` marker, then rotation among complete checkpoints."""
+        run_dir = Path(self._get_output_dir(trial=trial))
+        checkpoint = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if self.args.should_save and checkpoint.is_dir() and not is_complete(checkpoint):
+            shutil.rmtree(checkpoint)  # an interrupted save of this same step: no stale file may survive into it
+        self.accelerator.wait_for_everyone()
+        # transformers' rotation would count the incomplete checkpoints too (and run before our marker): ours does not.
+        limit, self.args.save_total_limit = self.args.save_total_limit, None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+        self.accelerator.wait_for_everyone()  # every process has written its part (RNG states, shards)
+        if self.args.should_save:
+            mark_complete(checkpoint, self.state.global_step)
+            best = self.state.best_model_checkpoint
+            rotate_checkpoints(run_dir, limit, keep={Path(best)} if best else set())
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:
+            logs["nonfinite_steps"], self._nonfinite_window = self._nonfinite_window, 0
+        super().log(logs, start_time)  # type: ignore[misc]
