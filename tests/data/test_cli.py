@@ -50,3 +50,16 @@ def test_max_length_needs_a_tokenizer(tmp_path):
     data = write_jsonl(tmp_path / "a.jsonl", [chat()])
     with pytest.raises(DftuneError, match="--tokenizer"):
         run(str(data), "--max_length", "8")
+
+
+def test_preference_pairs_are_checked_with_stage_dpo(tmp_path, capsys, tokenizer):
+    tokenizer.save_pretrained(tmp_path / "tok")
+    pair = {"prompt": "2 + 2?", "chosen": "4", "rejected": "5"}
+    data = write_jsonl(tmp_path / "p.jsonl", [pair, {"prompt": "q", "chosen": "a"}, {**pair, "prompt": "x" * 80}])
+    assert run(str(data), "--stage", "dpo") == 1  # without a tokenizer: the forms only
+    out = capsys.readouterr().out
+    assert f"| {data} | 3 | 2 | 1 |" in out and f"{data}:2:" in out and "rejected" in out
+    code = run(str(data), "--stage", "dpo", "--tokenizer", str(tmp_path / "tok"), "--max_length", "32")
+    out = capsys.readouterr().out
+    assert code == 1 and f"{data}:3: prompt fills max_length" in out
+    assert run(str(write_jsonl(tmp_path / "ok.jsonl", [pair, pair])), "--stage", "dpo") == 0

@@ -23,6 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check.add_argument("--tokenizer", help="tokenizer directory: adds token length statistics")
     check.add_argument("--max_length", type=int, help="reject records with no assistant token within N tokens")
     check.add_argument("--report", help="write the full JSON report here")
+    check.add_argument("--stage", choices=("sft", "dpo"), default="sft",
+                       help="sft: conversations (also dllm); dpo: preference pairs (prompt/chosen/rejected)")
     check.set_defaults(func=run_check)
 
 
@@ -30,14 +32,16 @@ def run_check(args: argparse.Namespace) -> int:
     if args.max_length is not None and args.tokenizer is None:
         raise DftuneError("--max_length needs --tokenizer")
     sources = resolve_sources(args.files)
-    if args.tokenizer is None:
-        _, report = collect_conversations(sources)
-        lengths: list[int] = []
-    else:
-        from transformers import AutoTokenizer
+    lengths: list[int] = []
+    if args.stage == "dpo":
+        from dftune.preference.data import collect_preferences
 
-        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
-        dataset, report = validate_and_encode(sources, tokenizer, max_length=args.max_length)
+        tokenizer = None if args.tokenizer is None else _tokenizer(args.tokenizer)
+        _, report = collect_preferences(sources, tokenizer, args.max_length, None)
+    elif args.tokenizer is None:
+        _, report = collect_conversations(sources)
+    else:
+        dataset, report = validate_and_encode(sources, _tokenizer(args.tokenizer), max_length=args.max_length)
         lengths = list(dataset["num_tokens"])
 
     print(report.format_table())
@@ -49,6 +53,15 @@ def run_check(args: argparse.Namespace) -> int:
         print(f"\n{report.rejected} invalid records:\n{report.format_errors(20, args.report)}")
         return 1
     return 0
+
+
+def _tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except OSError as err:
+        raise DftuneError(f"--tokenizer {path!r}: {err}") from None
 
 
 def _length_stats(lengths: list[int], max_length: int | None) -> str:

@@ -83,16 +83,18 @@ def prepare_preference_datasets(
 
 def collect_preferences(
     sources: Sequence[str],
-    tokenizer: PreTrainedTokenizerBase,
-    max_length: int,
+    tokenizer: PreTrainedTokenizerBase | None,
+    max_length: int | None,
     max_prompt_length: int | None,
 ) -> tuple[list[dict[str, Messages]], ValidationReport]:
-    """The kept records as prompt/chosen/rejected message lists, and the report of every record."""
+    """The kept records as prompt/chosen/rejected message lists, and the report of every record (the chat
+    template and token budget are checked when a tokenizer is given)."""
     report = ValidationReport()
 
     def normalize(value: Any) -> dict[str, Messages]:
         pair = normalize_preference(value)
-        check_budget(pair, tokenizer, max_length, max_prompt_length)
+        if tokenizer is not None:
+            check_budget(pair, tokenizer, max_length, max_prompt_length)
         return pair
 
     kept = [pair for _, pair in normalized_records(sources, normalize, report)]
@@ -100,7 +102,10 @@ def collect_preferences(
 
 
 def check_budget(
-    pair: dict[str, Messages], tokenizer: PreTrainedTokenizerBase, max_length: int, max_prompt_length: int | None
+    pair: dict[str, Messages],
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int | None,
+    max_prompt_length: int | None,
 ) -> None:
     """Raise InvalidRecord when the template refuses the pair or its prompt leaves no room for a reply."""
     template = chat_template(tokenizer)
@@ -112,6 +117,8 @@ def check_budget(
             tokenizer.apply_chat_template(pair["prompt"] + reply, chat_template=template, tokenize=False)
     except TemplateError as exc:
         raise InvalidRecord("chat template error", str(exc) or type(exc).__name__) from None
+    if max_length is None:
+        return
     prompt_tokens = len(tokenizer(prompt, add_special_tokens=False, verbose=False)["input_ids"])
     kept_tokens = prompt_tokens if max_prompt_length is None else min(prompt_tokens, max_prompt_length)
     if kept_tokens >= max_length:
