@@ -291,3 +291,14 @@ def test_overwrite_output_dir_replaces_the_old_run(tiny_model_dir, tmp_path):
     argv = ["train", *train_args(tiny_model_dir, chat_file(tmp_path, 8), out, 1), "--overwrite_output_dir", "true"]
     assert main(argv) == 0
     assert not (out / "checkpoint-5").exists()  # a later `auto` must not resume the old run
+
+
+def test_resume_from_the_final_checkpoint_trains_no_more_steps(tiny_model_dir, tmp_path):
+    out = tmp_path / "done"
+    argv = ["train", *train_args(tiny_model_dir, chat_file(tmp_path, 16), out, 4)]
+    assert main(argv) == 0
+    assert main([*argv, "--resume_from_checkpoint", "true"]) == 0
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 4 and max(e["step"] for e in state["log_history"]) == 4
+    final, checkpoint = load_file(out / "model.safetensors"), load_file(out / "checkpoint-4" / "model.safetensors")
+    assert all(torch.equal(final[name], checkpoint[name]) for name in checkpoint)

@@ -99,6 +99,13 @@ class GuardedUpdates:
             best = self.state.best_model_checkpoint
             rotate_checkpoints(run_dir, limit, keep={Path(best)} if best else set())
 
+    def _run_epoch(self, *args: Any, **kwargs: Any) -> None:
+        """No step past max_steps: transformers 5.23 runs one more when resumed from the final checkpoint."""
+        if 0 < self.state.max_steps <= self.state.global_step:
+            self.control.should_training_stop = True
+            return
+        super()._run_epoch(*args, **kwargs)  # type: ignore[misc]
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:
             logs["nonfinite_steps"], self._nonfinite_window = self._nonfinite_window, 0
