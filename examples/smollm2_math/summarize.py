@@ -13,6 +13,8 @@ import json
 import re
 from pathlib import Path
 
+import yaml
+
 from dftune.compare import RunResult
 from dftune.viz.accuracy import plot_accuracy
 
@@ -30,18 +32,24 @@ def template_of(prompt: str) -> str:
     return next(name for name, words in TEMPLATES.items() if words in prompt)
 
 
+def label(result: RunResult, path: Path) -> str:
+    """The run's name, with DFT's alpha (1 when the config leaves it unset, as the paper)."""
+    if result.loss != "dft":
+        return path.name
+    config = yaml.safe_load((path / "dftune_config.yaml").read_text(encoding="utf-8"))
+    return f"{path.name} (alpha {config.get('dft_alpha') or 1.0:g})"
+
+
 def load_runs(study: Path, folders: list[str]) -> list[tuple[RunResult, Path, str]]:
-    """(result, run folder, label) of every run, in each compare.json's order; labels name the folder when a
-    run name repeats (dft-seed0 with alpha 1 and with alpha 0.7)."""
+    """(result, run folder, label) of every run, in each compare.json's order."""
     runs = []
     for folder in folders:
         for entry in json.loads((study / folder / "compare.json").read_text(encoding="utf-8"))["runs"]:
-            name = entry.pop("name")
+            path = study / folder / entry.pop("name")
             interval = entry.pop("accuracy_interval")
             result = RunResult(**entry, accuracy_interval=tuple(interval) if interval else None)
-            runs.append((result, study / folder / name, name))
-    names = [label for _, _, label in runs]
-    return [(r, path, label if names.count(label) == 1 else f"{path.parent.name}/{label}") for r, path, label in runs]
+            runs.append((result, path, label(result, path)))
+    return runs
 
 
 def accuracy_table(runs: list[tuple[RunResult, Path, str]]) -> str:
@@ -66,17 +74,30 @@ def template_table(runs: list[tuple[RunResult, Path, str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+STEP = re.compile(r"(\d+) ([×÷+-]) (\d+) = (\d+)$")  # a worked line, with or without its "Step k: "
+OPERATIONS = {"×": lambda a, b: a * b, "÷": lambda a, b: a / b, "+": lambda a, b: a + b, "-": lambda a, b: a - b}
+
+
+def right_lines(reply: str) -> tuple[int, int]:
+    """(worked lines whose result is right for their own numbers, worked lines)."""
+    lines = [m for m in map(STEP.search, reply.split("\n")) if m]
+    return sum(OPERATIONS[op](int(a), int(b)) == int(c) for a, op, b, c in (m.groups() for m in lines)), len(lines)
+
+
 def shape_table(runs: list[tuple[RunResult, Path, str]]) -> str:
-    """How the replies are written, whatever their numbers: the reference's layout, and its operators."""
-    lines = ["| run | ends \"The answer is N.\" | \"Step k:\" lines | writes × where the reference multiplies |",
-             "|---|---|---|---|"]  # fmt: skip
+    """How the replies are written, whatever their numbers: the reference's layout, its operators, and whether
+    each worked line is right for the numbers it uses."""
+    lines = ["| run | ends \"The answer is N.\" | \"Step k:\" lines | writes × where the reference multiplies "
+             "| worked lines right for their own numbers |", "|---|---|---|---|---|"]  # fmt: skip
     for _, path, label in runs:
         results = [json.loads(line) for line in (path / "eval_results.jsonl").read_text(encoding="utf-8").splitlines()]
         ends = sum(bool(re.search(r"The answer is -?\d+\.$", r["reply"])) for r in results)
         stepped = sum(r["reply"].startswith("Step 1:") for r in results)
         multiplying = [r for r in results if "×" in r["reference"]]
         times = sum("×" in r["reply"] for r in multiplying)
-        lines.append(f"| {label} | {ends}/{len(results)} | {stepped}/{len(results)} | {times}/{len(multiplying)} |")
+        right, worked = map(sum, zip(*(right_lines(r["reply"]) for r in results)))
+        lines.append(f"| {label} | {ends}/{len(results)} | {stepped}/{len(results)} | {times}/{len(multiplying)} "
+                     f"| {right}/{worked} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

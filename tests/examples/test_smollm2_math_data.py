@@ -3,7 +3,9 @@ held-out question is in training."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import random
 import re
 import subprocess
 import sys
@@ -46,3 +48,24 @@ def test_worked_answers_are_right_and_splits_disjoint(tmp_path):
 def test_same_seed_same_files_other_seed_other_files(tmp_path):
     assert generate(tmp_path / "a") == generate(tmp_path / "b")
     assert generate(tmp_path / "c", seed=8)[1] != generate(tmp_path / "a")[1]
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(name, SCRIPT.parent / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_summary_knows_each_template_and_checks_worked_lines():
+    make_data, summarize = load("make_data"), load("summarize")
+    assert list(summarize.TEMPLATES) == list(make_data.TEMPLATES)
+    rng = random.Random(0)
+    for name, template in make_data.TEMPLATES.items():
+        for _ in range(50):
+            record = make_data.record(template(rng))
+            assert summarize.template_of(record["messages"][0]["content"]) == name
+            right, worked = summarize.right_lines(record["messages"][1]["content"])
+            assert right == worked >= 2
+    assert summarize.right_lines("2 + 3 = 6\nStep 2: 6 × 2 = 12\nThe answer is 12.") == (1, 2)

@@ -58,6 +58,16 @@ def test_plot_without_trainer_state_is_a_clear_error(tmp_path, capsys):
     assert not (tmp_path / "x.png").exists()
 
 
+def test_plot_labels_one_per_run(tmp_path, capsys):
+    write_run(tmp_path / "a" / "dft", 1.0)
+    write_run(tmp_path / "b" / "dft", 0.5)
+    runs = [str(tmp_path / "a" / "dft"), str(tmp_path / "b" / "dft")]
+    assert main(["plot", *runs, "--labels", "alpha 1,alpha 0.7", "--output", str(tmp_path / "ok.png")]) == 0
+    code = main(["plot", *runs, "--labels", "only one", "--output", str(tmp_path / "x.png")])
+    assert code == 2 and "--labels needs 2 different names" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
+
+
 def test_accuracy_bars_have_the_heights_of_their_values(tmp_path):
     path = plot_accuracy({"base": (0.2, 0.1, 0.3), "dft": (0.8, 0.7, 0.9)}, tmp_path / "acc.png", title="held-out")
     image = imread(path)[..., :3]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from dftune.errors import DftuneError
 from dftune.viz.curves import RUN_PANELS, load_log_history, plot_runs
 
 
@@ -18,6 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     plot.add_argument("runs", nargs="+", help="output_dir of `dftune train` runs (or their checkpoint-N folders)")
     plot.add_argument("--output", required=True, help="the PNG to write")
     plot.add_argument("--title", default="", help="figure title")
+    plot.add_argument("--labels", help="comma-separated legend names, one per run (default: the folder names)")
     plot.set_defaults(func=run_plot)
 
 
@@ -28,7 +30,10 @@ def run_labels(run_dirs: list[str]) -> list[str]:
 
 
 def run_plot(args: argparse.Namespace) -> int:
-    histories = {label: load_log_history(d) for label, d in zip(run_labels(args.runs), args.runs)}
+    labels = run_labels(args.runs) if args.labels is None else [name.strip() for name in args.labels.split(",")]
+    if len(labels) != len(args.runs) or len(set(labels)) != len(labels):
+        raise DftuneError(f"--labels needs {len(args.runs)} different names, one per run; got {args.labels!r}")
+    histories = {label: load_log_history(d) for label, d in zip(labels, args.runs)}
     path = plot_runs(histories, args.output, panels=RUN_PANELS, title=args.title, columns=3)
     print(f"wrote {path}")
     return 0

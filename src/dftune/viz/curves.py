@@ -57,7 +57,8 @@ def plot_runs(
 ) -> Path:
     """One panel per logged key, one line per run (training) plus its `eval_` twin dashed where logged.
 
-    Panels fill a grid `columns` wide (default: one row); a key no run logged says so in its panel.
+    Panels fill a grid `columns` wide (default: one row); a key no run logged says so in its panel. One legend
+    for the figure, under the panels, so that no panel's curves hide behind it.
     """
     columns = columns or len(panels)
     rows = math.ceil(len(panels) / columns)
@@ -76,18 +77,22 @@ def plot_runs(
         ax.set_title(label)
         ax.set_xlabel("optimizer step")
         ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend(fontsize=8)
-        else:
+        if not ax.lines:
             ax.text(0.5, 0.5, f"{key}: not logged", ha="center", va="center", transform=ax.transAxes, color="gray")
+    legend = {}  # label -> line, over every panel (a run's eval line may be in some panels only)
+    for ax in axes.flat:
+        legend.update({line.get_label(): line for line in ax.lines})
+    legend_rows = math.ceil(len(legend) / 4)
+    if legend:
+        fig.legend(legend.values(), legend.keys(), loc="lower center", ncol=min(len(legend), 4), fontsize=9)
     if title:
         fig.suptitle(title)
-    return save_figure(fig, path)
+    return save_figure(fig, path, bottom=(0.3 * legend_rows + 0.1) / fig.get_figheight() if legend else 0.0)
 
 
-def save_figure(fig: plt.Figure, path: str | Path) -> Path:
-    """Write `fig` as a PNG and close it."""
-    fig.tight_layout()
+def save_figure(fig: plt.Figure, path: str | Path, *, bottom: float = 0.0) -> Path:
+    """Write `fig` as a PNG and close it; `bottom` (a fraction of its height) is left free for a figure legend."""
+    fig.tight_layout(rect=(0, bottom, 1, 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
