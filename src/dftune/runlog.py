@@ -36,10 +36,10 @@ def process_info(environ: dict[str, str] | None = None) -> ProcessInfo:
     env = os.environ if environ is None else environ
     rank = int(env.get("RANK", env.get("LOCAL_RANK", "0")))
     world_size = int(env.get("WORLD_SIZE", "1"))
-    if "TORCHELASTIC_RUN_ID" in env:
+    if "ACCELERATE_MIXED_PRECISION" in env or "ACCELERATE_CONFIG_DS_FIELDS" in env:
+        launcher = "accelerate launch"  # also when it started the processes through torchrun (--multi_gpu)
+    elif "TORCHELASTIC_RUN_ID" in env:
         launcher = "torchrun"
-    elif "ACCELERATE_MIXED_PRECISION" in env or "ACCELERATE_CONFIG_DS_FIELDS" in env:
-        launcher = "accelerate launch"
     elif "CROSS_RANK" in env:  # set by deepspeed's launcher only
         launcher = "deepspeed"
     elif "SLURM_PROCID" in env and world_size > 1:

@@ -55,3 +55,16 @@ def test_accelerate_cpu_launch_that_starts_one_process_says_so(tiny_model_dir, t
     assert "parallelism      none, world size 1, backend none" in err
     state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
     assert state["global_step"] == 1
+
+
+@pytest.mark.slow
+def test_accelerate_multi_process_launch_on_cpu_trains_ddp(tiny_model_dir, tmp_path, torchrun):
+    """`accelerate launch --multi_gpu --num_processes 2` starts 2 CPU processes (through torchrun): DDP over gloo,
+    without DDP's per-step search for unused parameters (and its warning on every rank)."""
+    data = tmp_path / "data.jsonl"
+    write_data(data)
+    accelerate = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+                  "--main_process_port", torchrun()[-1]]  # fmt: skip
+    err = run([*accelerate, *train_flags(tiny_model_dir, data, tmp_path / "out")])
+    assert "launcher         accelerate launch" in err and "parallelism      DDP, world size 2, backend gloo" in err
+    assert "find_unused_parameters=True" not in err

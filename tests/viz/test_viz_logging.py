@@ -39,6 +39,8 @@ def test_rank_filter():
 def test_process_info_from_launcher_environment():
     assert process_info({"RANK": "1", "WORLD_SIZE": "2", "TORCHELASTIC_RUN_ID": "x"}) == ProcessInfo(1, 2, "torchrun")
     assert process_info({"LOCAL_RANK": "0", "WORLD_SIZE": "8", "CROSS_RANK": "0"}).launcher == "deepspeed"
+    accelerate_multi = {"RANK": "0", "WORLD_SIZE": "2", "TORCHELASTIC_RUN_ID": "x", "ACCELERATE_MIXED_PRECISION": "no"}
+    assert process_info(accelerate_multi).launcher == "accelerate launch"
     assert process_info({}) == ProcessInfo(0, 1, "python")
 
 

@@ -53,6 +53,10 @@ def build_trainer(config: RunConfig, callbacks: list[TrainerCallback] | None = N
     for note in config.notes:
         logger.info("config: %s", note)
 
+    if config.training.ddp_find_unused_parameters is None:
+        # Every trainable parameter takes part in our forward (the fused head included): no per-step search for
+        # unused ones, which DDP would warn about on every rank. Models that skip parameters (MoE) set it true.
+        config.training.ddp_find_unused_parameters = False
     # Touching `device` sets up torch.distributed (and DeepSpeed): ZeRO-3 partitions the weights while they load.
     logger.info("device %s, world size %d", config.training.device, config.training.world_size)
     callbacks = [*(callbacks or []), *tracker_callbacks(config.training)]  # before a Trainer reads report_to
