@@ -7,14 +7,13 @@ With the policy equal to its reference every pair's implicit reward is 0, so the
 from __future__ import annotations
 
 import json
-import shutil
 import math
 from pathlib import Path
 
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from dftune.cli.main import main
@@ -125,15 +124,10 @@ def test_bad_preference_record_is_reported_before_any_model_loads(tiny_model_dir
 
 
 @pytest.mark.slow
-def test_nonfinite_dpo_steps_stop_with_a_complete_checkpoint(tiny_model_dir, tmp_path, capsys):
+def test_nonfinite_dpo_steps_stop_with_a_complete_checkpoint(nan_model_dir, tmp_path, capsys):
     """dftune's guards hold for DPO too: NaN weights give 3 skipped steps, a marked checkpoint and exit 1."""
-    poisoned = tmp_path / "nan-model"
-    shutil.copytree(tiny_model_dir, poisoned)
-    weights = load_file(poisoned / "model.safetensors")
-    weights["lm_head.weight"][0, 0] = float("nan")
-    save_file(weights, poisoned / "model.safetensors", metadata={"format": "pt"})
     out = tmp_path / "dpo_nan"
-    code = main(["train", *tiny_argv(poisoned, out, "--save_steps", "100")])
+    code = main(["train", *tiny_argv(nan_model_dir, out, "--save_steps", "100")])
     err = capsys.readouterr().err
     assert code == 1 and "3 steps in a row had a non-finite loss or gradient norm" in err and "Traceback" not in err
     assert (out / "checkpoint-3" / COMPLETE_MARKER).is_file()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from sgd_setup import synthetic_dataset
 from transformers import AutoModelForCausalLM, TrainerCallback, TrainingArguments
 
@@ -209,14 +209,9 @@ def test_repeated_nonfinite_steps_stop_with_last_good_checkpoint(tiny_model_dir,
         assert torch.equal(tensor, good[name]), name
 
 
-def test_nan_weights_stop_the_cli_with_a_clear_message(tiny_model_dir, tmp_path, capsys):
-    poisoned = tmp_path / "nan-model"
-    shutil.copytree(tiny_model_dir, poisoned)
-    weights = load_file(poisoned / "model.safetensors")
-    weights["lm_head.weight"][0, 0] = float("nan")
-    save_file(weights, poisoned / "model.safetensors", metadata={"format": "pt"})
+def test_nan_weights_stop_the_cli_with_a_clear_message(nan_model_dir, tmp_path, capsys):
     out = tmp_path / "o"
-    code = main(["train", *train_args(poisoned, chat_file(tmp_path, 8), out, 10)])
+    code = main(["train", *train_args(nan_model_dir, chat_file(tmp_path, 8), out, 10)])
     err = capsys.readouterr().err
     assert code == 1 and "3 steps in a row had a non-finite loss or gradient norm" in err and "Traceback" not in err
     assert (out / "checkpoint-3" / COMPLETE_MARKER).is_file()
