@@ -65,24 +65,25 @@ def engaged(trainer: Trainer) -> Parallelism:
     return Parallelism(world_size, sharding, str(torch.distributed.get_backend()) if distributed else "none")
 
 
-def accelerate_requested_processes(ppid: int | None = None) -> int | None:
-    """N of `accelerate launch --num_processes N` (or its --config_file's num_processes) when accelerate's
+def accelerate_requested_processes() -> int | None:
+    """N of `accelerate launch --num_processes N` (or of its --config_file's num_processes) when accelerate's
     single-process launcher started this process; None otherwise."""
     if "TORCHELASTIC_RUN_ID" in os.environ or "ACCELERATE_USE_CPU" not in os.environ:
         return None  # torchrun started us (accelerate's multi-GPU path), or accelerate did not
     try:
-        words = Path(f"/proc/{ppid or os.getppid()}/cmdline").read_bytes().decode().split("\0")
+        words = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().decode().split("\0")
     except OSError:
         return None
-    for key in ("--num_processes", "--num-processes", "--config_file", "--config-file"):
-        for i, word in enumerate(words[:-1]):
-            value = word.split("=", 1)[1] if word.startswith(key + "=") else words[i + 1] if word == key else None
-            if value is None:
-                continue
-            if key.startswith("--num"):
-                return int(value)
-            config = yaml.safe_load(Path(value).read_text(encoding="utf-8")) or {}
-            return int(config.get("num_processes", 1))
+    options = {}  # "--num_processes 2", "--num-processes=2", "--config_file x.yaml" -> {"num_processes": "2", ...}
+    for i, word in enumerate(words):
+        key, _, inline = word.partition("=")
+        if key.replace("-", "_") in ("__num_processes", "__config_file"):
+            options[key.replace("-", "_")[2:]] = inline or (words[i + 1] if i + 1 < len(words) else "")
+    if "num_processes" in options:
+        return int(options["num_processes"])
+    if "config_file" in options:
+        config = yaml.safe_load(Path(options["config_file"]).read_text(encoding="utf-8")) or {}
+        return int(config.get("num_processes", 1))
     return None
 
 
