@@ -11,7 +11,8 @@ DFTUNE=${DFTUNE:-dftune}
 PYTHON=${PYTHON:-python}
 "$PYTHON" examples/smollm2_math/make_data.py --output_dir "$OUT/data"
 "$DFTUNE" init-model --preset smollm2-135m-instruct --output_dir outputs/smollm2
-DATA=(--data_files "$OUT/data/train.jsonl" --eval_files "$OUT/data/heldout.jsonl")
+# The same data for every run; a rerun replaces the previous study's runs.
+DATA=(--data_files "$OUT/data/train.jsonl" --eval_files "$OUT/data/heldout.jsonl" --overwrite_output_dir true)
 "$DFTUNE" compare examples/smollm2_math/study.yaml --losses sft,dft,bft --extractor last_number \
     --max_new_tokens 96 --eval_base --output_dir "$OUT/compare" "${DATA[@]}" "$@"
 "$DFTUNE" compare examples/smollm2_math/study.yaml --losses dft --dft_alpha 0.7 --extractor last_number \
