@@ -44,11 +44,25 @@ def test_fsdp_that_cannot_engage_on_cpu_says_what_runs_instead(tiny_model_dir, t
     assert "parallelism      DDP, world size 2, backend gloo" in err
 
 
+CPU_CONFIG = """compute_environment: LOCAL_MACHINE
+distributed_type: MULTI_CPU
+num_processes: 2
+num_machines: 1
+machine_rank: 0
+mixed_precision: "no"
+use_cpu: true
+main_training_function: main
+"""
+
+
 @pytest.mark.slow
-def test_accelerate_cpu_launch_that_starts_one_process_says_so(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("how", ["flags", "config_file"])
+def test_accelerate_cpu_launch_that_starts_one_process_says_so(tiny_model_dir, tmp_path, how):
     data = tmp_path / "data.jsonl"
     write_data(data)
-    accelerate = [str(Path(sys.executable).parent / "accelerate"), "launch", "--cpu", "--num_processes", "2"]
+    (tmp_path / "cpu.yaml").write_text(CPU_CONFIG, encoding="utf-8")
+    options = ["--cpu", "--num_processes", "2"] if how == "flags" else ["--config_file", str(tmp_path / "cpu.yaml")]
+    accelerate = [str(Path(sys.executable).parent / "accelerate"), "launch", *options]
     err = run([*accelerate, *train_flags(tiny_model_dir, data, tmp_path / "out")])
     assert "accelerate launch asked for 2 processes but started 1" in err, err[-3000:]
     assert "use torchrun --nproc_per_node 2 -m dftune train" in err
