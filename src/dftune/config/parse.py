@@ -96,13 +96,12 @@ def parse_config(argv: list[str]) -> RunConfig:
 
     parser = ConfigArgumentParser(SECTIONS)
     try:
-        argv = to_argv(resolved, multi_word=multi_word_keys(parser))
         check_engines(resolved)
         if deepspeed_on_cpu_processes(resolved):
             start_deepspeed_on_cpu()
             resolved["use_cpu"] = _Value(True, "dftune")
             notes.append("DeepSpeed processes on a machine without CUDA: DeepSpeed started on gloo, use_cpu: true")
-            argv = to_argv(resolved, multi_word=multi_word_keys(parser))
+        argv = to_argv(resolved, multi_word=multi_word_keys(parser))
         model, data, method, reliability, training = parser.parse_args_into_dataclasses(args=argv)
     except ValueError as err:  # __post_init__ checks: contradictions and out-of-range values
         raise DftuneError(f"invalid configuration: {err}") from None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
@@ -46,28 +47,32 @@ def block(title: str, rows: Sequence[tuple[str, str]]) -> str:
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class RunDescription:
+    """What the header says that the Trainer does not know."""
+
+    model_name: str
+    objective: str
+    train_samples: int
+    eval_samples: int | None
+    trackers: str  # as requested: swanlab leaves report_to for a callback of its own
+    parallelism: str  # what engaged: "DeepSpeed ZeRO-3, world size 2, backend gloo"
+
+
 def header_rows(
-    args: TrainingArguments,
-    state: TrainerState,
-    model: nn.Module,
-    *,
-    model_name: str,
-    objective: str,
-    train_samples: int,
-    eval_samples: int | None,
-    trackers: str,
-    parallelism: str,
+    args: TrainingArguments, state: TrainerState, model: nn.Module, run: RunDescription
 ) -> list[tuple[str, str]]:
     trainable, total = parameter_counts(model)
     info = process_info()
     config = model.config
     precision = "bf16 mixed" if args.bf16 else "fp16 mixed" if args.fp16 else "fp32"
     effective = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    evaluated = f"{run.eval_samples} eval" if run.eval_samples else "no eval"
     return [
-        ("model", f"{model_name} ({type(model).__name__})"),
+        ("model", f"{run.model_name} ({type(model).__name__})"),
         ("parameters", f"{human(trainable)} trainable / {human(total)} total ({trainable / max(total, 1):.1%})"),
-        ("objective", objective),
-        ("data", f"{train_samples} train samples, " + (f"{eval_samples} eval" if eval_samples else "no eval")),
+        ("objective", run.objective),
+        ("data", f"{run.train_samples} train samples, {evaluated}"),
         (
             "effective batch",
             f"{effective} = {args.per_device_train_batch_size} per device x {args.gradient_accumulation_steps} "
@@ -77,8 +82,8 @@ def header_rows(
         ("precision", f"{precision}, weights {next(model.parameters()).dtype}".replace("torch.", "")),
         ("attention", str(config._attn_implementation)),
         ("launcher", f"{info.launcher}, device {args.device}"),
-        ("parallelism", parallelism),
-        ("trackers", trackers or "none"),
+        ("parallelism", run.parallelism),
+        ("trackers", run.trackers or "none"),
         ("output", str(args.output_dir)),
     ]
 
@@ -86,30 +91,14 @@ def header_rows(
 class RunHeader(TrainerCallback):
     """Logs the run header once, when training starts."""
 
-    def __init__(
-        self,
-        *,
-        model_name: str,
-        objective: str,
-        train_samples: int,
-        eval_samples: int | None,
-        trackers: str,
-        parallelism: str,
-    ) -> None:
-        self.described = {
-            "model_name": model_name,
-            "objective": objective,
-            "train_samples": train_samples,
-            "eval_samples": eval_samples,
-            "trackers": trackers,  # as requested: swanlab leaves report_to for a callback of its own
-            "parallelism": parallelism,  # what engaged: "DeepSpeed ZeRO-3, world size 2, backend gloo"
-        }
+    def __init__(self, run: RunDescription) -> None:
+        self.run = run
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         if state.is_world_process_zero:
-            logger.info("%s", block("dftune run", header_rows(args, state, kwargs["model"], **self.described)))
+            logger.info("%s", block("dftune run", header_rows(args, state, kwargs["model"], self.run)))
 
 
 def last_entry(history: Sequence[Mapping[str, Any]], key: str) -> Mapping[str, Any]:

@@ -22,7 +22,7 @@ from dftune.errors import DftuneError, RunStopped
 from dftune.preference import build_dpo_trainer
 from dftune.train.checkpoints import resolve_run_dir
 from dftune.train.guards import GuardedUpdates
-from dftune.train.header import RunHeader, log_summary
+from dftune.train.header import RunDescription, RunHeader, log_summary
 from dftune.train.model import apply_lora, load_model, load_tokenizer
 from dftune.train.parallelism import check_parallelism
 from dftune.train.preflight import check_max_length, check_model_path
@@ -123,11 +123,11 @@ def run_sft(config: RunConfig, callbacks: list[TrainerCallback] | None = None) -
     output_dir = Path(config.training.output_dir)
     settings = [f"{key}={value}" for key, value in objective_kwargs(config).items()]
     objective = " ".join([f"stage {config.method.stage}, loss {config.method.loss}", *settings])
-    trainer.add_callback(RunHeader(
+    trainer.add_callback(RunHeader(RunDescription(
         model_name=config.model.model_name_or_path, objective=objective, train_samples=len(trainer.train_dataset),
         eval_samples=None if trainer.eval_dataset is None else len(trainer.eval_dataset), trackers=trackers,
         parallelism=parallelism.describe(),
-    ))  # fmt: skip
+    )))  # fmt: skip
     on_signal = SaveOnSignal()
     trainer.add_callback(on_signal)
     trainer.train(resume_from_checkpoint=config.training.resume_from_checkpoint)
