@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The SmolLM2 math study end to end, offline on CPU: data, model, the untrained model's accuracy, then LoRA
 # fine-tuning under sft, dft and bft (same seed, same steps) and each one's held-out accuracy; then dft with the
-# seed trainer's alpha 0.7, and one summary of every run (accuracy, per-template results, a figure).
+# seed trainer's alpha 0.7, one summary of every run (accuracy, per-template results, a figure), and the untrained
+# model's probability of `×` where the answers need it.
 #   bash examples/smollm2_math/run_study.sh          (or: make demo-real)
 # Writes outputs/smollm2_math/compare/{compare.md,compare.json,compare.png,accuracy.png}, one folder per run, the
 # same for outputs/smollm2_math/compare-dft-alpha0.7/, and outputs/smollm2_math/{summary.md,accuracy.png}.
@@ -18,3 +19,4 @@ DATA=(--data_files "$OUT/data/train.jsonl" --eval_files "$OUT/data/heldout.jsonl
 "$DFTUNE" compare examples/smollm2_math/study.yaml --losses dft --dft_alpha 0.7 --extractor last_number \
     --max_new_tokens 96 --output_dir "$OUT/compare-dft-alpha0.7" "${DATA[@]}" "$@"
 "$PYTHON" examples/smollm2_math/summarize.py "$OUT" compare compare-dft-alpha0.7
+"$PYTHON" examples/smollm2_math/token_probability.py --model outputs/smollm2 --data "$OUT/data/train.jsonl"
