@@ -6,7 +6,7 @@ Module order: trainer > collator, objective, model; sampler (stands alone). The 
 
 from dftune.diffusion.collator import DiffusionCollator
 from dftune.diffusion.model import is_diffusion_config, load_diffusion_model, resolve_mask_token_id
-from dftune.diffusion.objective import diffusion_objective, masked_diffusion_dft_loss
+from dftune.losses.diffusion import diffusion_objective, masked_diffusion_dft_loss
 from dftune.diffusion.sampler import sample, sample_replies, transfer_schedule, truncate_at_eos
 
 __all__ = [

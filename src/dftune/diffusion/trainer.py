@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dftune.diffusion.objective import diffusion_objective
+from dftune.losses.diffusion import diffusion_objective
 from dftune.train.trainer import ObjectiveTrainer
 
 

@@ -4,7 +4,7 @@ Module order: fused > objectives > core; diffusion > core.
 """
 
 from dftune.losses.core import IGNORE_INDEX, SAMPLE_METRICS, LossOutput, TokenStats, shift_labels, token_stats
-from dftune.losses.diffusion import masked_diffusion_loss
+from dftune.losses.diffusion import diffusion_objective, masked_diffusion_dft_loss, masked_diffusion_loss
 from dftune.losses.fused import fused_linear_loss
 from dftune.losses.objectives import (
     OBJECTIVES,
@@ -29,10 +29,12 @@ __all__ = [
     "bft_coefficients",
     "bft_loss",
     "compute_objective",
+    "diffusion_objective",
     "dft_coefficients",
     "dft_loss",
     "fused_linear_loss",
     "lowest_group_confidence",
+    "masked_diffusion_dft_loss",
     "masked_diffusion_loss",
     "sft_coefficients",
     "sft_loss",
