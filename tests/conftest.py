@@ -39,6 +39,17 @@ def nan_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
     return poisoned
 
 
+@pytest.fixture
+def scratch_objectives() -> Iterator[None]:
+    """Objectives registered inside a test are gone after it (the registry is restored in place)."""
+    from dftune.losses import OBJECTIVES
+
+    saved = dict(OBJECTIVES)
+    yield
+    OBJECTIVES.clear()
+    OBJECTIVES.update(saved)
+
+
 def _free_port() -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

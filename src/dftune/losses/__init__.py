@@ -1,43 +1,49 @@
-"""Training objectives: every one is cross-entropy times a detached per-token coefficient.
+"""Training objectives: every one is cross-entropy times a detached per-token coefficient, declared once.
 
-Module order: fused > objectives > core; diffusion > core.
+Module order: diffusion, fused > registry > objectives.* > unfused > statistics > contract > core.
 """
 
-from dftune.losses.core import IGNORE_INDEX, SAMPLE_METRICS, LossOutput, TokenStats, shift_labels, token_stats
+from dftune.losses.contract import CE, ENTROPY, SEGMENTS, Objective, Setting, Statistics, Weights
+from dftune.losses.core import IGNORE_INDEX, LossOutput, TokenStats, shift_labels, token_stats
 from dftune.losses.diffusion import diffusion_objective, masked_diffusion_dft_loss, masked_diffusion_loss
-from dftune.losses.fused import fused_linear_loss
-from dftune.losses.objectives import (
-    OBJECTIVES,
-    Objective,
-    bft_coefficients,
-    bft_loss,
-    compute_objective,
-    dft_coefficients,
-    dft_loss,
-    lowest_group_confidence,
-    sft_coefficients,
-    sft_loss,
-)
+from dftune.losses.fused import fused_linear_loss, unfusable_statistics
+from dftune.losses.objectives.bft import bft_coefficients, bft_loss, lowest_group_confidence
+from dftune.losses.objectives.dft import dft_coefficients, dft_loss
+from dftune.losses.objectives.sft import sft_coefficients, sft_loss
+from dftune.losses.registry import OBJECTIVES, compute_objective, config_keys, get_objective, register
+
+SAMPLE_METRICS = frozenset().union(*(objective.sample_metrics for objective in OBJECTIVES.values()))
+"""The built-in objectives' per-sample metrics (each `LossOutput` also names its own `sample_metrics`)."""
 
 __all__ = [
+    "CE",
+    "ENTROPY",
     "IGNORE_INDEX",
     "OBJECTIVES",
     "SAMPLE_METRICS",
+    "SEGMENTS",
     "LossOutput",
     "Objective",
+    "Setting",
+    "Statistics",
     "TokenStats",
+    "Weights",
     "bft_coefficients",
     "bft_loss",
     "compute_objective",
-    "diffusion_objective",
+    "config_keys",
     "dft_coefficients",
     "dft_loss",
+    "diffusion_objective",
     "fused_linear_loss",
+    "get_objective",
     "lowest_group_confidence",
     "masked_diffusion_dft_loss",
     "masked_diffusion_loss",
+    "register",
     "sft_coefficients",
     "sft_loss",
     "shift_labels",
     "token_stats",
+    "unfusable_statistics",
 ]

@@ -1,14 +1,15 @@
 """The shared core of every objective: per-token cross-entropy of the valid targets, and the result type.
 
-Every objective here is "cross-entropy times a detached per-token coefficient":
-``loss = sum_i c_i * CE_i`` over the valid target tokens i. This module computes CE_i (with the gradient)
-from logits and labels; `objectives.py` and `diffusion.py` supply the coefficients c_i from detached
-statistics only, so the same coefficient functions can serve any other way of computing CE_i.
+Every objective is "cross-entropy times a detached per-token coefficient": ``loss = sum_i c_i * CE_i`` over the
+valid target tokens i. This module computes CE_i (with the gradient) from logits and labels; the objectives
+(`contract.py`) supply the coefficients c_i from detached statistics only, so the same coefficients serve the
+unfused path, the fused chunked head and stage dllm.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -19,14 +20,6 @@ IGNORE_INDEX = -100
 Count = int | Tensor
 """A normaliser: a Python int, or a 0-d tensor (e.g. all-reduced across processes) to avoid a sync."""
 
-SAMPLE_METRICS = frozenset({"bft_sample_weight", "bft_min_group_conf"})
-"""Metrics that are means over samples; every other metric is a mean over target tokens.
-
-A trainer averaging metrics over several calls weights each call by `LossOutput.num_samples` for these
-and by `LossOutput.num_tokens` for the rest, which gives the exact mean over the whole window.
-"""
-
-
 @dataclass
 class LossOutput:
     """What every objective returns."""
@@ -34,11 +27,15 @@ class LossOutput:
     loss: Tensor
     """Scalar to call `.backward()` on, float32 or wider."""
     metrics: dict[str, Tensor | float]
-    """Detached 0-d tensors or floats: means over this call's tokens (or samples, see `SAMPLE_METRICS`)."""
+    """Detached 0-d tensors or floats: means over this call's tokens (or samples, see `sample_metrics`)."""
     num_tokens: int
     """Valid target tokens in this call: the weight of the per-token metrics."""
     num_samples: int
-    """Samples in this call, including those with no target token: the weight of `SAMPLE_METRICS`."""
+    """Samples in this call, including those with no target token: the weight of the `sample_metrics`."""
+    sample_metrics: frozenset[str] = frozenset()
+    """The metrics that are means over samples; every other metric is a mean over target tokens. A trainer
+    averaging metrics over several calls weighs each call by `num_samples` for these and by `num_tokens` for
+    the rest, which gives the exact mean over the whole window."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +48,8 @@ class TokenStats:
     """[N] bool: argmax of the logits == target."""
     index: Tensor
     """[N] long: flat position b * T + t of each valid target in the [B, T] grid."""
+    rows: Mapping[str, Tensor] = field(default_factory=dict)
+    """[N] detached row statistics of the targets' logits, as asked of `token_stats`."""
 
 
 def shift_labels(labels: Tensor) -> Tensor:
@@ -61,13 +60,15 @@ def shift_labels(labels: Tensor) -> Tensor:
     return F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
 
 
-def token_stats(logits: Tensor, targets: Tensor) -> TokenStats:
+def token_stats(
+    logits: Tensor, targets: Tensor, row_statistics: Callable[[Tensor], Mapping[str, Tensor]] | None = None
+) -> TokenStats:
     """Cross-entropy of each valid target, computed on the valid rows only.
 
     Equals ``F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")`` at the
     positions where ``targets != -100``, without upcasting the whole [B, T, V] tensor: the [N, V] rows of
     the valid positions are gathered first (in the logits' dtype) and only they are upcast.
-    float64 logits stay float64.
+    float64 logits stay float64. `row_statistics` maps those upcast [N, V] rows (detached) to statistics [N].
     """
     if logits.shape[:-1] != targets.shape:
         raise ValueError(f"logits {tuple(logits.shape)} do not match targets {tuple(targets.shape)}")
@@ -78,7 +79,8 @@ def token_stats(logits: Tensor, targets: Tensor) -> TokenStats:
     target = flat_targets.index_select(0, index)  # [N]
     ce = F.cross_entropy(rows, target, reduction="none")  # [N]
     correct = rows.detach().argmax(dim=-1) == target
-    return TokenStats(ce=ce, correct=correct, index=index)
+    extra = {} if row_statistics is None else row_statistics(rows.detach())
+    return TokenStats(ce=ce, correct=correct, index=index, rows=extra)
 
 
 def token_metrics(stats: TokenStats) -> dict[str, Tensor | float]:

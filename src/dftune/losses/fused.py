@@ -1,4 +1,4 @@
-"""The objectives computed from the hidden states and the output layer, one chunk of logits at a time.
+"""Any registered objective computed from the hidden states and the output layer, one chunk of logits at a time.
 
 `fused_linear_loss(hidden, weight, labels, objective=...)` equals::
 
@@ -9,34 +9,37 @@ the valid target rows of `hidden` are selected first, and each chunk of `chunk_s
 [chunk, V] logits, its cross-entropy and, in the same forward pass, its share of both gradients (as fused
 linear cross-entropy kernels do). Peak memory beyond the weight gradient is one chunk of logits.
 
-Every objective is ``sum_i c_i * CE_i`` with detached c_i (see `core.py`), so the gradient of the logits of
-target i is ``c_i * (softmax_i - onehot_i)``. SFT and DFT know c_i from CE_i alone: one pass. BFT needs a
-sample's whole confidence before its weights are known: pass 1 computes CE only (no gradient), the
-coefficients come from `bft_coefficients`, pass 2 computes the gradients.
+Every objective is ``sum_i c_i * CE_i`` with detached c_i (see `contract.py`), so the gradient of the logits of
+target i is ``c_i * (softmax_i - onehot_i)``. An objective whose c_i depends on target i alone (`per_token`) is
+weighed chunk by chunk: one pass. Any other (BFT needs a sample's whole confidence) takes two: pass 1 computes
+the statistics only (no gradient), the objective weighs them, pass 2 computes the gradients.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from dftune.errors import DftuneError
+from dftune.losses.contract import SEGMENTS, Objective, Statistics
 from dftune.losses.core import IGNORE_INDEX, Count, LossOutput, TokenStats, shift_labels, token_metrics
-from dftune.losses.objectives import (
-    OBJECTIVES,
-    _sample_segments,
-    bft_coefficients,
-    dft_coefficients,
-    sft_coefficients,
-)
+from dftune.losses.registry import get_objective
+from dftune.losses.statistics import ROW_STATISTICS, row_statistics, sample_segments
+from dftune.losses.unfused import check_sample_ids, row_needs
 
 LOGITS_PER_CHUNK = 2**23
 """Default chunk: as many tokens as keep one chunk of float32 logits near 32 MiB (55 tokens at V = 151936)."""
 
-CoefficientsOf = Callable[[slice, Tensor], Tensor]
-"""(rows of this chunk, their detached CE [chunk]) -> c [chunk]."""
+CoefficientsOf = Callable[[slice, Tensor, dict[str, Tensor]], Tensor]
+"""(rows of this chunk, their detached CE [chunk], their row statistics) -> c [chunk]."""
+
+
+def unfusable_statistics(objective: Objective) -> list[str]:
+    """The statistics `objective` needs that the fused head cannot compute chunk by chunk (empty: it can)."""
+    return [name for name in row_needs(objective) if not ROW_STATISTICS[name].chunked]
 
 
 def fused_linear_loss(
@@ -50,7 +53,7 @@ def fused_linear_loss(
     num_items_in_batch: Count | None = None,
     num_samples_in_batch: Count | None = None,
     sample_ids: Tensor | None = None,
-    **objective_kwargs: float,
+    **objective_kwargs: Any,
 ) -> LossOutput:
     """`objective` on ``hidden @ weight.T`` without materialising the logits (Cut Cross-Entropy style).
 
@@ -62,29 +65,28 @@ def fused_linear_loss(
     reduction="sum") / N``, while holding one [chunk_size, V] block of logits at a time.
 
     - labels [B, T] unshifted, -100 ignored (those positions are skipped before any matmul).
-    - The normaliser is `global_count`, or the objective's own keyword (`num_items_in_batch` for sft/dft,
-      `num_samples_in_batch` for bft); None normalises by this call's count, as the unfused objectives do.
-    - objective_kwargs: `alpha` (dft), `group_size` and `gamma` (bft); `sample_ids` [B, T] for packed bft.
+    - The normaliser is `global_count`, or the objective's own keyword (`num_items_in_batch` for objectives
+      normalised by tokens, `num_samples_in_batch` for those normalised by samples); None normalises by this
+      call's count, as the unfused objectives do.
+    - objective_kwargs: the objective's settings by keyword (`alpha`, `group_size`, ...); `sample_ids` [B, T]
+      for packed batches of objectives that weigh whole samples.
     - chunk_size: valid target tokens per chunk; default ``max(1, 2**23 // V)``.
     - dtype: the logits of a chunk are computed in the inputs' dtype (`hidden` is cast to `weight`'s) and
       upcast to float32 (float64 stays float64); CE, softmax, the loss and the weight gradient accumulate in
       that precision. Gradients come back in the inputs' dtypes.
+    - A statistic the objective needs that cannot be computed chunk by chunk is an error naming it.
     """
-    if objective not in OBJECTIVES:
-        raise DftuneError(f"unknown objective {objective!r}; choose one of {sorted(OBJECTIVES)}")
+    spec = get_objective(objective)
     if hidden.shape[:-1] != labels.shape or hidden.shape[-1] != weight.shape[1]:
         raise ValueError(f"hidden {tuple(hidden.shape)}, weight {tuple(weight.shape)} and labels "
                          f"{tuple(labels.shape)} do not fit: expected [B, T, H], [V, H], [B, T]")
-    unit_key = "num_items_in_batch" if OBJECTIVES[objective].normalise_by == "tokens" else "num_samples_in_batch"
-    wrong_key = "num_samples_in_batch" if unit_key == "num_items_in_batch" else "num_items_in_batch"
-    if (num_samples_in_batch if wrong_key == "num_samples_in_batch" else num_items_in_batch) is not None:
-        raise DftuneError(f"{objective} is normalised by {unit_key}, not {wrong_key}")
-    given = num_items_in_batch if unit_key == "num_items_in_batch" else num_samples_in_batch
-    if global_count is not None and given is not None:
-        raise DftuneError(f"pass global_count or {unit_key}, not both")
-    count = global_count if global_count is not None else given
-    if sample_ids is not None and objective != "bft":
-        raise DftuneError("sample_ids apply to bft only: sft and dft do not depend on sample boundaries")
+    count = _normaliser(spec, global_count, num_items_in_batch, num_samples_in_batch)
+    settings = spec.resolve(objective_kwargs)
+    check_sample_ids(spec, sample_ids)
+    missing = unfusable_statistics(spec)
+    if missing:
+        raise DftuneError(f"the fused loss head cannot compute {missing}, which objective {spec.name} needs, one "
+                          "chunk of logits at a time: compute it unfused (fused_loss: auto or false)")
 
     # Valid target rows only: targets[:, t] = labels[:, t + 1] (see `shift_labels`).
     flat_targets = shift_labels(labels).flatten()  # [B*T]
@@ -96,77 +98,71 @@ def fused_linear_loss(
     if chunk_size < 1:
         raise DftuneError(f"chunk_size must be at least 1, got {chunk_size}")
     needs_grad = torch.is_grad_enabled() and (rows.requires_grad or weight.requires_grad)
-    num_tokens = target.numel()
+    names = row_needs(spec)
 
-    if objective == "bft":
-        group_size = int(objective_kwargs.pop("group_size", 256))
-        gamma = float(objective_kwargs.pop("gamma", 1.0))
-        _reject_extra(objective, objective_kwargs)
-        if group_size < 1:
-            raise DftuneError(f"bft group_size must be at least 1, got {group_size}")
-        # Pass 1: CE only, to know every sample's confidence before any coefficient.
-        ce, correct = _chunked_ce(rows.detach(), weight.detach(), target, chunk_size)
-        stats = TokenStats(ce=ce, correct=correct, index=index)
-        segment, num_samples = _sample_segments(stats, labels, sample_ids)
-        coefficients, p_conf, sample_weight = bft_coefficients(
-            ce, segment, num_samples, num_samples if count is None else count, group_size=group_size, gamma=gamma
-        )
-        metrics = token_metrics(stats) | {
-            "bft_sample_weight": sample_weight.mean().to(ce.dtype),
-            "bft_min_group_conf": p_conf.mean().to(ce.dtype),
-        }
-        if not needs_grad:
-            return LossOutput((coefficients.to(ce.dtype) * ce).sum(), metrics, num_tokens, num_samples)
-        # Pass 2: the gradients, with the coefficients now known.
-        loss, _, _ = _FusedLinearObjective.apply(
-            rows, weight, target, lambda rows_of_chunk, _: coefficients[rows_of_chunk], chunk_size
-        )
-        return LossOutput(loss, metrics, num_tokens, num_samples)
+    segment, num_samples = None, labels.shape[0]
+    if SEGMENTS in spec.needs:
+        segment, num_samples = sample_segments(index, labels, sample_ids)
 
-    num_items = num_tokens if count is None else count
-    if objective == "dft":
-        alpha = float(objective_kwargs.pop("alpha", 1.0))
-        _reject_extra(objective, objective_kwargs)
-        coefficients_of: CoefficientsOf = lambda _, ce: dft_coefficients(ce, num_items, alpha=alpha)  # noqa: E731
-        extra = {"dft_alpha": alpha}
+    def weigh(ce: Tensor, extra: dict[str, Tensor], part: slice = slice(None)):
+        part_segment = None if segment is None else segment[part]
+        stats = Statistics(ce=ce, num_samples=num_samples, segment=part_segment, rows=extra)
+        return spec.weigh(stats, num_items, **settings)
+
+    num_items = (target.numel() if spec.normalise_by == "tokens" else num_samples) if count is None else count
+    if spec.per_token and needs_grad:
+        coefficients_of: CoefficientsOf = lambda part, ce, extra: weigh(ce, extra, part).coefficients  # noqa: E731
+        loss, ce, correct, extra = _fused(rows, weight, target, coefficients_of, chunk_size, names)
+        weights = weigh(ce, extra)  # the metrics, over every target
     else:
-        _reject_extra(objective, objective_kwargs)
-        coefficients_of, extra = (lambda _, ce: sft_coefficients(ce, num_items)), {}  # noqa: E731
-    if needs_grad:
-        loss, ce, correct = _FusedLinearObjective.apply(rows, weight, target, coefficients_of, chunk_size)
-    else:
-        ce, correct = _chunked_ce(rows, weight, target, chunk_size)
-        loss = (coefficients_of(slice(None), ce).to(ce.dtype) * ce).sum()
-    metrics = token_metrics(TokenStats(ce=ce, correct=correct, index=index)) | extra
-    return LossOutput(loss, metrics, num_tokens, labels.shape[0])
+        # Pass 1: the statistics only (all an objective of whole samples needs before any coefficient).
+        ce, correct, extra = _chunked_statistics(rows.detach(), weight.detach(), target, chunk_size, names)
+        weights = weigh(ce, extra)
+        if needs_grad:  # pass 2: the gradients, with the coefficients now known
+            coefficients = weights.coefficients
+            loss, *_ = _fused(rows, weight, target, lambda part, *_: coefficients[part], chunk_size, [])
+        else:
+            loss = (weights.coefficients.to(ce.dtype) * ce).sum()
+    metrics = token_metrics(TokenStats(ce=ce, correct=correct, index=index)) | weights.metrics
+    return LossOutput(loss, metrics, target.numel(), num_samples, sample_metrics=spec.sample_metrics)
 
 
-def _reject_extra(objective: str, kwargs: dict) -> None:
-    if kwargs:
-        raise DftuneError(f"{objective} takes no keyword arguments {sorted(kwargs)}")
+def _normaliser(spec: Objective, global_count: Count | None, num_items: Count | None, num_samples: Count | None):
+    """`global_count`, or the objective's own keyword for it; the other unit's keyword is an error."""
+    own, other = (num_items, num_samples) if spec.normalise_by == "tokens" else (num_samples, num_items)
+    if other is not None:
+        wrong = "num_samples_in_batch" if spec.normalise_by == "tokens" else "num_items_in_batch"
+        raise DftuneError(f"{spec.name} is normalised by {spec.count_keyword}, not {wrong}")
+    if global_count is not None and own is not None:
+        raise DftuneError(f"pass global_count or {spec.count_keyword}, not both")
+    return global_count if global_count is not None else own
 
 
 def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)  # bf16/fp16 -> float32, float64 stays
 
 
-def _chunk_softmax(rows: Tensor, weight: Tensor, target: Tensor, out: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Logits of one chunk into the reused buffer `out` [>= chunk, V], then softmax in place.
+def _chunk_softmax(
+    rows: Tensor, weight: Tensor, target: Tensor, out: Tensor, names: list[str]
+) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
+    """Logits of one chunk into the reused buffer `out` [>= chunk, V], their row statistics, then softmax in place.
 
-    Returns (softmax [chunk, V] (a view of `out`), CE [chunk], argmax == target [chunk]). One [chunk, V]
-    buffer serves every chunk and both passes: no per-chunk allocation of logits-sized temporaries.
+    Returns (softmax [chunk, V] (a view of `out`), CE [chunk], argmax == target [chunk], the row statistics
+    `names` [chunk] each). One [chunk, V] buffer serves every chunk and both passes: no per-chunk allocation of
+    logits-sized temporaries (but what a row statistic itself allocates).
     """
     logits = out[: rows.shape[0]]
     if rows.dtype == out.dtype:
         torch.mm(rows, weight.T, out=logits)  # [chunk, V]
     else:
         logits.copy_(rows @ weight.T)  # bf16/fp16 matmul, upcast into the float32 buffer
+    extra = row_statistics(logits, names) if names else {}
     correct = logits.argmax(dim=-1) == target
     target_logit = logits.gather(1, target[:, None])  # [chunk, 1]
     top = logits.amax(dim=-1, keepdim=True)  # [chunk, 1]
     total = logits.sub_(top).exp_().sum(dim=-1, keepdim=True)  # [chunk, 1]
     ce = (total.log() + top - target_logit).squeeze(1)  # logsumexp - target logit
-    return logits.div_(total), ce, correct
+    return logits.div_(total), ce, correct, extra
 
 
 def _logits_buffer(rows: Tensor, weight: Tensor, chunk_size: int) -> Tensor:
@@ -174,16 +170,34 @@ def _logits_buffer(rows: Tensor, weight: Tensor, chunk_size: int) -> Tensor:
                        dtype=_accumulation_dtype(rows.dtype), device=rows.device)
 
 
+def _outputs(n: int, names: list[str], like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Empty CE [N], correct [N] and row statistics [len(names), N] to fill chunk by chunk."""
+    acc = _accumulation_dtype(like.dtype)
+    return (torch.empty(n, dtype=acc, device=like.device), torch.empty(n, dtype=torch.bool, device=like.device),
+            torch.empty(len(names), n, dtype=acc, device=like.device))
+
+
 @torch.no_grad()
-def _chunked_ce(rows: Tensor, weight: Tensor, target: Tensor, chunk_size: int) -> tuple[Tensor, Tensor]:
-    """CE [N] and argmax == target [N] of the valid rows, chunk by chunk, no gradient."""
-    ce = torch.empty(target.numel(), dtype=_accumulation_dtype(rows.dtype), device=rows.device)
-    correct = torch.empty(target.numel(), dtype=torch.bool, device=rows.device)
+def _chunked_statistics(
+    rows: Tensor, weight: Tensor, target: Tensor, chunk_size: int, names: list[str]
+) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """CE [N], argmax == target [N] and the row statistics [N] of the valid rows, chunk by chunk, no gradient."""
+    ce, correct, extra = _outputs(target.numel(), names, rows)
     buffer = _logits_buffer(rows, weight, chunk_size)
     for start in range(0, target.numel(), chunk_size):
         part = slice(start, start + chunk_size)
-        _, ce[part], correct[part] = _chunk_softmax(rows[part], weight, target[part], buffer)
-    return ce, correct
+        _, ce[part], correct[part], chunk_extra = _chunk_softmax(rows[part], weight, target[part], buffer, names)
+        for k, name in enumerate(names):
+            extra[k, part] = chunk_extra[name]
+    return ce, correct, dict(zip(names, extra))
+
+
+def _fused(
+    rows: Tensor, weight: Tensor, target: Tensor, coefficients_of: CoefficientsOf, chunk_size: int, names: list[str]
+) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
+    """(loss, CE [N], correct [N], row statistics) with both gradients computed chunk by chunk."""
+    loss, ce, correct, extra = _FusedLinearObjective.apply(rows, weight, target, coefficients_of, chunk_size, names)
+    return loss, ce, correct, dict(zip(names, extra))
 
 
 class _FusedLinearObjective(torch.autograd.Function):
@@ -194,23 +208,23 @@ class _FusedLinearObjective(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, rows, weight, target, coefficients_of: CoefficientsOf, chunk_size: int):  # type: ignore[override]
+    def forward(ctx, rows, weight, target, coefficients_of: CoefficientsOf, chunk_size: int, names: list[str]):  # type: ignore[override]
         acc = _accumulation_dtype(rows.dtype)
-        n = target.numel()
-        ce = torch.empty(n, dtype=acc, device=rows.device)
-        correct = torch.empty(n, dtype=torch.bool, device=rows.device)
+        ce, correct, extra = _outputs(target.numel(), names, rows)
         loss = torch.zeros((), dtype=acc, device=rows.device)
         grad_rows = torch.zeros(rows.shape, dtype=acc, device=rows.device) if rows.requires_grad else None
         # The weight gradient accumulates in float32 (or float64): summing many chunks in bf16 would lose bits.
         grad_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device) if weight.requires_grad else None
         buffer = _logits_buffer(rows, weight, chunk_size)
-        for start in range(0, n, chunk_size):
+        for start in range(0, target.numel(), chunk_size):
             part = slice(start, start + chunk_size)
             h = rows[part]  # [chunk, H]
             tgt = target[part, None]  # [chunk, 1]
-            softmax, chunk_ce, correct[part] = _chunk_softmax(h, weight, target[part], buffer)  # [chunk, V]
+            softmax, chunk_ce, correct[part], chunk_extra = _chunk_softmax(h, weight, target[part], buffer, names)
             ce[part] = chunk_ce
-            c = coefficients_of(part, chunk_ce).to(acc)  # [chunk], detached by construction
+            for k, name in enumerate(names):
+                extra[k, part] = chunk_extra[name]
+            c = coefficients_of(part, chunk_ce, chunk_extra).to(acc)  # [chunk], detached by construction
             loss += (c * chunk_ce).sum()
             # grad_logits = c * (softmax - onehot), in place in the logits buffer: [chunk, V]
             grad_logits = softmax.scatter_add_(1, tgt, torch.full_like(tgt, -1, dtype=acc)).mul_(c[:, None])
@@ -222,14 +236,14 @@ class _FusedLinearObjective(torch.autograd.Function):
         grad_rows = None if grad_rows is None else grad_rows.to(rows.dtype)
         grad_weight = None if grad_weight is None else grad_weight.to(weight.dtype)
         ctx.save_for_backward(grad_rows, grad_weight)
-        ctx.mark_non_differentiable(ce, correct)
-        return loss, ce, correct
+        ctx.mark_non_differentiable(ce, correct, extra)
+        return loss, ce, correct, extra
 
     @staticmethod
-    def backward(ctx, grad_output, _grad_ce, _grad_correct):  # type: ignore[override]
+    def backward(ctx, grad_output, _grad_ce, _grad_correct, _grad_extra):  # type: ignore[override]
         grad_rows, grad_weight = ctx.saved_tensors
         # The trainer's backward passes exactly 1: skip a full pass over the [V, H] weight gradient then.
         if not torch.equal(grad_output, torch.ones_like(grad_output)):
             grad_rows = None if grad_rows is None else grad_rows * grad_output
             grad_weight = None if grad_weight is None else grad_weight * grad_output
-        return grad_rows, grad_weight, None, None, None
+        return grad_rows, grad_weight, None, None, None, None

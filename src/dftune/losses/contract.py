@@ -1,0 +1,145 @@
+"""The objective contract: what every objective declares, once, for every path that computes it.
+
+Every objective is ``loss = sum_i c_i * CE_i`` over the N valid targets, with the coefficients c_i detached,
+so its gradient w.r.t. the logits of target i is ``c_i * (softmax_i - onehot_i)``. An `Objective` declares
+
+- its `name` and the config keys of its `settings` (typed, with a default and a range);
+- the detached per-token statistics it `needs` (`CE` always; `SEGMENTS`, which sample each target belongs
+  to; any row statistic of the logits in `statistics.ROW_STATISTICS`, such as `ENTROPY`);
+- `weigh`: those statistics and the normaliser in, the coefficients c_i and its extra metrics out;
+- its normaliser unit (`tokens` or `samples`), the stages it applies to, and which metrics are per sample.
+
+The unfused loss (`unfused.py`), the fused chunked head (`fused.py`) and stage dllm (`diffusion.py`) consume
+this declaration; none of them names an objective.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from dftune.errors import DftuneError
+from dftune.losses.core import IGNORE_INDEX, Count
+
+CE = "ce"
+"""Cross-entropy of each target: every objective gets it."""
+SEGMENTS = "segments"
+"""The sample (0..S-1) of each target, from the rows or from packed `sample_ids`."""
+ENTROPY = "entropy"
+"""Entropy of the model's full predictive distribution at each target position (see `statistics.py`)."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting of an objective: its config key, the loss functions' keyword, its type, default and range."""
+
+    key: str
+    """Config key, e.g. `dft_alpha`."""
+    kwarg: str
+    """Keyword of the loss functions, e.g. `alpha`."""
+    type: type
+    default: float
+    help: str
+    low: float | None = None
+    high: float | None = None
+    env: str | None = None
+    """Environment variable that sets the config default (the seeds read BFT settings from there)."""
+    selects: bool = False
+    """Giving the key selects the objective (`dft_alpha: 0.7` alone means `loss: dft`)."""
+
+    def config_default(self) -> Any:
+        """The default of the config key: unset (None) for a selecting key, else the environment's or `default`."""
+        if self.selects:
+            return None
+        return self.type(os.environ.get(self.env, self.default)) if self.env else self.default
+
+    def problem(self, value: Any) -> str | None:
+        """Why `value` is out of range (a phrase after "must be"), or None when it is fine."""
+        low_ok = self.low is None or value >= self.low
+        high_ok = self.high is None or value <= self.high
+        if low_ok and high_ok:
+            return None
+        if self.low is not None and self.high is not None:
+            return f"in [{self.low:g}, {self.high:g}]"
+        return f"at least {self.low:g}" if self.low is not None else f"at most {self.high:g}"
+
+
+@dataclass(frozen=True)
+class Statistics:
+    """Detached statistics of the N valid targets of one call, in flat order (row-major over [B, T])."""
+
+    ce: Tensor
+    """[N] -log p(target), float32 or wider."""
+    num_samples: int
+    """S: rows of the batch, or distinct sample ids of a packed batch."""
+    segment: Tensor | None = None
+    """[N] long, the sample of each target (when `SEGMENTS` is needed)."""
+    rows: Mapping[str, Tensor] = field(default_factory=dict)
+    """[N] per row statistic asked for (e.g. `rows[ENTROPY]`)."""
+
+
+@dataclass(frozen=True)
+class Weights:
+    """What `weigh` returns: c_i [N] (detached) and the objective's own metrics (means over its unit)."""
+
+    coefficients: Tensor
+    metrics: dict[str, Tensor | float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One training objective, as every path computes it."""
+
+    name: str
+    weigh: Callable[..., Weights]
+    """``weigh(stats: Statistics, count, **settings) -> Weights``, with `count` the normaliser (N or S)."""
+    normalise_by: Literal["tokens", "samples"]
+    settings: tuple[Setting, ...] = ()
+    needs: frozenset[str] = frozenset({CE})
+    per_token: bool = True
+    """c_i depends on target i's statistics alone, so the fused head weighs each chunk as it goes (one pass);
+    otherwise it computes every statistic first, then the gradients (two passes)."""
+    stages: frozenset[str] = frozenset({"sft"})
+    sample_metrics: frozenset[str] = frozenset()
+    """Metrics that are means over samples (the others are means over target tokens)."""
+    alias: str | None = None
+    """A boolean config key that selects this objective, as LLaMA-Factory writes it (`use_dft_loss`)."""
+
+    @property
+    def count_keyword(self) -> str:
+        """The public loss functions' keyword for the normaliser."""
+        return "num_items_in_batch" if self.normalise_by == "tokens" else "num_samples_in_batch"
+
+    def resolve(self, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """The settings of one call: `kwargs` (by keyword) checked against the declared ranges, defaults filled."""
+        known = {s.kwarg: s for s in self.settings}
+        extra = sorted(set(kwargs) - set(known))
+        if extra:
+            takes = f"; it takes {sorted(known)}" if known else ""
+            raise DftuneError(f"{self.name} takes no keyword arguments {extra}{takes}")
+        resolved = {}
+        for kwarg, setting in known.items():
+            value = setting.type(kwargs.get(kwarg, setting.default))
+            problem = setting.problem(value)
+            if problem:
+                raise DftuneError(f"{self.name} {kwarg} must be {problem}, got {value}")
+            resolved[kwarg] = value
+        return resolved
+
+    def local_count(self, labels: Tensor, sample_ids: Tensor | None = None) -> Tensor:
+        """This micro-batch's share of the global count (0-d long tensor, on labels' device): target tokens, or
+        samples (distinct `sample_ids` when packed). Summed over accumulation steps and processes it is the
+        `global_count` of `compute_objective` and `fused_linear_loss`."""
+        if self.normalise_by == "tokens":
+            return (labels[:, 1:] != IGNORE_INDEX).sum()
+        num_samples = labels.shape[0] if sample_ids is None else torch.unique(sample_ids).numel()
+        return torch.tensor(num_samples, device=labels.device)
+
+    def default_count(self, stats: Statistics) -> Count:
+        """The normaliser when none is given: this call's target tokens or samples."""
+        return stats.ce.numel() if self.normalise_by == "tokens" else stats.num_samples
