@@ -32,7 +32,8 @@ from dftune.losses import (
     fused_linear_loss,
     register,
 )
-from dftune.losses.statistics import ROW_STATISTICS, RowStatistic
+from dftune.losses.contract import RowStatistic
+from dftune.losses.statistics import entropy_of_logits
 from test_losses_fused import assert_same, fused, make_batch, reference
 from test_losses_objectives import assert_rel_close, pack
 
@@ -177,10 +178,17 @@ def test_row_statistic_objective_is_exact_fused_and_unfused(scratch_objectives):
                 reference("test-entropy", hidden, weight, labels))
 
 
-def test_a_statistic_the_fused_head_cannot_chunk_is_an_error_naming_it(scratch_objectives, monkeypatch):
-    monkeypatch.setitem(ROW_STATISTICS, "whole-row-only", RowStatistic(ROW_STATISTICS[ENTROPY].of_logits, chunked=False))
-    register(Objective(name="test-unchunked", normalise_by="tokens", needs=frozenset({CE, "whole-row-only"}),
-                       weigh=lambda stats, count: Weights(stats.rows["whole-row-only"] / count)))
+def unchunked() -> Objective:
+    """A test objective on a statistic of its own that the fused head cannot compute chunk by chunk."""
+    return Objective(
+        name="test-unchunked", normalise_by="tokens", needs=frozenset({CE, "whole-row-only"}),
+        statistics={"whole-row-only": RowStatistic(entropy_of_logits, chunked=False)},
+        weigh=lambda stats, count: Weights(stats.rows["whole-row-only"] / count),
+    )
+
+
+def test_a_statistic_the_fused_head_cannot_chunk_is_an_error_naming_it(scratch_objectives):
+    register(unchunked())
     hidden, weight, labels = make_batch()
     compute_objective("test-unchunked", hidden @ weight.T, labels)  # the unfused path computes it
     with pytest.raises(DftuneError, match=r"cannot compute \['whole-row-only'\], which objective test-unchunked"):

@@ -5,7 +5,8 @@ so its gradient w.r.t. the logits of target i is ``c_i * (softmax_i - onehot_i)`
 
 - its `name` and the config keys of its `settings` (typed, with a default and a range);
 - the detached per-token statistics it `needs` (`CE` always; `SEGMENTS`, which sample each target belongs
-  to; any row statistic of the logits in `statistics.ROW_STATISTICS`, such as `ENTROPY`);
+  to; any row statistic of the logits: shared ones in `statistics.ROW_STATISTICS`, such as `ENTROPY`, or its
+  own in `statistics`);
 - `weigh`: those statistics and the normaliser in, the coefficients c_i and its extra metrics out;
 - its normaliser unit (`tokens` or `samples`), the stages it applies to, and which metrics are per sample.
 
@@ -70,6 +71,16 @@ class Setting:
 
 
 @dataclass(frozen=True)
+class RowStatistic:
+    """A per-position statistic of the logits: ``of_logits(rows [n, V] float, **settings) -> [n]``, called without
+    gradient, with the settings of the objective that needs it (e.g. EAFT's `top_k`)."""
+
+    of_logits: Callable[..., Tensor]
+    chunked: bool = True
+    """The fused head may compute it from each chunk of logits (true for any function of one row alone)."""
+
+
+@dataclass(frozen=True)
 class Statistics:
     """Detached statistics of the N valid targets of one call, in flat order (row-major over [B, T])."""
 
@@ -101,6 +112,8 @@ class Objective:
     normalise_by: Literal["tokens", "samples"]
     settings: tuple[Setting, ...] = ()
     needs: frozenset[str] = frozenset({CE})
+    statistics: Mapping[str, RowStatistic] = field(default_factory=dict)
+    """Row statistics this objective defines itself (name -> RowStatistic), beside the shared ones."""
     per_token: bool = True
     """c_i depends on target i's statistics alone, so the fused head weighs each chunk as it goes (one pass);
     otherwise it computes every statistic first, then the gradients (two passes)."""

@@ -27,8 +27,8 @@ from dftune.errors import DftuneError
 from dftune.losses.contract import SEGMENTS, Objective, Statistics
 from dftune.losses.core import IGNORE_INDEX, Count, LossOutput, TokenStats, shift_labels, token_metrics
 from dftune.losses.registry import get_objective
-from dftune.losses.statistics import ROW_STATISTICS, row_statistics, sample_segments
-from dftune.losses.unfused import check_sample_ids, row_needs
+from dftune.losses.statistics import row_statistics, row_statistics_of, sample_segments
+from dftune.losses.unfused import check_sample_ids
 
 LOGITS_PER_CHUNK = 2**23
 """Default chunk: as many tokens as keep one chunk of float32 logits near 32 MiB (55 tokens at V = 151936)."""
@@ -39,7 +39,7 @@ CoefficientsOf = Callable[[slice, Tensor, dict[str, Tensor]], Tensor]
 
 def unfusable_statistics(objective: Objective) -> list[str]:
     """The statistics `objective` needs that the fused head cannot compute chunk by chunk (empty: it can)."""
-    return [name for name in row_needs(objective) if not ROW_STATISTICS[name].chunked]
+    return [name for name, statistic in row_statistics_of(objective).items() if not statistic.chunked]
 
 
 def fused_linear_loss(
@@ -98,7 +98,9 @@ def fused_linear_loss(
     if chunk_size < 1:
         raise DftuneError(f"chunk_size must be at least 1, got {chunk_size}")
     needs_grad = torch.is_grad_enabled() and (rows.requires_grad or weight.requires_grad)
-    names = row_needs(spec)
+    wanted = row_statistics_of(spec)
+    names = list(wanted)
+    statistics_of = (lambda logits: row_statistics(logits, wanted, settings)) if wanted else None  # noqa: E731
 
     segment, num_samples = None, labels.shape[0]
     if SEGMENTS in spec.needs:
@@ -112,15 +114,16 @@ def fused_linear_loss(
     num_items = (target.numel() if spec.normalise_by == "tokens" else num_samples) if count is None else count
     if spec.per_token and needs_grad:
         coefficients_of: CoefficientsOf = lambda part, ce, extra: weigh(ce, extra, part).coefficients  # noqa: E731
-        loss, ce, correct, extra = _fused(rows, weight, target, coefficients_of, chunk_size, names)
+        loss, ce, correct, extra = _fused(rows, weight, target, coefficients_of, chunk_size, names, statistics_of)
         weights = weigh(ce, extra)  # the metrics, over every target
     else:
         # Pass 1: the statistics only (all an objective of whole samples needs before any coefficient).
-        ce, correct, extra = _chunked_statistics(rows.detach(), weight.detach(), target, chunk_size, names)
+        ce, correct, extra = _chunked_statistics(rows.detach(), weight.detach(), target, chunk_size, names,
+                                                 statistics_of)
         weights = weigh(ce, extra)
         if needs_grad:  # pass 2: the gradients, with the coefficients now known
             coefficients = weights.coefficients
-            loss, *_ = _fused(rows, weight, target, lambda part, *_: coefficients[part], chunk_size, [])
+            loss, *_ = _fused(rows, weight, target, lambda part, *_: coefficients[part], chunk_size, [], None)
         else:
             loss = (weights.coefficients.to(ce.dtype) * ce).sum()
     metrics = token_metrics(TokenStats(ce=ce, correct=correct, index=index)) | weights.metrics
@@ -142,21 +145,25 @@ def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)  # bf16/fp16 -> float32, float64 stays
 
 
+RowStatisticsOf = Callable[[Tensor], dict[str, Tensor]]
+"""chunk logits [chunk, V] (float32 or wider) -> the row statistics an objective needs, [chunk] each."""
+
+
 def _chunk_softmax(
-    rows: Tensor, weight: Tensor, target: Tensor, out: Tensor, names: list[str]
+    rows: Tensor, weight: Tensor, target: Tensor, out: Tensor, statistics_of: RowStatisticsOf | None
 ) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
     """Logits of one chunk into the reused buffer `out` [>= chunk, V], their row statistics, then softmax in place.
 
-    Returns (softmax [chunk, V] (a view of `out`), CE [chunk], argmax == target [chunk], the row statistics
-    `names` [chunk] each). One [chunk, V] buffer serves every chunk and both passes: no per-chunk allocation of
-    logits-sized temporaries (but what a row statistic itself allocates).
+    Returns (softmax [chunk, V] (a view of `out`), CE [chunk], argmax == target [chunk], row statistics [chunk]
+    each). One [chunk, V] buffer serves every chunk and both passes: no per-chunk allocation of logits-sized
+    temporaries (but what a row statistic itself allocates).
     """
     logits = out[: rows.shape[0]]
     if rows.dtype == out.dtype:
         torch.mm(rows, weight.T, out=logits)  # [chunk, V]
     else:
         logits.copy_(rows @ weight.T)  # bf16/fp16 matmul, upcast into the float32 buffer
-    extra = row_statistics(logits, names) if names else {}
+    extra = statistics_of(logits) if statistics_of is not None else {}
     correct = logits.argmax(dim=-1) == target
     target_logit = logits.gather(1, target[:, None])  # [chunk, 1]
     top = logits.amax(dim=-1, keepdim=True)  # [chunk, 1]
@@ -170,47 +177,55 @@ def _logits_buffer(rows: Tensor, weight: Tensor, chunk_size: int) -> Tensor:
                        dtype=_accumulation_dtype(rows.dtype), device=rows.device)
 
 
-def _outputs(n: int, names: list[str], like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Empty CE [N], correct [N] and row statistics [len(names), N] to fill chunk by chunk."""
-    acc = _accumulation_dtype(like.dtype)
-    return (torch.empty(n, dtype=acc, device=like.device), torch.empty(n, dtype=torch.bool, device=like.device),
-            torch.empty(len(names), n, dtype=acc, device=like.device))
+class _Collected:
+    """CE [N], correct [N] and row statistics [N] each, filled chunk by chunk."""
+
+    def __init__(self, n: int, names: list[str], like: Tensor) -> None:
+        acc = _accumulation_dtype(like.dtype)
+        self.ce = torch.empty(n, dtype=acc, device=like.device)
+        self.correct = torch.empty(n, dtype=torch.bool, device=like.device)
+        self.rows = {name: torch.empty(n, dtype=acc, device=like.device) for name in names}
+
+    def put(self, part: slice, ce: Tensor, correct: Tensor, extra: dict[str, Tensor]) -> None:
+        self.ce[part], self.correct[part] = ce, correct
+        for name, value in extra.items():
+            self.rows[name][part] = value
 
 
 @torch.no_grad()
 def _chunked_statistics(
-    rows: Tensor, weight: Tensor, target: Tensor, chunk_size: int, names: list[str]
+    rows: Tensor, weight: Tensor, target: Tensor, chunk_size: int, names: list[str], statistics_of: RowStatisticsOf
 ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
     """CE [N], argmax == target [N] and the row statistics [N] of the valid rows, chunk by chunk, no gradient."""
-    ce, correct, extra = _outputs(target.numel(), names, rows)
+    out = _Collected(target.numel(), names, rows)
     buffer = _logits_buffer(rows, weight, chunk_size)
     for start in range(0, target.numel(), chunk_size):
         part = slice(start, start + chunk_size)
-        _, ce[part], correct[part], chunk_extra = _chunk_softmax(rows[part], weight, target[part], buffer, names)
-        for k, name in enumerate(names):
-            extra[k, part] = chunk_extra[name]
-    return ce, correct, dict(zip(names, extra))
+        out.put(part, *_chunk_softmax(rows[part], weight, target[part], buffer, statistics_of)[1:])
+    return out.ce, out.correct, out.rows
 
 
 def _fused(
-    rows: Tensor, weight: Tensor, target: Tensor, coefficients_of: CoefficientsOf, chunk_size: int, names: list[str]
+    rows: Tensor, weight: Tensor, target: Tensor, coefficients_of: CoefficientsOf, chunk_size: int,
+    names: list[str], statistics_of: RowStatisticsOf | None,
 ) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
     """(loss, CE [N], correct [N], row statistics) with both gradients computed chunk by chunk."""
-    loss, ce, correct, extra = _FusedLinearObjective.apply(rows, weight, target, coefficients_of, chunk_size, names)
-    return loss, ce, correct, dict(zip(names, extra))
+    out = _Collected(target.numel(), names, rows)
+    loss = _FusedLinearObjective.apply(rows, weight, target, coefficients_of, chunk_size, statistics_of, out)
+    return loss, out.ce, out.correct, out.rows
 
 
 class _FusedLinearObjective(torch.autograd.Function):
     """loss = sum_i c_i * CE_i of ``rows @ weight.T``, gradients computed in the forward pass chunk by chunk.
 
     d loss / d logits_i = c_i * (softmax_i - onehot_i), so per chunk: grad_rows = grad_logits @ W and
-    grad_W += grad_logits.T @ rows; only one [chunk, V] block is alive at a time.
+    grad_W += grad_logits.T @ rows; only one [chunk, V] block is alive at a time. CE, correct and the row
+    statistics go to `out` (detached, no gradient).
     """
 
     @staticmethod
-    def forward(ctx, rows, weight, target, coefficients_of: CoefficientsOf, chunk_size: int, names: list[str]):  # type: ignore[override]
+    def forward(ctx, rows, weight, target, coefficients_of, chunk_size, statistics_of, out: _Collected):  # type: ignore[override]
         acc = _accumulation_dtype(rows.dtype)
-        ce, correct, extra = _outputs(target.numel(), names, rows)
         loss = torch.zeros((), dtype=acc, device=rows.device)
         grad_rows = torch.zeros(rows.shape, dtype=acc, device=rows.device) if rows.requires_grad else None
         # The weight gradient accumulates in float32 (or float64): summing many chunks in bf16 would lose bits.
@@ -220,11 +235,9 @@ class _FusedLinearObjective(torch.autograd.Function):
             part = slice(start, start + chunk_size)
             h = rows[part]  # [chunk, H]
             tgt = target[part, None]  # [chunk, 1]
-            softmax, chunk_ce, correct[part], chunk_extra = _chunk_softmax(h, weight, target[part], buffer, names)
-            ce[part] = chunk_ce
-            for k, name in enumerate(names):
-                extra[k, part] = chunk_extra[name]
-            c = coefficients_of(part, chunk_ce, chunk_extra).to(acc)  # [chunk], detached by construction
+            softmax, chunk_ce, correct, extra = _chunk_softmax(h, weight, target[part], buffer, statistics_of)
+            out.put(part, chunk_ce, correct, extra)
+            c = coefficients_of(part, chunk_ce, extra).to(acc)  # [chunk], detached by construction
             loss += (c * chunk_ce).sum()
             # grad_logits = c * (softmax - onehot), in place in the logits buffer: [chunk, V]
             grad_logits = softmax.scatter_add_(1, tgt, torch.full_like(tgt, -1, dtype=acc)).mul_(c[:, None])
@@ -236,14 +249,13 @@ class _FusedLinearObjective(torch.autograd.Function):
         grad_rows = None if grad_rows is None else grad_rows.to(rows.dtype)
         grad_weight = None if grad_weight is None else grad_weight.to(weight.dtype)
         ctx.save_for_backward(grad_rows, grad_weight)
-        ctx.mark_non_differentiable(ce, correct, extra)
-        return loss, ce, correct, extra
+        return loss
 
     @staticmethod
-    def backward(ctx, grad_output, _grad_ce, _grad_correct, _grad_extra):  # type: ignore[override]
+    def backward(ctx, grad_output):  # type: ignore[override]
         grad_rows, grad_weight = ctx.saved_tensors
         # The trainer's backward passes exactly 1: skip a full pass over the [V, H] weight gradient then.
         if not torch.equal(grad_output, torch.ones_like(grad_output)):
             grad_rows = None if grad_rows is None else grad_rows * grad_output
             grad_weight = None if grad_weight is None else grad_weight * grad_output
-        return grad_rows, grad_weight, None, None, None, None
+        return grad_rows, grad_weight, None, None, None, None, None

@@ -1,10 +1,11 @@
 """The one registry of objectives: every path (unfused, fused, stage dllm, the config keys) reads it.
 
-Adding an objective is one module in `objectives/` and one entry in `_BUILT_IN` below.
+Adding an objective is one module in `objectives/` (defining `OBJECTIVE`) and its name in `BUILT_IN` below.
 """
 
 from __future__ import annotations
 
+from importlib import import_module
 from typing import Any
 
 from torch import Tensor
@@ -12,8 +13,8 @@ from torch import Tensor
 from dftune.errors import DftuneError
 from dftune.losses.contract import Objective
 from dftune.losses.core import Count, LossOutput
-from dftune.losses.objectives import bft, dft, sft
-from dftune.losses.unfused import objective_loss, row_needs
+from dftune.losses.statistics import row_statistics_of
+from dftune.losses.unfused import objective_loss
 
 OBJECTIVES: dict[str, Objective] = {}
 
@@ -26,7 +27,7 @@ def register(objective: Objective) -> Objective:
     clash = sorted(set(config_keys(objective)) & taken)
     if clash:
         raise DftuneError(f"objective {objective.name!r}: config keys {clash} belong to another objective")
-    row_needs(objective)  # every statistic it needs must be one some path computes
+    row_statistics_of(objective)  # every statistic it needs must be one some path computes
     OBJECTIVES[objective.name] = objective
     return objective
 
@@ -51,10 +52,12 @@ def compute_objective(
     return objective_loss(get_objective(name), logits, labels, count=global_count, **kwargs)
 
 
-_BUILT_IN = (
-    sft.OBJECTIVE,
-    dft.OBJECTIVE,
-    bft.OBJECTIVE,
+BUILT_IN = (
+    "sft",
+    "dft",
+    "bft",
 )
-for _objective in _BUILT_IN:
-    register(_objective)
+"""The modules of `dftune.losses.objectives`, in registration order (where the keys of several objectives are
+given, the one registered last is selected: the seeds' `use_bft_loss` over `use_dft_loss`)."""
+for _module in BUILT_IN:
+    register(import_module(f"dftune.losses.objectives.{_module}").OBJECTIVE)

@@ -3,30 +3,24 @@
 A row statistic is a function of one position's logits row alone, so the unfused path applies it to the [N, V]
 rows of the valid targets and the fused head to each [chunk, V] block of logits as it makes them, with the same
 function. One marked `chunked=False` cannot be computed chunk by chunk: objectives that need it run unfused.
+Shared ones live in `ROW_STATISTICS`; an objective may define its own (`Objective.statistics`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dftune.losses.contract import ENTROPY
+from dftune.errors import DftuneError
+from dftune.losses.contract import CE, ENTROPY, SEGMENTS, Objective, RowStatistic
 
 
-@dataclass(frozen=True)
-class RowStatistic:
-    """A per-position statistic of the logits: ``of_logits(rows [n, V] float) -> [n]`` (called without grad)."""
-
-    of_logits: Callable[[Tensor], Tensor]
-    chunked: bool = True
-    """The fused head may compute it from each chunk of logits (true for any function of a row alone)."""
-
-
-def entropy_of_logits(rows: Tensor) -> Tensor:
+def entropy_of_logits(rows: Tensor, **_settings: Any) -> Tensor:
     """H = -sum_v p_v log p_v of softmax(rows), per row; equals ``torch.special.entr(rows.softmax(-1)).sum(-1)``
     and stays finite where p_v underflows to 0."""
     log_p = torch.log_softmax(rows, dim=-1)
@@ -38,10 +32,19 @@ ROW_STATISTICS: dict[str, RowStatistic] = {
 }
 
 
-def row_statistics(rows: Tensor, names: list[str]) -> dict[str, Tensor]:
-    """The named row statistics of logits rows [n, V], detached."""
+def row_statistics_of(objective: Objective) -> dict[str, RowStatistic]:
+    """The row statistics `objective` needs, by name (its own first, then the shared ones), in a fixed order."""
+    known = {**ROW_STATISTICS, **objective.statistics}
+    unknown = sorted(objective.needs - {CE, SEGMENTS} - set(known))
+    if unknown:
+        raise DftuneError(f"objective {objective.name} needs statistics no path computes: {unknown}")
+    return {name: known[name] for name in sorted(objective.needs & set(known))}
+
+
+def row_statistics(rows: Tensor, wanted: Mapping[str, RowStatistic], settings: Mapping[str, Any]) -> dict[str, Tensor]:
+    """The `wanted` row statistics of logits rows [n, V] (float32 or wider), detached."""
     with torch.no_grad():
-        return {name: ROW_STATISTICS[name].of_logits(rows) for name in names}
+        return {name: statistic.of_logits(rows, **settings) for name, statistic in wanted.items()}
 
 
 def sample_segments(index: Tensor, labels: Tensor, sample_ids: Tensor | None) -> tuple[Tensor, int]:

@@ -16,15 +16,7 @@ from torch import Tensor
 from dftune.errors import DftuneError
 from dftune.losses.contract import SEGMENTS, Objective, Statistics
 from dftune.losses.core import Count, LossOutput, shift_labels, token_metrics, token_stats, weighted_ce
-from dftune.losses.statistics import ROW_STATISTICS, row_statistics, sample_segments
-
-
-def row_needs(objective: Objective) -> list[str]:
-    """The row statistics of the logits that `objective` needs, in a fixed order."""
-    unknown = sorted(objective.needs - {"ce", SEGMENTS} - set(ROW_STATISTICS))
-    if unknown:
-        raise DftuneError(f"objective {objective.name} needs statistics no path computes: {unknown}")
-    return sorted(objective.needs & set(ROW_STATISTICS))
+from dftune.losses.statistics import row_statistics, row_statistics_of, sample_segments
 
 
 def check_sample_ids(objective: Objective, sample_ids: Tensor | None) -> None:
@@ -57,7 +49,8 @@ def objective_loss(
     settings = objective.resolve(settings)
     check_sample_ids(objective, sample_ids)
     targets = shift_labels(labels) if shift else labels
-    stats = token_stats(logits, targets, partial(row_statistics, names=row_needs(objective)))
+    wanted = row_statistics_of(objective)
+    stats = token_stats(logits, targets, partial(row_statistics, wanted=wanted, settings=settings))
     ce = stats.ce.detach()
     segment, num_samples = None, labels.shape[0]
     if SEGMENTS in objective.needs:
