@@ -21,10 +21,16 @@ from dftune.losses.contract import CE, ENTROPY, SEGMENTS, Objective, RowStatisti
 
 
 def entropy_of_logits(rows: Tensor, **_settings: Any) -> Tensor:
-    """H = -sum_v p_v log p_v of softmax(rows), per row; equals ``torch.special.entr(rows.softmax(-1)).sum(-1)``
-    and stays finite where p_v underflows to 0."""
-    log_p = torch.log_softmax(rows, dim=-1)
-    return -(log_p.exp() * log_p).sum(dim=-1)
+    """H = -sum_v p_v log p_v of p = softmax(rows), per row [n]; equals ``torch.special.entr(rows.softmax(-1)).sum(-1)``.
+
+    Computed relative to each row's largest logit m, with d_v = z_v - m and r = sum over the other entries of
+    exp(d_v): H = log1p(r) - sum_other(exp(d_v) d_v) / (1 + r). This keeps its relative precision when the
+    distribution is nearly one-hot (H ~ 1e-10), where ``-(p * log_softmax).sum()`` keeps only its absolute one.
+    """
+    d = rows - rows.amax(dim=-1, keepdim=True)  # [n, V], <= 0
+    others = torch.exp(d).scatter(-1, d.argmax(dim=-1, keepdim=True), 0.0)  # exp(d), 0 at one largest entry
+    r = others.sum(dim=-1)
+    return torch.log1p(r) - (others * d).sum(dim=-1) / (1.0 + r)
 
 
 ROW_STATISTICS: dict[str, RowStatistic] = {
