@@ -108,3 +108,32 @@ def make_batch(
     if empty_row is not None and empty_row < batch:
         labels[empty_row] = -100
     return logits, labels
+
+
+def eaft(logits: Tensor, labels: Tensor, alpha: float = 1.0, top_k: int = 20, num_items: int | None = None):
+    """sum_i CE_i * (H_i / 3) ** alpha / N, H_i the entropy of the softmax of the top_k logits at target i."""
+    total, tokens = 0 * logits.sum(), []
+    for b in range(labels.shape[0]):
+        for t in range(labels.shape[1] - 1):
+            y = int(labels[b, t + 1])
+            if y == -100:
+                continue
+            row = logits[b, t]
+            top = sorted((float(v) for v in row.detach()), reverse=True)[: min(top_k, row.numel())]
+            entropy = entropy_of(top)
+            logp = torch.log_softmax(row, dim=-1)[y]
+            total = total - logp * (entropy / 3.0) ** alpha
+            tokens.append((-logp, logp, int(row.detach().argmax()) == y))
+    n = len(tokens) if num_items is None else num_items
+    return total / max(n, 1) if num_items is None else total / n, token_metrics(tokens)
+
+
+def entropy_of(logits: list[float]) -> float:
+    """-sum q log q of q = softmax(logits), written relative to the largest logit m so that nearly one-hot rows
+    keep their relative precision: with d = z - m and r = sum of exp(d) over the other logits,
+    H = log(1 + r) - sum_other(exp(d) * d) / (1 + r)."""
+    m = max(logits)
+    rest = list(logits)
+    rest.remove(m)
+    r = sum(math.exp(v - m) for v in rest)
+    return math.log1p(r) - sum(math.exp(v - m) * (v - m) for v in rest) / (1 + r)

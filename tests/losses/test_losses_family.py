@@ -1,0 +1,35 @@
+"""The objective family beyond SFT/DFT/BFT against loop references written from their formulas (float64)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import loss_reference as ref
+from dftune.losses.objectives.eaft import eaft_loss
+from test_losses_objectives import SCALES, SHAPES, assert_same_loss_and_grad
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize(("alpha", "top_k"), [(1.0, 20), (0.5, 3), (2.0, 100)])  # 100 > V: all the logits
+@pytest.mark.parametrize("num_items", [None, 40])
+def test_eaft_matches_reference(shape, scale, alpha, top_k, num_items):
+    logits, labels = ref.make_batch(*shape, scale=scale)
+    assert_same_loss_and_grad(
+        lambda x, y: eaft_loss(x, y, alpha=alpha, top_k=top_k, num_items_in_batch=num_items),
+        lambda x, y: ref.eaft(x, y, alpha=alpha, top_k=top_k, num_items=num_items),
+        logits,
+        labels,
+    )
+
+
+def test_eaft_uniform_logits_closed_form():
+    """Uniform logits: the top-k softmax is uniform over k, H = log k, so EAFT = (log k / 3) ** alpha * log V."""
+    vocab, k = 8, 5
+    logits = torch.zeros(2, 5, vocab, dtype=torch.float64)
+    labels = torch.tensor([[-100, 3, 4, -100, 5], [-100, -100, 1, 1, -100]])
+    out = eaft_loss(logits, labels, alpha=2.0, top_k=k)
+    assert float(out.loss) == pytest.approx((math.log(k) / 3.0) ** 2 * math.log(vocab), rel=1e-14)
