@@ -39,11 +39,11 @@ def token_metrics(tokens: list[tuple[Tensor, Tensor, bool]]) -> dict[str, float]
     }
 
 
-def dft(logits: Tensor, labels: Tensor, alpha: float = 1.0, num_items: int | None = None):
-    """sum_i CE_i * (alpha * sg(p_i) + 1 - alpha) / N; alpha = 0 is SFT."""
+def dft(logits: Tensor, labels: Tensor, alpha: float = 1.0, num_items: int | None = None, power: float = 1.0):
+    """sum_i CE_i * (alpha * sg(p_i) ** power + 1 - alpha) / N; alpha = 0 is SFT."""
     tokens = [tok for row in targets_by_row(logits, labels) for tok in row]
     n = len(tokens) if num_items is None else num_items
-    loss = sum(ce * (alpha * torch.exp(logp.detach()) + 1 - alpha) for ce, logp, _ in tokens) / n
+    loss = sum(ce * (alpha * math.exp(float(logp.detach())) ** power + 1 - alpha) for ce, logp, _ in tokens) / n
     return loss + 0 * logits.sum(), token_metrics(tokens)
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import loss_reference as ref
+from dftune.losses import dft_loss, sft_loss
 from dftune.losses.objectives.eaft import eaft_loss
 from test_losses_objectives import SCALES, SHAPES, assert_same_loss_and_grad
 
@@ -33,3 +34,23 @@ def test_eaft_uniform_logits_closed_form():
     labels = torch.tensor([[-100, 3, 4, -100, 5], [-100, -100, 1, 1, -100]])
     out = eaft_loss(logits, labels, alpha=2.0, top_k=k)
     assert float(out.loss) == pytest.approx((math.log(k) / 3.0) ** 2 * math.log(vocab), rel=1e-14)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize(("alpha", "power"), [(1.0, 2.0), (0.7, 3.0), (1.0, 0.5)])
+def test_dft_power_matches_reference(shape, scale, alpha, power):
+    logits, labels = ref.make_batch(*shape, scale=scale)
+
+    def reference(x, y):
+        loss, metrics = ref.dft(x, y, alpha=alpha, power=power)
+        return loss, metrics | {"dft_alpha": alpha}
+
+    assert_same_loss_and_grad(lambda x, y: dft_loss(x, y, alpha=alpha, power=power), reference, logits, labels)
+
+
+def test_dft_power_zero_is_sft():
+    """sg(p) ** 0 = 1: every weight is alpha + 1 - alpha = 1, whatever alpha."""
+    logits, labels = ref.make_batch(3, 17, 29)
+    torch.testing.assert_close(dft_loss(logits, labels, alpha=0.4, power=0.0).loss, sft_loss(logits, labels).loss,
+                               rtol=1e-15, atol=0)

@@ -144,7 +144,7 @@ def test_a_name_or_key_cannot_be_registered_twice():
         register(OBJECTIVES["dft"])
     clash = Objective(name="dft2", weigh=OBJECTIVES["dft"].weigh, normalise_by="tokens",
                       settings=OBJECTIVES["dft"].settings)
-    with pytest.raises(DftuneError, match=r"config keys \['dft_alpha'\] belong to another objective"):
+    with pytest.raises(DftuneError, match=r"config keys \['dft_alpha', 'dft_power'\] belong to another objective"):
         register(clash)
     assert "dft2" not in OBJECTIVES
 

@@ -1,4 +1,9 @@
-"""Dynamic Fine-Tuning (Wu et al. 2025, "On the Generalization of SFT", Eq. 9), with an SFT mix."""
+"""Dynamic Fine-Tuning (Wu et al. 2025, "On the Generalization of SFT", Eq. 9), with an SFT mix and a power.
+
+`power` k generalises the weight sg(p) to sg(p) ** k: k = 0 is SFT, k = 1 the paper's DFT, k > 1 the -p^k family
+of "Beyond Log-Likelihood" (Li et al., arXiv 2510.00526), which leans further towards what the model already
+finds probable.
+"""
 
 from __future__ import annotations
 
@@ -13,30 +18,39 @@ ALPHA = Setting(
     "dft_alpha", "alpha", float, 1.0, low=0.0, high=1.0, selects=True,
     help="DFT token weight alpha*p + 1 - alpha (1: the paper's DFT, 0: SFT).",
 )
+POWER = Setting(
+    "dft_power", "power", float, 1.0, low=0.0, selects=True,
+    help="DFT token weight alpha*p**k + 1 - alpha: k = 0 is SFT, 1 the paper's DFT, above 1 the -p^k family.",
+)
 
 
-def dft_coefficients(ce: Tensor, num_items: Count, *, alpha: float) -> Tensor:
-    """c_i = (alpha * sg(p_i) + 1 - alpha) / N with p_i = exp(-CE_i), the target probability."""
-    return (alpha * torch.exp(-ce) + (1.0 - alpha)) / num_items
+def dft_coefficients(ce: Tensor, num_items: Count, *, alpha: float, power: float = 1.0) -> Tensor:
+    """c_i = (alpha * sg(p_i) ** k + 1 - alpha) / N with p_i = exp(-CE_i), the target probability, k = `power`."""
+    return (alpha * torch.exp(-power * ce) + (1.0 - alpha)) / num_items
 
 
-def weigh(stats: Statistics, count: Count, *, alpha: float) -> Weights:
-    return Weights(dft_coefficients(stats.ce, count, alpha=alpha), {"dft_alpha": float(alpha)})
+def weigh(stats: Statistics, count: Count, *, alpha: float, power: float) -> Weights:
+    return Weights(dft_coefficients(stats.ce, count, alpha=alpha, power=power), {"dft_alpha": float(alpha)})
 
 
 OBJECTIVE = Objective(
-    name="dft", weigh=weigh, normalise_by="tokens", settings=(ALPHA,), stages=frozenset({"sft", "dllm"}),
+    name="dft", weigh=weigh, normalise_by="tokens", settings=(ALPHA, POWER), stages=frozenset({"sft", "dllm"}),
     alias="use_dft_loss",
 )
 
 
 def dft_loss(
-    logits: Tensor, labels: Tensor, *, alpha: float = 1.0, num_items_in_batch: Count | None = None
+    logits: Tensor,
+    labels: Tensor,
+    *,
+    alpha: float = 1.0,
+    power: float = 1.0,
+    num_items_in_batch: Count | None = None,
 ) -> LossOutput:
-    """DFT: every target's cross-entropy times its own detached probability, mixed with SFT.
+    """DFT: every target's cross-entropy times its own detached probability (to the power k), mixed with SFT.
 
-    Equals ``sum(ce * (alpha * exp(-ce).detach() + 1 - alpha)) / N`` with ``ce`` the per-target
-    cross-entropy and N as in `sft_loss`. alpha=1 is the paper's DFT (CE times the stop-gradient target
-    probability); alpha=0 is exactly SFT.
+    Equals ``sum(ce * (alpha * exp(-ce).detach() ** power + 1 - alpha)) / N`` with ``ce`` the per-target
+    cross-entropy and N as in `sft_loss`. alpha=1, power=1 is the paper's DFT (CE times the stop-gradient
+    target probability); alpha=0 or power=0 is exactly SFT.
     """
-    return objective_loss(OBJECTIVE, logits, labels, count=num_items_in_batch, alpha=alpha)
+    return objective_loss(OBJECTIVE, logits, labels, count=num_items_in_batch, alpha=alpha, power=power)
