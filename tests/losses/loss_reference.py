@@ -137,3 +137,36 @@ def entropy_of(logits: list[float]) -> float:
     rest.remove(m)
     r = sum(math.exp(v - m) for v in rest)
     return math.log1p(r) - sum(math.exp(v - m) * (v - m) for v in rest) / (1 + r)
+
+
+def reference_model(name: str, hidden: Tensor, vocab: int, seed: int = 11) -> tuple[dict, dict]:
+    """For an objective that compares with a reference model (KL term): a random reference's final hidden states
+    and output layer, as (unfused keyword arguments: ref_logits, fused ones: ref_hidden and ref_weight);
+    ({}, {}) for every other objective."""
+    from dftune.losses import OBJECTIVES, REF_KL
+
+    if REF_KL not in OBJECTIVES[name].needs:
+        return {}, {}
+    gen = torch.Generator().manual_seed(seed)
+    ref_hidden = torch.randn(*hidden.shape[:-1], 5, generator=gen, dtype=hidden.dtype)
+    ref_weight = torch.randn(vocab, 5, generator=gen, dtype=hidden.dtype)
+    return {"ref_logits": ref_hidden @ ref_weight.T}, {"ref_hidden": ref_hidden, "ref_weight": ref_weight}
+
+
+def asft(logits: Tensor, labels: Tensor, ref_logits: Tensor, alpha: float = 0.1, num_items: int | None = None):
+    """sum_i CE_i * sg(p_i) / N + alpha * sum_i KL(p_ref_i || p_i) / N, KL summed over the whole vocabulary."""
+    total, tokens, kls = 0 * logits.sum(), [], []
+    for b in range(labels.shape[0]):
+        for t in range(labels.shape[1] - 1):
+            y = int(labels[b, t + 1])
+            if y == -100:
+                continue
+            logp = torch.log_softmax(logits[b, t], dim=-1)
+            ref_logp = torch.log_softmax(ref_logits[b, t], dim=-1)
+            kl = sum(torch.exp(ref_logp[v]) * (ref_logp[v] - logp[v]) for v in range(logp.numel()))
+            total = total - logp[y] * torch.exp(logp[y].detach()) + alpha * kl
+            kls.append(float(kl.detach()))
+            tokens.append((-logp[y], logp[y], int(logits[b, t].detach().argmax()) == y))
+    n = len(tokens) if num_items is None else num_items
+    metrics = token_metrics(tokens) | {"asft_kl": sum(kls) / len(kls) if kls else 0.0}
+    return total / max(n, 1), metrics

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import loss_reference as ref
-from dftune.losses import dft_loss, sft_loss
+from dftune.losses import asft_loss, dft_loss, fused_linear_loss, sft_loss
 from dftune.losses.objectives.eaft import eaft_loss
 from test_losses_objectives import SCALES, SHAPES, assert_same_loss_and_grad
 
@@ -54,3 +54,37 @@ def test_dft_power_zero_is_sft():
     logits, labels = ref.make_batch(3, 17, 29)
     torch.testing.assert_close(dft_loss(logits, labels, alpha=0.4, power=0.0).loss, sft_loss(logits, labels).loss,
                                rtol=1e-15, atol=0)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("alpha", [0.1, 1.5])
+@pytest.mark.parametrize("num_items", [None, 40])
+def test_asft_matches_reference(shape, scale, alpha, num_items):
+    logits, labels = ref.make_batch(*shape, scale=scale)
+    ref_logits = ref.make_batch(*shape, scale=scale, seed=9)[0].detach()
+    assert_same_loss_and_grad(
+        lambda x, y: asft_loss(x, y, ref_logits, alpha=alpha, num_items_in_batch=num_items),
+        lambda x, y: ref.asft(x, y, ref_logits, alpha=alpha, num_items=num_items),
+        logits,
+        labels,
+    )
+
+
+def test_asft_against_itself_is_dft():
+    """KL(p || p) = 0 and its gradient p - p = 0: with the model as its own reference ASFT is DFT, fused too."""
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(3, 9, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(17, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 17, (3, 9), generator=gen)
+    labels[:, :2] = -100
+    logits = hidden @ weight.T
+    dft = dft_loss(logits, labels)
+    asft = asft_loss(logits, labels, logits.detach(), alpha=0.5)
+    assert float(asft.metrics["asft_kl"]) == 0.0
+    torch.testing.assert_close(asft.loss, dft.loss, rtol=1e-15, atol=0)
+    fused = fused_linear_loss(hidden, weight, labels, objective="asft", alpha=0.5, chunk_size=4,
+                              ref_hidden=hidden.detach(), ref_weight=weight.detach())
+    assert abs(float(fused.metrics["asft_kl"])) < 1e-15
+    for got, expected in zip(torch.autograd.grad(fused.loss, (hidden, weight)), torch.autograd.grad(dft.loss, (hidden, weight))):
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-14)

@@ -61,8 +61,9 @@ def for_stage(stage: str):
 @pytest.mark.parametrize("name, settings", list(cases()))
 def test_fused_equals_unfused(name, settings, chunk_size):
     hidden, weight, labels = make_batch(B=4, T=11, H=6, V=23, seed=3)
-    expected = reference(name, hidden, weight, labels, global_count=None, **settings)
-    assert_same(fused(name, hidden, weight, labels, chunk_size=chunk_size, **settings), expected)
+    unfused_ref, fused_ref = ref.reference_model(name, hidden, 23)
+    expected = reference(name, hidden, weight, labels, **unfused_ref, **settings)
+    assert_same(fused(name, hidden, weight, labels, chunk_size=chunk_size, **fused_ref, **settings), expected)
 
 
 @pytest.mark.parametrize("name, settings", for_stage("sft"))
@@ -76,9 +77,12 @@ def test_packed_equals_padded(name, settings):
     for b, n in enumerate(lengths):
         padded_labels[b, n:] = -100
     count = objective.local_count(padded_labels)
-    padded = compute_objective(name, padded_logits, padded_labels, global_count=count, **settings)
+    padded_ref, _ = ref.reference_model(name, padded_logits, 13)
+    padded = compute_objective(name, padded_logits, padded_labels, global_count=count, **padded_ref, **settings)
     logits, labels, ids = pack(padded_logits, padded_labels, lengths, rows=[[0, 1], [3, 2]], width=18)
     packing = {"sample_ids": ids} if SEGMENTS in objective.needs else {}
+    if padded_ref:  # the reference's logits packed the same way
+        packing["ref_logits"] = pack(padded_ref["ref_logits"], padded_labels, lengths, [[0, 1], [3, 2]], 18)[0]
     packed = compute_objective(name, logits, labels, global_count=count, **packing, **settings)
     assert packed.num_tokens == padded.num_tokens
     assert_rel_close(packed.loss, padded.loss, rel=1e-12)
@@ -91,7 +95,10 @@ def test_packed_equals_padded(name, settings):
     # Fused on the packed layout: hidden states whose product with an identity "head" are the packed logits.
     hidden = logits.detach().requires_grad_()
     eye = torch.eye(logits.shape[-1], dtype=torch.float64, requires_grad=True)
-    got = fused(name, hidden, eye, labels, chunk_size=5, global_count=count, **packing, **settings)
+    fused_packing = dict(packing)
+    if "ref_logits" in fused_packing:
+        fused_packing |= {"ref_hidden": fused_packing.pop("ref_logits"), "ref_weight": eye.detach()}
+    got = fused(name, hidden, eye, labels, chunk_size=5, global_count=count, **fused_packing, **settings)
     assert_same(got, reference(name, hidden, eye, labels, global_count=count, **packing, **settings))
 
 
@@ -99,11 +106,16 @@ def test_packed_equals_padded(name, settings):
 def test_micro_batches_with_the_global_count_equal_one_batch(name, settings):
     objective = OBJECTIVES[name]
     logits, labels = ref.make_batch(8, 15, 11, seed=6, empty_row=5)
-    whole = compute_objective(name, logits, labels, **settings)
+    reference_inputs, _ = ref.reference_model(name, logits, 11)
+    whole = compute_objective(name, logits, labels, **reference_inputs, **settings)
     (whole_grad,) = torch.autograd.grad(whole.loss, logits)
     micro = [slice(i, i + 2) for i in range(0, 8, 2)]
     count = sum(objective.local_count(labels[s]) for s in micro)
-    total = sum(compute_objective(name, logits[s], labels[s], global_count=count, **settings).loss for s in micro)
+    total = sum(
+        compute_objective(name, logits[s], labels[s], global_count=count, **settings,
+                          **{key: value[s] for key, value in reference_inputs.items()}).loss
+        for s in micro
+    )
     (grad,) = torch.autograd.grad(total, logits)
     assert_rel_close(total, whole.loss, rel=1e-12)
     assert_rel_close(grad, whole_grad, rel=1e-12)

@@ -1,14 +1,16 @@
 """Training objectives: every one is cross-entropy times a detached per-token coefficient, declared once.
 
-Module order: diffusion, fused > registry > objectives.* > unfused > statistics > contract > core.
+Module order: diffusion, fused > chunks, registry > objectives.* > unfused > statistics > contract > core.
 """
 
-from dftune.losses.contract import CE, ENTROPY, SEGMENTS, Objective, Setting, Statistics, Weights
+from dftune.losses.contract import CE, ENTROPY, REF_KL, SEGMENTS, Objective, RowStatistic, Setting, Statistics, Weights
 from dftune.losses.core import IGNORE_INDEX, LossOutput, TokenStats, shift_labels, token_stats
 from dftune.losses.diffusion import diffusion_objective, masked_diffusion_dft_loss, masked_diffusion_loss
 from dftune.losses.fused import fused_linear_loss, unfusable_statistics
+from dftune.losses.objectives.asft import asft_loss
 from dftune.losses.objectives.bft import bft_coefficients, bft_loss, lowest_group_confidence
 from dftune.losses.objectives.dft import dft_coefficients, dft_loss
+from dftune.losses.objectives.eaft import eaft_loss
 from dftune.losses.objectives.sft import sft_coefficients, sft_loss
 from dftune.losses.registry import OBJECTIVES, compute_objective, config_keys, get_objective, register
 
@@ -20,14 +22,17 @@ __all__ = [
     "ENTROPY",
     "IGNORE_INDEX",
     "OBJECTIVES",
+    "REF_KL",
     "SAMPLE_METRICS",
     "SEGMENTS",
     "LossOutput",
     "Objective",
+    "RowStatistic",
     "Setting",
     "Statistics",
     "TokenStats",
     "Weights",
+    "asft_loss",
     "bft_coefficients",
     "bft_loss",
     "compute_objective",
@@ -35,6 +40,7 @@ __all__ = [
     "dft_coefficients",
     "dft_loss",
     "diffusion_objective",
+    "eaft_loss",
     "fused_linear_loss",
     "get_objective",
     "lowest_group_confidence",

@@ -33,6 +33,11 @@ SEGMENTS = "segments"
 """The sample (0..S-1) of each target, from the rows or from packed `sample_ids`."""
 ENTROPY = "entropy"
 """Entropy of the model's full predictive distribution at each target position (see `statistics.py`)."""
+REF_KL = "ref_kl"
+"""KL(p_ref || p_theta) over the vocabulary at each target: needs a reference model's logits (unfused) or its final
+hidden states and output layer (fused). An objective that needs it may add a distribution term
+``sum_i d_i * KL_i`` to its loss (`Weights.kl_coefficients`); the gradient of row i's logits is then
+``c_i * (softmax_i - onehot_i) + d_i * (softmax_i - p_ref_i)``."""
 
 
 @dataclass(frozen=True)
@@ -91,7 +96,7 @@ class Statistics:
     segment: Tensor | None = None
     """[N] long, the sample of each target (when `SEGMENTS` is needed)."""
     rows: Mapping[str, Tensor] = field(default_factory=dict)
-    """[N] per row statistic asked for (e.g. `rows[ENTROPY]`)."""
+    """[N] per row statistic asked for (e.g. `rows[ENTROPY]`, `rows[REF_KL]`)."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,9 @@ class Weights:
 
     coefficients: Tensor
     metrics: dict[str, Tensor | float] = field(default_factory=dict)
+    kl_coefficients: Tensor | None = None
+    """d_i [N] (detached): the weight of each target's KL(p_ref || p_theta) in the loss (objectives needing
+    `REF_KL`), or None for no distribution term."""
 
 
 @dataclass(frozen=True)

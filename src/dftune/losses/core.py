@@ -50,6 +50,8 @@ class TokenStats:
     """[N] long: flat position b * T + t of each valid target in the [B, T] grid."""
     rows: Mapping[str, Tensor] = field(default_factory=dict)
     """[N] detached row statistics of the targets' logits, as asked of `token_stats`."""
+    kl: Tensor | None = None
+    """[N] KL(p_ref || p) at each target, differentiable w.r.t. the logits (when reference logits were given)."""
 
 
 def shift_labels(labels: Tensor) -> Tensor:
@@ -61,7 +63,10 @@ def shift_labels(labels: Tensor) -> Tensor:
 
 
 def token_stats(
-    logits: Tensor, targets: Tensor, row_statistics: Callable[[Tensor], Mapping[str, Tensor]] | None = None
+    logits: Tensor,
+    targets: Tensor,
+    row_statistics: Callable[[Tensor], Mapping[str, Tensor]] | None = None,
+    reference: Tensor | None = None,
 ) -> TokenStats:
     """Cross-entropy of each valid target, computed on the valid rows only.
 
@@ -69,6 +74,9 @@ def token_stats(
     positions where ``targets != -100``, without upcasting the whole [B, T, V] tensor: the [N, V] rows of
     the valid positions are gathered first (in the logits' dtype) and only they are upcast.
     float64 logits stay float64. `row_statistics` maps those upcast [N, V] rows (detached) to statistics [N].
+    With `reference` logits [B, T, V] (a reference model's, detached), also the token-level KL divergence
+    ``F.kl_div(log_softmax(logits), log_softmax(reference), log_target=True, reduction="none").sum(-1)``, that is
+    KL(p_ref || p), at the same positions.
     """
     if logits.shape[:-1] != targets.shape:
         raise ValueError(f"logits {tuple(logits.shape)} do not match targets {tuple(targets.shape)}")
@@ -80,7 +88,14 @@ def token_stats(
     ce = F.cross_entropy(rows, target, reduction="none")  # [N]
     correct = rows.detach().argmax(dim=-1) == target
     extra = {} if row_statistics is None else row_statistics(rows.detach())
-    return TokenStats(ce=ce, correct=correct, index=index, rows=extra)
+    kl = None
+    if reference is not None:
+        if reference.shape != logits.shape:
+            raise ValueError(f"reference logits {tuple(reference.shape)} do not match logits {tuple(logits.shape)}")
+        ref_rows = reference.detach().flatten(0, 1).index_select(0, index).to(rows.dtype)  # [N, V]
+        log_p, log_ref = F.log_softmax(rows, dim=-1), F.log_softmax(ref_rows, dim=-1)
+        kl = F.kl_div(log_p, log_ref, log_target=True, reduction="none").sum(dim=-1)  # [N]
+    return TokenStats(ce=ce, correct=correct, index=index, rows=extra, kl=kl)
 
 
 def token_metrics(stats: TokenStats) -> dict[str, Tensor | float]:

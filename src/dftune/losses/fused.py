@@ -17,25 +17,21 @@ the statistics only (no gradient), the objective weighs them, pass 2 computes th
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from dftune.errors import DftuneError
-from dftune.losses.contract import SEGMENTS, Objective, Statistics
+from dftune.losses.chunks import Chunks, FusedLinearObjective, Reference, chunked_statistics
+from dftune.losses.contract import SEGMENTS, Objective, Statistics, Weights
 from dftune.losses.core import IGNORE_INDEX, Count, LossOutput, TokenStats, shift_labels, token_metrics
 from dftune.losses.registry import get_objective
 from dftune.losses.statistics import row_statistics, row_statistics_of, sample_segments
-from dftune.losses.unfused import check_sample_ids
+from dftune.losses.unfused import check_reference, check_sample_ids
 
 LOGITS_PER_CHUNK = 2**23
 """Default chunk: as many tokens as keep one chunk of float32 logits near 32 MiB (55 tokens at V = 151936)."""
-
-CoefficientsOf = Callable[[slice, Tensor, dict[str, Tensor]], Tensor]
-"""(rows of this chunk, their detached CE [chunk], their row statistics) -> c [chunk]."""
-
 
 def unfusable_statistics(objective: Objective) -> list[str]:
     """The statistics `objective` needs that the fused head cannot compute chunk by chunk (empty: it can)."""
@@ -53,6 +49,8 @@ def fused_linear_loss(
     num_items_in_batch: Count | None = None,
     num_samples_in_batch: Count | None = None,
     sample_ids: Tensor | None = None,
+    ref_hidden: Tensor | None = None,
+    ref_weight: Tensor | None = None,
     **objective_kwargs: Any,
 ) -> LossOutput:
     """`objective` on ``hidden @ weight.T`` without materialising the logits (Cut Cross-Entropy style).
@@ -70,6 +68,8 @@ def fused_linear_loss(
       call's count, as the unfused objectives do.
     - objective_kwargs: the objective's settings by keyword (`alpha`, `group_size`, ...); `sample_ids` [B, T]
       for packed batches of objectives that weigh whole samples.
+    - ref_hidden [B, T, H_ref] and ref_weight [V, H_ref]: a reference model's final hidden states and output
+      layer, for objectives with a KL term (`ref_logits=ref_hidden @ ref_weight.T` unfused); no gradient.
     - chunk_size: valid target tokens per chunk; default ``max(1, 2**23 // V)``.
     - dtype: the logits of a chunk are computed in the inputs' dtype (`hidden` is cast to `weight`'s) and
       upcast to float32 (float64 stays float64); CE, softmax, the loss and the weight gradient accumulate in
@@ -83,6 +83,7 @@ def fused_linear_loss(
     count = _normaliser(spec, global_count, num_items_in_batch, num_samples_in_batch)
     settings = spec.resolve(objective_kwargs)
     check_sample_ids(spec, sample_ids)
+    check_reference(spec, ref_hidden if ref_weight is not None else None)
     missing = unfusable_statistics(spec)
     if missing:
         raise DftuneError(f"the fused loss head cannot compute {missing}, which objective {spec.name} needs, one "
@@ -99,35 +100,54 @@ def fused_linear_loss(
         raise DftuneError(f"chunk_size must be at least 1, got {chunk_size}")
     needs_grad = torch.is_grad_enabled() and (rows.requires_grad or weight.requires_grad)
     wanted = row_statistics_of(spec)
-    names = list(wanted)
     statistics_of = (lambda logits: row_statistics(logits, wanted, settings)) if wanted else None  # noqa: E731
+    reference = None
+    if ref_hidden is not None:
+        ref_rows = ref_hidden.detach().flatten(0, 1).index_select(0, index).to(ref_weight.dtype)  # [N, H_ref]
+        reference = Reference(ref_rows, ref_weight.detach())
 
     segment, num_samples = None, labels.shape[0]
     if SEGMENTS in spec.needs:
         segment, num_samples = sample_segments(index, labels, sample_ids)
 
-    def weigh(ce: Tensor, extra: dict[str, Tensor], part: slice = slice(None)):
+    def weigh(ce: Tensor, extra: dict[str, Tensor], part: slice = slice(None)) -> Weights:
         part_segment = None if segment is None else segment[part]
         stats = Statistics(ce=ce, num_samples=num_samples, segment=part_segment, rows=extra)
         return spec.weigh(stats, num_items, **settings)
 
     num_items = (target.numel() if spec.normalise_by == "tokens" else num_samples) if count is None else count
+    chunks = Chunks(rows, weight, chunk_size, list(wanted), reference)
     if spec.per_token and needs_grad:
-        coefficients_of: CoefficientsOf = lambda part, ce, extra: weigh(ce, extra, part).coefficients  # noqa: E731
-        loss, ce, correct, extra = _fused(rows, weight, target, coefficients_of, chunk_size, names, statistics_of)
-        weights = weigh(ce, extra)  # the metrics, over every target
+        loss = FusedLinearObjective.apply(
+            rows, weight, target, lambda part, ce, extra: weigh(ce, extra, part), chunks, statistics_of
+        )
+        weights = weigh(chunks.ce, chunks.stats)  # the metrics, over every target
     else:
         # Pass 1: the statistics only (all an objective of whole samples needs before any coefficient).
-        ce, correct, extra = _chunked_statistics(rows.detach(), weight.detach(), target, chunk_size, names,
-                                                 statistics_of)
-        weights = weigh(ce, extra)
+        chunked_statistics(rows.detach(), weight.detach(), target, chunks, statistics_of)
+        weights = weigh(chunks.ce, chunks.stats)
         if needs_grad:  # pass 2: the gradients, with the coefficients now known
-            coefficients = weights.coefficients
-            loss, *_ = _fused(rows, weight, target, lambda part, *_: coefficients[part], chunk_size, [], None)
+            fixed = _fixed(weights)
+            pass2 = Chunks(rows, weight, chunk_size, [], reference)
+            loss = FusedLinearObjective.apply(rows, weight, target, fixed, pass2, None)
         else:
-            loss = (weights.coefficients.to(ce.dtype) * ce).sum()
-    metrics = token_metrics(TokenStats(ce=ce, correct=correct, index=index)) | weights.metrics
+            loss = _loss_of(weights, chunks)
+    metrics = token_metrics(TokenStats(ce=chunks.ce, correct=chunks.correct, index=index)) | weights.metrics
     return LossOutput(loss, metrics, target.numel(), num_samples, sample_metrics=spec.sample_metrics)
+
+
+def _fixed(weights: Weights):
+    """The chunk slices of coefficients known for every target (pass 2)."""
+    kl = weights.kl_coefficients
+    return lambda part, *_: Weights(weights.coefficients[part], kl_coefficients=None if kl is None else kl[part])
+
+
+def _loss_of(weights: Weights, chunks: Chunks) -> Tensor:
+    """sum_i c_i CE_i + d_i KL_i from stored statistics (no gradient needed)."""
+    loss = (weights.coefficients.to(chunks.ce.dtype) * chunks.ce).sum()
+    if weights.kl_coefficients is not None:
+        loss = loss + (weights.kl_coefficients.to(chunks.ce.dtype) * chunks.stats["ref_kl"]).sum()
+    return loss
 
 
 def _normaliser(spec: Objective, global_count: Count | None, num_items: Count | None, num_samples: Count | None):
@@ -139,123 +159,3 @@ def _normaliser(spec: Objective, global_count: Count | None, num_items: Count | 
     if global_count is not None and own is not None:
         raise DftuneError(f"pass global_count or {spec.count_keyword}, not both")
     return global_count if global_count is not None else own
-
-
-def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.promote_types(dtype, torch.float32)  # bf16/fp16 -> float32, float64 stays
-
-
-RowStatisticsOf = Callable[[Tensor], dict[str, Tensor]]
-"""chunk logits [chunk, V] (float32 or wider) -> the row statistics an objective needs, [chunk] each."""
-
-
-def _chunk_softmax(
-    rows: Tensor, weight: Tensor, target: Tensor, out: Tensor, statistics_of: RowStatisticsOf | None
-) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
-    """Logits of one chunk into the reused buffer `out` [>= chunk, V], their row statistics, then softmax in place.
-
-    Returns (softmax [chunk, V] (a view of `out`), CE [chunk], argmax == target [chunk], row statistics [chunk]
-    each). One [chunk, V] buffer serves every chunk and both passes: no per-chunk allocation of logits-sized
-    temporaries (but what a row statistic itself allocates).
-    """
-    logits = out[: rows.shape[0]]
-    if rows.dtype == out.dtype:
-        torch.mm(rows, weight.T, out=logits)  # [chunk, V]
-    else:
-        logits.copy_(rows @ weight.T)  # bf16/fp16 matmul, upcast into the float32 buffer
-    extra = statistics_of(logits) if statistics_of is not None else {}
-    correct = logits.argmax(dim=-1) == target
-    target_logit = logits.gather(1, target[:, None])  # [chunk, 1]
-    top = logits.amax(dim=-1, keepdim=True)  # [chunk, 1]
-    total = logits.sub_(top).exp_().sum(dim=-1, keepdim=True)  # [chunk, 1]
-    ce = (total.log() + top - target_logit).squeeze(1)  # logsumexp - target logit
-    return logits.div_(total), ce, correct, extra
-
-
-def _logits_buffer(rows: Tensor, weight: Tensor, chunk_size: int) -> Tensor:
-    return torch.empty(min(chunk_size, rows.shape[0]), weight.shape[0],
-                       dtype=_accumulation_dtype(rows.dtype), device=rows.device)
-
-
-class _Collected:
-    """CE [N], correct [N] and row statistics [N] each, filled chunk by chunk."""
-
-    def __init__(self, n: int, names: list[str], like: Tensor) -> None:
-        acc = _accumulation_dtype(like.dtype)
-        self.ce = torch.empty(n, dtype=acc, device=like.device)
-        self.correct = torch.empty(n, dtype=torch.bool, device=like.device)
-        self.rows = {name: torch.empty(n, dtype=acc, device=like.device) for name in names}
-
-    def put(self, part: slice, ce: Tensor, correct: Tensor, extra: dict[str, Tensor]) -> None:
-        self.ce[part], self.correct[part] = ce, correct
-        for name, value in extra.items():
-            self.rows[name][part] = value
-
-
-@torch.no_grad()
-def _chunked_statistics(
-    rows: Tensor, weight: Tensor, target: Tensor, chunk_size: int, names: list[str], statistics_of: RowStatisticsOf
-) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-    """CE [N], argmax == target [N] and the row statistics [N] of the valid rows, chunk by chunk, no gradient."""
-    out = _Collected(target.numel(), names, rows)
-    buffer = _logits_buffer(rows, weight, chunk_size)
-    for start in range(0, target.numel(), chunk_size):
-        part = slice(start, start + chunk_size)
-        out.put(part, *_chunk_softmax(rows[part], weight, target[part], buffer, statistics_of)[1:])
-    return out.ce, out.correct, out.rows
-
-
-def _fused(
-    rows: Tensor, weight: Tensor, target: Tensor, coefficients_of: CoefficientsOf, chunk_size: int,
-    names: list[str], statistics_of: RowStatisticsOf | None,
-) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
-    """(loss, CE [N], correct [N], row statistics) with both gradients computed chunk by chunk."""
-    out = _Collected(target.numel(), names, rows)
-    loss = _FusedLinearObjective.apply(rows, weight, target, coefficients_of, chunk_size, statistics_of, out)
-    return loss, out.ce, out.correct, out.rows
-
-
-class _FusedLinearObjective(torch.autograd.Function):
-    """loss = sum_i c_i * CE_i of ``rows @ weight.T``, gradients computed in the forward pass chunk by chunk.
-
-    d loss / d logits_i = c_i * (softmax_i - onehot_i), so per chunk: grad_rows = grad_logits @ W and
-    grad_W += grad_logits.T @ rows; only one [chunk, V] block is alive at a time. CE, correct and the row
-    statistics go to `out` (detached, no gradient).
-    """
-
-    @staticmethod
-    def forward(ctx, rows, weight, target, coefficients_of, chunk_size, statistics_of, out: _Collected):  # type: ignore[override]
-        acc = _accumulation_dtype(rows.dtype)
-        loss = torch.zeros((), dtype=acc, device=rows.device)
-        grad_rows = torch.zeros(rows.shape, dtype=acc, device=rows.device) if rows.requires_grad else None
-        # The weight gradient accumulates in float32 (or float64): summing many chunks in bf16 would lose bits.
-        grad_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device) if weight.requires_grad else None
-        buffer = _logits_buffer(rows, weight, chunk_size)
-        for start in range(0, target.numel(), chunk_size):
-            part = slice(start, start + chunk_size)
-            h = rows[part]  # [chunk, H]
-            tgt = target[part, None]  # [chunk, 1]
-            softmax, chunk_ce, correct, extra = _chunk_softmax(h, weight, target[part], buffer, statistics_of)
-            out.put(part, chunk_ce, correct, extra)
-            c = coefficients_of(part, chunk_ce, extra).to(acc)  # [chunk], detached by construction
-            loss += (c * chunk_ce).sum()
-            # grad_logits = c * (softmax - onehot), in place in the logits buffer: [chunk, V]
-            grad_logits = softmax.scatter_add_(1, tgt, torch.full_like(tgt, -1, dtype=acc)).mul_(c[:, None])
-            if grad_rows is not None:
-                grad_rows[part] = grad_logits.to(weight.dtype) @ weight  # [chunk, H]
-            if grad_weight is not None:
-                grad_weight.addmm_(grad_logits.T, h.to(acc))  # [V, H] += [V, chunk] @ [chunk, H]
-        # Gradients in the inputs' dtypes (a no-op for float32/float64): frees the float32 accumulators.
-        grad_rows = None if grad_rows is None else grad_rows.to(rows.dtype)
-        grad_weight = None if grad_weight is None else grad_weight.to(weight.dtype)
-        ctx.save_for_backward(grad_rows, grad_weight)
-        return loss
-
-    @staticmethod
-    def backward(ctx, grad_output):  # type: ignore[override]
-        grad_rows, grad_weight = ctx.saved_tensors
-        # The trainer's backward passes exactly 1: skip a full pass over the [V, H] weight gradient then.
-        if not torch.equal(grad_output, torch.ones_like(grad_output)):
-            grad_rows = None if grad_rows is None else grad_rows * grad_output
-            grad_weight = None if grad_weight is None else grad_weight * grad_output
-        return grad_rows, grad_weight, None, None, None, None, None

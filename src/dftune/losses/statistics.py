@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dftune.errors import DftuneError
-from dftune.losses.contract import CE, ENTROPY, SEGMENTS, Objective, RowStatistic
+from dftune.losses.contract import CE, ENTROPY, REF_KL, SEGMENTS, Objective, RowStatistic
 
 
 def entropy_of_logits(rows: Tensor, **_settings: Any) -> Tensor:
@@ -41,7 +41,7 @@ ROW_STATISTICS: dict[str, RowStatistic] = {
 def row_statistics_of(objective: Objective) -> dict[str, RowStatistic]:
     """The row statistics `objective` needs, by name (its own first, then the shared ones), in a fixed order."""
     known = {**ROW_STATISTICS, **objective.statistics}
-    unknown = sorted(objective.needs - {CE, SEGMENTS} - set(known))
+    unknown = sorted(objective.needs - {CE, SEGMENTS, REF_KL} - set(known))
     if unknown:
         raise DftuneError(f"objective {objective.name} needs statistics no path computes: {unknown}")
     return {name: known[name] for name in sorted(objective.needs & set(known))}

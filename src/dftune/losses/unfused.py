@@ -14,7 +14,7 @@ from typing import Any
 from torch import Tensor
 
 from dftune.errors import DftuneError
-from dftune.losses.contract import SEGMENTS, Objective, Statistics
+from dftune.losses.contract import REF_KL, SEGMENTS, Objective, Statistics
 from dftune.losses.core import Count, LossOutput, shift_labels, token_metrics, token_stats, weighted_ce
 from dftune.losses.statistics import row_statistics, row_statistics_of, sample_segments
 
@@ -23,6 +23,15 @@ def check_sample_ids(objective: Objective, sample_ids: Tensor | None) -> None:
     if sample_ids is not None and SEGMENTS not in objective.needs:
         raise DftuneError(f"sample_ids apply to objectives that weigh whole samples; {objective.name} does not "
                           "depend on sample boundaries")
+
+
+def check_reference(objective: Objective, reference: object | None) -> None:
+    """A reference is given exactly when the objective needs `REF_KL`."""
+    if REF_KL in objective.needs and reference is None:
+        raise DftuneError(f"objective {objective.name} compares the model with a reference model: pass the "
+                          "reference's logits (ref_logits), or its hidden states and output layer to the fused head")
+    if REF_KL not in objective.needs and reference is not None:
+        raise DftuneError(f"objective {objective.name} uses no reference model, but one was given")
 
 
 def objective_loss(
@@ -34,6 +43,7 @@ def objective_loss(
     sample_ids: Tensor | None = None,
     shift: bool = True,
     row_scale: Tensor | None = None,
+    ref_logits: Tensor | None = None,
     **settings: Any,
 ) -> LossOutput:
     """`objective` on logits [B, T, V] and labels [B, T] (-100 ignored).
@@ -42,26 +52,32 @@ def objective_loss(
     the valid targets (``targets = labels[:, 1:]`` when `shift`, else `labels`)::
 
         c = objective.weigh(Statistics(ce.detach(), ...), count, **settings).coefficients   # detached
-        loss = sum(c_i * row_scale[b_i] * ce_i)
+        loss = sum(c_i * row_scale[b_i] * ce_i)  (+ sum(d_i * KL_i) for an objective with a distribution term)
 
     `count` is the normaliser (global across accumulation steps and processes); None: this call's own.
+    `ref_logits` [B, T, V]: a reference model's logits, for objectives that need `REF_KL`.
     """
     settings = objective.resolve(settings)
     check_sample_ids(objective, sample_ids)
     targets = shift_labels(labels) if shift else labels
     wanted = row_statistics_of(objective)
-    stats = token_stats(logits, targets, partial(row_statistics, wanted=wanted, settings=settings))
+    check_reference(objective, ref_logits)
+    stats = token_stats(logits, targets, partial(row_statistics, wanted=wanted, settings=settings), ref_logits)
     ce = stats.ce.detach()
     segment, num_samples = None, labels.shape[0]
     if SEGMENTS in objective.needs:
         segment, num_samples = sample_segments(stats.index, labels, sample_ids)
-    detached = Statistics(ce=ce, num_samples=num_samples, segment=segment, rows=stats.rows)
+    rows = stats.rows if stats.kl is None else {**stats.rows, REF_KL: stats.kl.detach()}
+    detached = Statistics(ce=ce, num_samples=num_samples, segment=segment, rows=rows)
     weights = objective.weigh(detached, objective.default_count(detached) if count is None else count, **settings)
     coefficients = weights.coefficients
     if row_scale is not None:
         coefficients = coefficients * row_scale.detach().to(coefficients.dtype)[stats.index // labels.shape[1]]
+    loss = weighted_ce(stats, coefficients)
+    if weights.kl_coefficients is not None:
+        loss = loss + (weights.kl_coefficients.detach().to(stats.kl.dtype) * stats.kl).sum()
     return LossOutput(
-        weighted_ce(stats, coefficients),
+        loss,
         token_metrics(stats) | weights.metrics,
         num_tokens=ce.numel(),
         num_samples=num_samples,

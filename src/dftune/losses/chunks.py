@@ -1,0 +1,149 @@
+"""The chunk loop of the fused head: [chunk, V] logits, their statistics and both gradients, one block at a time.
+
+`fused.py` decides what to compute (which objective, one pass or two); this module computes it. For rows
+`h` [N, H] of the valid targets and the output layer `W` [V, H], each chunk makes ``z = h @ W.T`` in one reused
+[chunk, V] float32 (or float64) buffer, takes its CE, argmax, row statistics and, with a reference, the KL to
+``p_ref = softmax(h_ref @ W_ref.T)``, and turns the buffer into ``grad_z = c (softmax - onehot) + d (softmax -
+p_ref)`` in place. Then ``grad_h = grad_z @ W`` and ``grad_W += grad_z.T @ h``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from dftune.losses.contract import REF_KL, Weights
+
+RowStatisticsOf = Callable[[Tensor], dict[str, Tensor]]
+"""chunk logits [chunk, V] (float32 or wider) -> the row statistics an objective needs, [chunk] each."""
+
+WeightsOf = Callable[[slice, Tensor, dict[str, Tensor]], Weights]
+"""(rows of this chunk, their detached CE [chunk], their statistics) -> the chunk's coefficients (c and d)."""
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A reference model's final hidden states at the valid targets [N, H] (detached) and its output layer [V, H]."""
+
+    rows: Tensor
+    weight: Tensor
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.promote_types(dtype, torch.float32)  # bf16/fp16 -> float32, float64 stays
+
+
+def _logits_into(out: Tensor, rows: Tensor, weight: Tensor) -> Tensor:
+    """``rows @ weight.T`` into the first rows of the buffer `out` (upcast when the inputs are bf16/fp16)."""
+    logits = out[: rows.shape[0]]
+    if rows.dtype == out.dtype:
+        torch.mm(rows, weight.T, out=logits)  # [chunk, V]
+    else:
+        logits.copy_(rows @ weight.T)  # bf16/fp16 matmul, upcast into the float32 buffer
+    return logits
+
+
+class Chunks:
+    """Buffers reused by every chunk, and CE [N], correct [N] and statistics [N] each, filled chunk by chunk."""
+
+    def __init__(self, rows: Tensor, weight: Tensor, chunk_size: int, names: list[str], reference: Reference | None):
+        n, acc = rows.shape[0], accumulation_dtype(rows.dtype)
+        self.chunk_size, self.reference = chunk_size, reference
+        self.buffer = torch.empty(min(chunk_size, n), weight.shape[0], dtype=acc, device=rows.device)
+        self.ref_buffer = None if reference is None else torch.empty_like(self.buffer)
+        self.ce = torch.empty(n, dtype=acc, device=rows.device)
+        self.correct = torch.empty(n, dtype=torch.bool, device=rows.device)
+        names = names + ([REF_KL] if reference is not None else [])
+        self.stats = {name: torch.empty(n, dtype=acc, device=rows.device) for name in names}
+
+    def parts(self) -> range:
+        return range(0, self.ce.numel(), self.chunk_size)
+
+    def softmax(
+        self, part: slice, rows: Tensor, weight: Tensor, target: Tensor, statistics_of: RowStatisticsOf | None
+    ) -> tuple[Tensor, Tensor | None, dict[str, Tensor]]:
+        """One chunk: (softmax [chunk, V] in the buffer, p_ref [chunk, V] or None, its statistics); CE, correct and
+        statistics are stored at `part`."""
+        logits = _logits_into(self.buffer, rows, weight)
+        extra = statistics_of(logits) if statistics_of is not None else {}
+        p_ref = None
+        if self.reference is not None:
+            # KL(p_ref || p) = sum p_ref * (log p_ref - log p), elementwise, before the buffer turns into softmax.
+            log_ref = _logits_into(self.ref_buffer, self.reference.rows[part], self.reference.weight)
+            log_ref.sub_(torch.logsumexp(log_ref, dim=-1, keepdim=True))  # log p_ref
+            p_ref = log_ref.exp()
+            log_ref.sub_(logits).add_(torch.logsumexp(logits, dim=-1, keepdim=True))  # log p_ref - log p
+            extra = {**extra, REF_KL: torch.linalg.vecdot(p_ref, log_ref)}
+        self.correct[part] = logits.argmax(dim=-1) == target
+        target_logit = logits.gather(1, target[:, None])  # [chunk, 1]
+        top = logits.amax(dim=-1, keepdim=True)  # [chunk, 1]
+        total = logits.sub_(top).exp_().sum(dim=-1, keepdim=True)  # [chunk, 1]
+        self.ce[part] = (total.log() + top - target_logit).squeeze(1)  # logsumexp - target logit
+        for name, value in extra.items():
+            self.stats[name][part] = value
+        return logits.div_(total), p_ref, extra
+
+
+@torch.no_grad()
+def chunked_statistics(
+    rows: Tensor, weight: Tensor, target: Tensor, chunks: Chunks, statistics_of: RowStatisticsOf | None
+) -> Chunks:
+    """CE, correct and statistics of every valid row, chunk by chunk, no gradient."""
+    for start in chunks.parts():
+        part = slice(start, start + chunks.chunk_size)
+        chunks.softmax(part, rows[part], weight, target[part], statistics_of)
+    return chunks
+
+
+class FusedLinearObjective(torch.autograd.Function):
+    """loss = sum_i c_i CE_i + d_i KL_i of ``rows @ weight.T``, gradients computed in the forward pass per chunk.
+
+    d loss / d logits_i = c_i (softmax_i - onehot_i) + d_i (softmax_i - p_ref_i), so per chunk grad_rows =
+    grad_logits @ W and grad_W += grad_logits.T @ rows; only one [chunk, V] block of logits (two with a
+    reference) is alive at a time. CE, correct and the statistics land in `chunks` (no gradient).
+    """
+
+    @staticmethod
+    def forward(ctx, rows, weight, target, weights_of: WeightsOf, chunks: Chunks, statistics_of):  # type: ignore[override]
+        acc = accumulation_dtype(rows.dtype)
+        loss = torch.zeros((), dtype=acc, device=rows.device)
+        grad_rows = torch.zeros(rows.shape, dtype=acc, device=rows.device) if rows.requires_grad else None
+        # The weight gradient accumulates in float32 (or float64): summing many chunks in bf16 would lose bits.
+        grad_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device) if weight.requires_grad else None
+        for start in chunks.parts():
+            part = slice(start, start + chunks.chunk_size)
+            h, tgt = rows[part], target[part, None]  # [chunk, H], [chunk, 1]
+            softmax, p_ref, extra = chunks.softmax(part, h, weight, target[part], statistics_of)  # [chunk, V]
+            weights = weights_of(part, chunks.ce[part], extra)
+            c = weights.coefficients.to(acc)  # [chunk], detached by construction
+            loss += (c * chunks.ce[part]).sum()
+            kl_term = None
+            if weights.kl_coefficients is not None:
+                d = weights.kl_coefficients.to(acc)[:, None]  # [chunk, 1]
+                loss += (d[:, 0] * extra[REF_KL]).sum()
+                kl_term = p_ref.sub_(softmax).mul_(-d)  # d (softmax - p_ref), in p_ref's memory
+            # grad_logits = c (softmax - onehot) [+ d (softmax - p_ref)], in place in the logits buffer: [chunk, V]
+            grad_logits = softmax.scatter_add_(1, tgt, torch.full_like(tgt, -1, dtype=acc)).mul_(c[:, None])
+            if kl_term is not None:
+                grad_logits.add_(kl_term)
+            if grad_rows is not None:
+                grad_rows[part] = grad_logits.to(weight.dtype) @ weight  # [chunk, H]
+            if grad_weight is not None:
+                grad_weight.addmm_(grad_logits.T, h.to(acc))  # [V, H] += [V, chunk] @ [chunk, H]
+        # Gradients in the inputs' dtypes (a no-op for float32/float64): frees the float32 accumulators.
+        grad_rows = None if grad_rows is None else grad_rows.to(rows.dtype)
+        grad_weight = None if grad_weight is None else grad_weight.to(weight.dtype)
+        ctx.save_for_backward(grad_rows, grad_weight)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_output):  # type: ignore[override]
+        grad_rows, grad_weight = ctx.saved_tensors
+        # The trainer's backward passes exactly 1: skip a full pass over the [V, H] weight gradient then.
+        if not torch.equal(grad_output, torch.ones_like(grad_output)):
+            grad_rows = None if grad_rows is None else grad_rows * grad_output
+            grad_weight = None if grad_weight is None else grad_weight * grad_output
+        return grad_rows, grad_weight, None, None, None, None
