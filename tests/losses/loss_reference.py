@@ -12,7 +12,7 @@ from torch import Tensor
 
 
 def targets_by_row(logits: Tensor, labels: Tensor) -> list[list[tuple[Tensor, Tensor, bool]]]:
-    """Per row, in order, (ce, logp, argmax == target) of each target.
+    """Per row, in order, (ce, logp, argmax == target, predictive entropy) of each target.
 
     logits[b, t] predicts labels[b, t + 1].
     """
@@ -24,18 +24,19 @@ def targets_by_row(logits: Tensor, labels: Tensor) -> list[list[tuple[Tensor, Te
             if y == -100:
                 continue
             logp = torch.log_softmax(logits[b, t], dim=-1)[y]
-            row.append((-logp, logp, int(logits[b, t].detach().argmax()) == y))
+            row.append((-logp, logp, int(logits[b, t].detach().argmax()) == y, entropy_of(logits[b, t].tolist())))
         rows.append(row)
     return rows
 
 
 def token_metrics(tokens: list[tuple[Tensor, Tensor, bool]]) -> dict[str, float]:
     if not tokens:
-        return {"avg_p_correct": 0.0, "token_accuracy": 0.0, "ce": 0.0}
+        return {"avg_p_correct": 0.0, "token_accuracy": 0.0, "ce": 0.0, "entropy": 0.0}
     return {
-        "avg_p_correct": sum(math.exp(float(logp.detach())) for _, logp, _ in tokens) / len(tokens),
-        "token_accuracy": sum(ok for _, _, ok in tokens) / len(tokens),
-        "ce": sum(float(ce.detach()) for ce, _, _ in tokens) / len(tokens),
+        "entropy": sum(entropy for *_, entropy in tokens) / len(tokens),
+        "avg_p_correct": sum(math.exp(float(logp.detach())) for _, logp, *_ in tokens) / len(tokens),
+        "token_accuracy": sum(ok for _, _, ok, *_ in tokens) / len(tokens),
+        "ce": sum(float(ce.detach()) for ce, *_ in tokens) / len(tokens),
     }
 
 
@@ -43,8 +44,9 @@ def dft(logits: Tensor, labels: Tensor, alpha: float = 1.0, num_items: int | Non
     """sum_i CE_i * (alpha * sg(p_i) ** power + 1 - alpha) / N; alpha = 0 is SFT."""
     tokens = [tok for row in targets_by_row(logits, labels) for tok in row]
     n = len(tokens) if num_items is None else num_items
-    loss = sum(ce * (alpha * math.exp(float(logp.detach())) ** power + 1 - alpha) for ce, logp, _ in tokens) / n
-    return loss + 0 * logits.sum(), token_metrics(tokens)
+    weights = [alpha * math.exp(float(logp.detach())) ** power + 1 - alpha for _, logp, *_ in tokens]
+    loss = sum(ce * w for (ce, *_), w in zip(tokens, weights)) / n
+    return loss + 0 * logits.sum(), token_metrics(tokens) | {"mean_token_weight": mean(weights)}
 
 
 def lowest_group_confidence(logps: list[float], group_size: int) -> float:
@@ -63,15 +65,17 @@ def bft(
     total = 0 * logits.sum()
     weights, confs = [], []
     for row in rows:
-        p_conf = lowest_group_confidence([float(logp.detach()) for _, logp, _ in row], group_size)
+        p_conf = lowest_group_confidence([float(logp.detach()) for _, logp, *_ in row], group_size)
         weight = 1.0 - p_conf**gamma
         weights.append(weight)
         confs.append(p_conf)
         if row:
-            total = total + weight * sum(ce * torch.exp(logp.detach()) for ce, logp, _ in row) / len(row)
+            total = total + weight * sum(ce * torch.exp(logp.detach()) for ce, logp, *_ in row) / len(row)
     s = len(rows) if num_samples is None else num_samples
     metrics = token_metrics([tok for row in rows for tok in row])
     metrics |= {"bft_sample_weight": sum(weights) / len(rows), "bft_min_group_conf": sum(confs) / len(rows)}
+    masses = [w * mean([math.exp(float(logp.detach())) for _, logp, *_ in row]) for w, row in zip(weights, rows)]
+    metrics["mean_token_weight"] = sum(masses) / len(rows)  # a mean over samples: sum_b s_b mean_b(p) / S
     return total / s, metrics
 
 
@@ -86,8 +90,8 @@ def masked_diffusion(logits: Tensor, labels: Tensor, t: Tensor, num_answer_token
                 continue
             logp = torch.log_softmax(logits[b, i], dim=-1)[y]
             total = total - logp / t[b]
-            tokens.append((-logp, logp, int(logits[b, i].argmax()) == y))
-    return total / num_answer_tokens, token_metrics(tokens)
+            tokens.append((-logp, logp, int(logits[b, i].argmax()) == y, entropy_of(logits[b, i].tolist())))
+    return total / num_answer_tokens, token_metrics(tokens) | {"mean_token_weight": 1.0 if tokens else 0.0}
 
 
 def make_batch(
@@ -112,7 +116,7 @@ def make_batch(
 
 def eaft(logits: Tensor, labels: Tensor, alpha: float = 1.0, top_k: int = 20, num_items: int | None = None):
     """sum_i CE_i * (H_i / 3) ** alpha / N, H_i the entropy of the softmax of the top_k logits at target i."""
-    total, tokens = 0 * logits.sum(), []
+    total, tokens, weights = 0 * logits.sum(), [], []
     for b in range(labels.shape[0]):
         for t in range(labels.shape[1] - 1):
             y = int(labels[b, t + 1])
@@ -120,12 +124,18 @@ def eaft(logits: Tensor, labels: Tensor, alpha: float = 1.0, top_k: int = 20, nu
                 continue
             row = logits[b, t]
             top = sorted((float(v) for v in row.detach()), reverse=True)[: min(top_k, row.numel())]
-            entropy = entropy_of(top)
+            weights.append((entropy_of(top) / 3.0) ** alpha)
             logp = torch.log_softmax(row, dim=-1)[y]
-            total = total - logp * (entropy / 3.0) ** alpha
-            tokens.append((-logp, logp, int(row.detach().argmax()) == y))
+            total = total - logp * weights[-1]
+            tokens.append((-logp, logp, int(row.detach().argmax()) == y, entropy_of(row.tolist())))
     n = len(tokens) if num_items is None else num_items
-    return total / max(n, 1) if num_items is None else total / n, token_metrics(tokens)
+    loss = total / max(n, 1) if num_items is None else total / n
+    return loss, token_metrics(tokens) | {"mean_token_weight": mean(weights)}
+
+
+def mean(values: list[float]) -> float:
+    """The mean, 0.0 for no values (as the metrics of a call without targets)."""
+    return sum(values) / len(values) if values else 0.0
 
 
 def entropy_of(logits: list[float]) -> float:
@@ -166,7 +176,8 @@ def asft(logits: Tensor, labels: Tensor, ref_logits: Tensor, alpha: float = 0.1,
             kl = sum(torch.exp(ref_logp[v]) * (ref_logp[v] - logp[v]) for v in range(logp.numel()))
             total = total - logp[y] * torch.exp(logp[y].detach()) + alpha * kl
             kls.append(float(kl.detach()))
-            tokens.append((-logp[y], logp[y], int(logits[b, t].detach().argmax()) == y))
+            tokens.append((-logp[y], logp[y], int(logits[b, t].detach().argmax()) == y,
+                           entropy_of(logits[b, t].tolist())))
     n = len(tokens) if num_items is None else num_items
-    metrics = token_metrics(tokens) | {"asft_kl": sum(kls) / len(kls) if kls else 0.0}
+    metrics = token_metrics(tokens) | {"asft_kl": mean(kls), "mean_token_weight": mean([math.exp(float(lp.detach())) for _, lp, *_ in tokens])}
     return total / max(n, 1), metrics

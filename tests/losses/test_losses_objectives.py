@@ -103,7 +103,7 @@ def test_bft_group_longer_than_sample_uses_mean_confidence():
     """group_size > every sample's target count: p_conf = exp(mean target log-prob) of the sample."""
     logits, labels = ref.make_batch(3, 17, 29, seed=4)
     out = bft_loss(logits, labels, group_size=1000)
-    logps = [[float(logp.detach()) for _, logp, _ in row] for row in ref.targets_by_row(logits, labels)]
+    logps = [[float(logp.detach()) for _, logp, *_ in row] for row in ref.targets_by_row(logits, labels)]
     p_conf = [math.exp(sum(row) / len(row)) if row else 0.0 for row in logps]
     assert float(out.metrics["bft_min_group_conf"]) == pytest.approx(sum(p_conf) / 3, rel=1e-12)
     assert out.num_samples == 3
@@ -190,7 +190,7 @@ def test_gradient_accumulation_matches_one_batch(name, kwargs):
     assert_rel_close(weight.grad, whole_grad, rel=1e-12)
 
     for metric, value in whole.metrics.items():
-        count = "num_samples" if metric in SAMPLE_METRICS else "num_tokens"
+        count = "num_samples" if metric in whole.sample_metrics else "num_tokens"
         total = sum(getattr(out, count) for out in outs)
         assert sum(float(out.metrics[metric]) * getattr(out, count) for out in outs) / total == pytest.approx(
             float(value), rel=1e-12

@@ -47,7 +47,7 @@ def _logits_into(out: Tensor, rows: Tensor, weight: Tensor) -> Tensor:
 
 
 class Chunks:
-    """Buffers reused by every chunk, and CE [N], correct [N] and statistics [N] each, filled chunk by chunk."""
+    """Buffers reused by every chunk, and CE, correct, entropy and statistics ([N] each), filled chunk by chunk."""
 
     def __init__(self, rows: Tensor, weight: Tensor, chunk_size: int, names: list[str], reference: Reference | None):
         n, acc = rows.shape[0], accumulation_dtype(rows.dtype)
@@ -56,6 +56,7 @@ class Chunks:
         self.ref_buffer = None if reference is None else torch.empty_like(self.buffer)
         self.ce = torch.empty(n, dtype=acc, device=rows.device)
         self.correct = torch.empty(n, dtype=torch.bool, device=rows.device)
+        self.entropy = torch.empty(n, dtype=acc, device=rows.device)
         names = names + ([REF_KL] if reference is not None else [])
         self.stats = {name: torch.empty(n, dtype=acc, device=rows.device) for name in names}
 
@@ -84,7 +85,9 @@ class Chunks:
         self.ce[part] = (total.log() + top - target_logit).squeeze(1)  # logsumexp - target logit
         for name, value in extra.items():
             self.stats[name][part] = value
-        return logits.div_(total), p_ref, extra
+        softmax = logits.div_(total)
+        self.entropy[part] = -torch.special.xlogy(softmax, softmax).sum(dim=-1)  # a diagnostic: 0 log 0 = 0
+        return softmax, p_ref, extra
 
 
 @torch.no_grad()

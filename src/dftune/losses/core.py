@@ -52,6 +52,8 @@ class TokenStats:
     """[N] detached row statistics of the targets' logits, as asked of `token_stats`."""
     kl: Tensor | None = None
     """[N] KL(p_ref || p) at each target, differentiable w.r.t. the logits (when reference logits were given)."""
+    entropy: Tensor | None = None
+    """[N] detached entropy of the predictive distribution at each target position (a diagnostic)."""
 
 
 def shift_labels(labels: Tensor) -> Tensor:
@@ -87,6 +89,7 @@ def token_stats(
     target = flat_targets.index_select(0, index)  # [N]
     ce = F.cross_entropy(rows, target, reduction="none")  # [N]
     correct = rows.detach().argmax(dim=-1) == target
+    entropy = predictive_entropy(rows.detach())
     extra = {} if row_statistics is None else row_statistics(rows.detach())
     kl = None
     if reference is not None:
@@ -95,22 +98,39 @@ def token_stats(
         ref_rows = reference.detach().flatten(0, 1).index_select(0, index).to(rows.dtype)  # [N, V]
         log_p, log_ref = F.log_softmax(rows, dim=-1), F.log_softmax(ref_rows, dim=-1)
         kl = F.kl_div(log_p, log_ref, log_target=True, reduction="none").sum(dim=-1)  # [N]
-    return TokenStats(ce=ce, correct=correct, index=index, rows=extra, kl=kl)
+    return TokenStats(ce=ce, correct=correct, index=index, rows=extra, kl=kl, entropy=entropy)
+
+
+def predictive_entropy(rows: Tensor) -> Tensor:
+    """-sum_v p_v log p_v of p = softmax(rows), per row [n]; equals ``torch.special.entr(rows.softmax(-1)).sum(-1)``.
+
+    Computed relative to each row's largest logit m, with d_v = z_v - m and r = sum over the other entries of
+    exp(d_v): H = log1p(r) - sum_other(exp(d_v) d_v) / (1 + r). This keeps its relative precision when the
+    distribution is nearly one-hot (H ~ 1e-10), where ``-(p * log_softmax).sum()`` keeps only its absolute one.
+    """
+    with torch.no_grad():
+        d = rows - rows.amax(dim=-1, keepdim=True)  # [n, V], <= 0
+        others = torch.exp(d).scatter(-1, d.argmax(dim=-1, keepdim=True), 0.0)  # exp(d), 0 at one largest entry
+        r = others.sum(dim=-1)
+        return torch.log1p(r) - (others * d).sum(dim=-1) / (1.0 + r)
 
 
 def token_metrics(stats: TokenStats) -> dict[str, Tensor | float]:
     """Per-token means that every objective reports, so runs with different objectives stay comparable.
 
     avg_p_correct: mean target probability; token_accuracy: mean of argmax == target; ce: plain mean
-    cross-entropy. All 0.0 when there is no valid target.
+    cross-entropy; entropy: mean predictive entropy at the target positions. All 0.0 when there is no valid target.
     """
     ce = stats.ce.detach()
     count = max(ce.numel(), 1)  # no target: sums are 0, and so are the means
-    return {
+    metrics = {
         "avg_p_correct": torch.exp(-ce).sum() / count,
         "token_accuracy": stats.correct.sum().to(ce.dtype) / count,
         "ce": ce.sum() / count,
     }
+    if stats.entropy is not None:
+        metrics["entropy"] = stats.entropy.sum() / count
+    return metrics
 
 
 def weighted_ce(stats: TokenStats, coefficients: Tensor) -> Tensor:

@@ -28,7 +28,7 @@ from dftune.losses.contract import SEGMENTS, Objective, Statistics, Weights
 from dftune.losses.core import IGNORE_INDEX, Count, LossOutput, TokenStats, shift_labels, token_metrics
 from dftune.losses.registry import get_objective
 from dftune.losses.statistics import row_statistics, row_statistics_of, sample_segments
-from dftune.losses.unfused import check_reference, check_sample_ids
+from dftune.losses.unfused import check_reference, check_sample_ids, objective_metrics
 
 LOGITS_PER_CHUNK = 2**23
 """Default chunk: as many tokens as keep one chunk of float32 logits near 32 MiB (55 tokens at V = 151936)."""
@@ -132,8 +132,9 @@ def fused_linear_loss(
             loss = FusedLinearObjective.apply(rows, weight, target, fixed, pass2, None)
         else:
             loss = _loss_of(weights, chunks)
-    metrics = token_metrics(TokenStats(ce=chunks.ce, correct=chunks.correct, index=index)) | weights.metrics
-    return LossOutput(loss, metrics, target.numel(), num_samples, sample_metrics=spec.sample_metrics)
+    metrics, sample_metrics = objective_metrics(spec, weights, num_items, target.numel(), num_samples)
+    stats = TokenStats(ce=chunks.ce, correct=chunks.correct, index=index, entropy=chunks.entropy)
+    return LossOutput(loss, token_metrics(stats) | metrics, target.numel(), num_samples, sample_metrics=sample_metrics)
 
 
 def _fixed(weights: Weights):

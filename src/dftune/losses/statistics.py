@@ -9,7 +9,6 @@ Shared ones live in `ROW_STATISTICS`; an objective may define its own (`Objectiv
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -18,19 +17,12 @@ from torch import Tensor
 
 from dftune.errors import DftuneError
 from dftune.losses.contract import CE, ENTROPY, REF_KL, SEGMENTS, Objective, RowStatistic
+from dftune.losses.core import predictive_entropy
 
 
 def entropy_of_logits(rows: Tensor, **_settings: Any) -> Tensor:
-    """H = -sum_v p_v log p_v of p = softmax(rows), per row [n]; equals ``torch.special.entr(rows.softmax(-1)).sum(-1)``.
-
-    Computed relative to each row's largest logit m, with d_v = z_v - m and r = sum over the other entries of
-    exp(d_v): H = log1p(r) - sum_other(exp(d_v) d_v) / (1 + r). This keeps its relative precision when the
-    distribution is nearly one-hot (H ~ 1e-10), where ``-(p * log_softmax).sum()`` keeps only its absolute one.
-    """
-    d = rows - rows.amax(dim=-1, keepdim=True)  # [n, V], <= 0
-    others = torch.exp(d).scatter(-1, d.argmax(dim=-1, keepdim=True), 0.0)  # exp(d), 0 at one largest entry
-    r = others.sum(dim=-1)
-    return torch.log1p(r) - (others * d).sum(dim=-1) / (1.0 + r)
+    """The predictive entropy of each row [n] (`core.predictive_entropy`), as a row statistic."""
+    return predictive_entropy(rows)
 
 
 ROW_STATISTICS: dict[str, RowStatistic] = {

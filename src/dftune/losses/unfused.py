@@ -14,7 +14,7 @@ from typing import Any
 from torch import Tensor
 
 from dftune.errors import DftuneError
-from dftune.losses.contract import REF_KL, SEGMENTS, Objective, Statistics
+from dftune.losses.contract import REF_KL, SEGMENTS, Objective, Statistics, Weights
 from dftune.losses.core import Count, LossOutput, shift_labels, token_metrics, token_stats, weighted_ce
 from dftune.losses.statistics import row_statistics, row_statistics_of, sample_segments
 
@@ -23,6 +23,22 @@ def check_sample_ids(objective: Objective, sample_ids: Tensor | None) -> None:
     if sample_ids is not None and SEGMENTS not in objective.needs:
         raise DftuneError(f"sample_ids apply to objectives that weigh whole samples; {objective.name} does not "
                           "depend on sample boundaries")
+
+
+def objective_metrics(
+    objective: Objective, weights: Weights, count: Count, num_tokens: int, num_samples: int
+) -> tuple[dict[str, Tensor | float], frozenset[str]]:
+    """The objective's metrics plus `mean_token_weight`, and which of them are means over samples.
+
+    mean_token_weight = sum_i c_i * count / (this call's tokens, or samples for an objective normalised by
+    samples), a mean over that unit: averaged over a logging window it is sum_i c_i * count over the window, the
+    share of SFT's gradient mass (1.0) the objective keeps: alpha * mean(p) + 1 - alpha for DFT.
+    """
+    per_sample = objective.normalise_by == "samples"
+    units = num_samples if per_sample else num_tokens
+    mass = weights.coefficients.detach().sum() * count / max(units, 1)
+    metrics = weights.metrics | {"mean_token_weight": mass}
+    return metrics, objective.sample_metrics | ({"mean_token_weight"} if per_sample else frozenset())
 
 
 def check_reference(objective: Objective, reference: object | None) -> None:
@@ -69,7 +85,9 @@ def objective_loss(
         segment, num_samples = sample_segments(stats.index, labels, sample_ids)
     rows = stats.rows if stats.kl is None else {**stats.rows, REF_KL: stats.kl.detach()}
     detached = Statistics(ce=ce, num_samples=num_samples, segment=segment, rows=rows)
-    weights = objective.weigh(detached, objective.default_count(detached) if count is None else count, **settings)
+    count = objective.default_count(detached) if count is None else count
+    weights = objective.weigh(detached, count, **settings)
+    metrics, sample_metrics = objective_metrics(objective, weights, count, ce.numel(), num_samples)
     coefficients = weights.coefficients
     if row_scale is not None:
         coefficients = coefficients * row_scale.detach().to(coefficients.dtype)[stats.index // labels.shape[1]]
@@ -77,9 +95,6 @@ def objective_loss(
     if weights.kl_coefficients is not None:
         loss = loss + (weights.kl_coefficients.detach().to(stats.kl.dtype) * stats.kl).sum()
     return LossOutput(
-        loss,
-        token_metrics(stats) | weights.metrics,
-        num_tokens=ce.numel(),
-        num_samples=num_samples,
-        sample_metrics=objective.sample_metrics,
+        loss, token_metrics(stats) | metrics, num_tokens=ce.numel(), num_samples=num_samples,
+        sample_metrics=sample_metrics,
     )
