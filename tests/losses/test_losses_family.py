@@ -88,3 +88,16 @@ def test_asft_against_itself_is_dft():
     assert abs(float(fused.metrics["asft_kl"])) < 1e-15
     for got, expected in zip(torch.autograd.grad(fused.loss, (hidden, weight)), torch.autograd.grad(dft.loss, (hidden, weight))):
         torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-14)
+
+
+def test_linear_alpha_schedule_rises_from_sft_to_dft():
+    """dft_alpha_schedule linear over 4 steps: alpha 0 (SFT) at step 0, alpha / 2 at step 2, alpha from step 4."""
+    from dftune.losses import OBJECTIVES
+
+    dft = OBJECTIVES["dft"]
+    kwargs = {"alpha": 0.8, "alpha_schedule": "linear", "alpha_warmup_steps": 4}
+    assert [dft.kwargs_at(kwargs, step)["alpha"] for step in (0, 2, 4, 9)] == [0.0, 0.4, 0.8, 0.8]
+    assert dft.kwargs_at({"alpha": 0.8}, 0) == {"alpha": 0.8}  # constant: as given, nothing else passed on
+    logits, labels = ref.make_batch(3, 17, 29)
+    at_start = dft_loss(logits, labels, **dft.kwargs_at(kwargs, 0))
+    torch.testing.assert_close(at_start.loss, sft_loss(logits, labels).loss, rtol=1e-15, atol=0)

@@ -39,7 +39,9 @@ from test_losses_objectives import assert_rel_close, pack
 
 
 def varied(setting: Setting):
-    """A valid value other than the default: 70% into a closed range, else one step up."""
+    """A valid value other than the default: another choice, 70% into a closed range, else one step up."""
+    if setting.choices is not None:
+        return next(choice for choice in setting.choices if choice != setting.default)
     if setting.low is not None and setting.high is not None:
         return setting.type(setting.low + 0.7 * (setting.high - setting.low))
     return setting.type(max(setting.default + 1, 2 if setting.type is int else setting.default + 1))
@@ -49,8 +51,9 @@ def cases():
     """(objective, settings) for every registered objective: its defaults, then every setting varied."""
     for name, objective in sorted(OBJECTIVES.items()):
         yield pytest.param(name, {}, id=f"{name}-default")
-        if objective.settings:
-            yield pytest.param(name, {s.kwarg: varied(s) for s in objective.settings}, id=f"{name}-varied")
+        loss_settings = [s for s in objective.settings if not s.scheduling]  # a schedule is the trainer's
+        if loss_settings:
+            yield pytest.param(name, {s.kwarg: varied(s) for s in loss_settings}, id=f"{name}-varied")
 
 
 def for_stage(stage: str):
@@ -156,7 +159,7 @@ def test_a_name_or_key_cannot_be_registered_twice():
         register(OBJECTIVES["dft"])
     clash = Objective(name="dft2", weigh=OBJECTIVES["dft"].weigh, normalise_by="tokens",
                       settings=OBJECTIVES["dft"].settings)
-    with pytest.raises(DftuneError, match=r"config keys \['dft_alpha', 'dft_power'\] belong to another objective"):
+    with pytest.raises(DftuneError, match=r"config keys \['dft_alpha', .*\] belong to another objective"):
         register(clash)
     assert "dft2" not in OBJECTIVES
 

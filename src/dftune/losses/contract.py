@@ -49,10 +49,13 @@ class Setting:
     kwarg: str
     """Keyword of the loss functions, e.g. `alpha`."""
     type: type
-    default: float
+    default: Any
     help: str
     low: float | None = None
     high: float | None = None
+    choices: tuple[str, ...] | None = None
+    scheduling: bool = False
+    """A setting of the objective's schedule (`Objective.schedule`), not an argument of its loss functions."""
     env: str | None = None
     """Environment variable that sets the config default (the seeds read BFT settings from there)."""
     selects: bool = False
@@ -66,6 +69,8 @@ class Setting:
 
     def problem(self, value: Any) -> str | None:
         """Why `value` is out of range (a phrase after "must be"), or None when it is fine."""
+        if self.choices is not None:
+            return None if value in self.choices else f"one of {list(self.choices)}"
         low_ok = self.low is None or value >= self.low
         high_ok = self.high is None or value <= self.high
         if low_ok and high_ok:
@@ -130,15 +135,29 @@ class Objective:
     """Metrics that are means over samples (the others are means over target tokens)."""
     alias: str | None = None
     """A boolean config key that selects this objective, as LLaMA-Factory writes it (`use_dft_loss`)."""
+    schedule: Callable[[dict[str, Any], int], dict[str, Any]] | None = None
+    """``schedule(kwargs, step) -> kwargs``: the loss functions' arguments in force at optimizer step `step`, from
+    every setting by keyword (the `scheduling` ones included, which it consumes)."""
 
     @property
     def count_keyword(self) -> str:
         """The public loss functions' keyword for the normaliser."""
         return "num_items_in_batch" if self.normalise_by == "tokens" else "num_samples_in_batch"
 
+    def kwargs_at(self, kwargs: Mapping[str, Any], step: int) -> dict[str, Any]:
+        """The loss functions' arguments at optimizer step `step`, from settings by keyword (schedule ones too)."""
+        scheduling = {s.kwarg: s.default for s in self.settings if s.scheduling}
+        unknown = sorted(set(kwargs) - {s.kwarg for s in self.settings})
+        if unknown:
+            raise DftuneError(f"{self.name} takes no keyword arguments {unknown}")
+        values = {**scheduling, **kwargs}
+        if self.schedule is None:
+            return values
+        return self.schedule(values, step)
+
     def resolve(self, kwargs: Mapping[str, Any]) -> dict[str, Any]:
         """The settings of one call: `kwargs` (by keyword) checked against the declared ranges, defaults filled."""
-        known = {s.kwarg: s for s in self.settings}
+        known = {s.kwarg: s for s in self.settings if not s.scheduling}
         extra = sorted(set(kwargs) - set(known))
         if extra:
             takes = f"; it takes {sorted(known)}" if known else ""

@@ -7,6 +7,8 @@ finds probable.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -17,6 +19,15 @@ from dftune.losses.unfused import objective_loss
 ALPHA = Setting(
     "dft_alpha", "alpha", float, 1.0, low=0.0, high=1.0, selects=True,
     help="DFT token weight alpha*p + 1 - alpha (1: the paper's DFT, 0: SFT).",
+)
+SCHEDULE = Setting(
+    "dft_alpha_schedule", "alpha_schedule", str, "constant", choices=("constant", "linear"), scheduling=True,
+    help="DFT: constant, or linear: alpha rises from 0 (SFT) to dft_alpha over dft_alpha_warmup_steps, so tokens "
+    "the base model finds improbable are learned before DFT's weighting takes over.",
+)
+WARMUP = Setting(
+    "dft_alpha_warmup_steps", "alpha_warmup_steps", int, 0, low=0, scheduling=True,
+    help="DFT: optimizer steps over which a linear dft_alpha_schedule rises from 0 to dft_alpha.",
 )
 POWER = Setting(
     "dft_power", "power", float, 1.0, low=0.0, selects=True,
@@ -29,13 +40,22 @@ def dft_coefficients(ce: Tensor, num_items: Count, *, alpha: float, power: float
     return (alpha * torch.exp(-power * ce) + (1.0 - alpha)) / num_items
 
 
+def alpha_in_force(kwargs: dict[str, Any], step: int) -> dict[str, Any]:
+    """`linear`: alpha * min(1, step / warmup) at optimizer step `step` (0 at the first step: SFT)."""
+    kwargs = dict(kwargs)
+    schedule, warmup = kwargs.pop("alpha_schedule"), kwargs.pop("alpha_warmup_steps")
+    if schedule == "linear" and warmup > 0:
+        kwargs["alpha"] = kwargs.get("alpha", ALPHA.default) * min(1.0, step / warmup)
+    return kwargs
+
+
 def weigh(stats: Statistics, count: Count, *, alpha: float, power: float) -> Weights:
     return Weights(dft_coefficients(stats.ce, count, alpha=alpha, power=power), {"dft_alpha": float(alpha)})
 
 
 OBJECTIVE = Objective(
-    name="dft", weigh=weigh, normalise_by="tokens", settings=(ALPHA, POWER), stages=frozenset({"sft", "dllm"}),
-    alias="use_dft_loss",
+    name="dft", weigh=weigh, normalise_by="tokens", settings=(ALPHA, POWER, SCHEDULE, WARMUP), stages=frozenset({"sft", "dllm"}),
+    alias="use_dft_loss", schedule=alpha_in_force,
 )
 
 
