@@ -2,24 +2,17 @@
 
     python benchmarks/bench_loss_head.py --tokens 2048 4096 8192 [--device cuda] [--json out.json]
 
-Each (variant, tokens) runs in a fresh subprocess. CPU memory: ru_maxrss (the process's peak resident set)
-after the run minus ru_maxrss at a baseline taken once the inputs exist and a [V, H] buffer the size of the
-weight gradient has been touched and freed, after a small warm-up run (so library workspaces are in the
-baseline too). The difference is the peak the loss head needs beyond its inputs and the weight gradient.
-CUDA: torch.cuda.max_memory_allocated the same way. Time: one run after the measured run, loss + backward.
+Each (variant, tokens) runs in a fresh subprocess, measured as `head_harness.measure` says.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
-import sys
-import time
 
 import torch
 import torch.nn.functional as F
+from head_harness import as_labels, in_fresh_process, measure
 
 SEED_BYTES_PER_LOGIT = 4 * 4  # measured ~3.3-3.6 logits-sized float32 buffers alive at the seed head's peak
 
@@ -35,50 +28,14 @@ def seed_head(hidden, weight, target):
 def fused_head(hidden, weight, target):
     from dftune.losses import fused_linear_loss
 
-    # Valid targets only, already shifted: labels[:, t + 1] = target[t], the first label ignored.
-    labels = torch.cat([target.new_full((1,), -100), target])[None]  # [1, N + 1]
-    hidden = torch.cat([hidden, hidden.new_zeros(1, hidden.shape[1])])[None]  # [1, N + 1, H]
-    return fused_linear_loss(hidden, weight, labels, objective="dft", alpha=1.0).loss
-
-
-def peak_bytes(device: str) -> int:
-    if device == "cuda":
-        return torch.cuda.max_memory_allocated()
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    batch_hidden, labels = as_labels(hidden, target)  # valid targets only, already shifted
+    return fused_linear_loss(batch_hidden, weight, labels, objective="dft", alpha=1.0).loss
 
 
 def one(variant: str, tokens: int, vocab: int, hidden_size: int, device: str) -> dict:
     """Run in a fresh process: peak bytes beyond inputs + weight gradient, and seconds per loss + backward."""
-    torch.manual_seed(0)
     head = {"seed": seed_head, "fused": fused_head}[variant]
-
-    def run(n: int) -> float:
-        h = hidden[:n].detach().requires_grad_()
-        weight.grad = None
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        head(h, weight, target[:n]).backward()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - start
-
-    hidden = torch.randn(tokens, hidden_size, device=device)
-    weight = (torch.randn(vocab, hidden_size, device=device) / hidden_size**0.5).requires_grad_()
-    target = torch.randint(0, vocab, (tokens,), device=device)
-    run(16)  # warm-up: BLAS and allocator workspaces belong to the baseline
-    weight.grad = None
-    grad_sized = torch.ones_like(weight)  # touch a [V, H] buffer: the weight gradient is not the head's overhead
-    del grad_sized
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated() + weight.numel() * weight.element_size()
-    else:
-        base = peak_bytes(device)
-    run(tokens)
-    peak = peak_bytes(device) - base
-    seconds = run(tokens)
-    return {"variant": variant, "tokens": tokens, "peak_bytes": peak, "seconds": seconds}
+    return {"variant": variant, **measure(head, tokens, vocab, hidden_size, device)}
 
 
 def main() -> None:
@@ -103,10 +60,8 @@ def main() -> None:
             if variant == "seed" and args.device == "cpu" and estimate > args.max_seed_gb:
                 skipped.append(f"seed at {tokens} tokens: ~{estimate:.0f} GiB estimated > {args.max_seed_gb} GiB RAM cap")
                 continue
-            cmd = [sys.executable, __file__, "--one", variant, str(tokens), "--vocab", str(args.vocab),
-                   "--hidden", str(args.hidden), "--device", args.device]
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-            results.append(json.loads(out.strip().splitlines()[-1]))
+            results.append(in_fresh_process(__file__, variant, tokens, ["--vocab", str(args.vocab), "--hidden",
+                                                                        str(args.hidden), "--device", args.device]))
             print(results[-1], flush=True)
     rows = ["| tokens | seed peak MiB | fused peak MiB | memory ratio | seed s | fused s | time ratio |",
             "|---:|---:|---:|---:|---:|---:|---:|"]

@@ -1,0 +1,122 @@
+"""EAFT and ASFT heads: dftune's fused head vs LLaMA-Factory's way (full float32 logits, of both models for ASFT).
+
+    python benchmarks/bench_objective_heads.py --tokens 2048 [--device cuda] [--json out.json]
+
+LLaMA-Factory computes EAFT and ASFT on `logits.float()` of the whole batch, ASFT with the reference model's full
+logits too. The fused head holds one [chunk, V] block of the policy's logits (and one of the reference's) at a
+time. Each (variant, tokens) runs in a fresh subprocess, measured as `head_harness.measure` says; the
+reference's hidden states and output layer are inputs (in the baseline), as the policy's are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+import torch.nn.functional as F
+from head_harness import as_labels, in_fresh_process, measure
+
+# Logits-sized float32 buffers alive at the full-logits heads' peak (estimated, for the RAM cap only).
+FULL_BUFFERS = {"eaft": 4, "asft": 7}
+
+
+def full_eaft(hidden, weight, target):
+    """LLaMA-Factory's EAFT: CE on float32 logits, weight (H_top20 / 3) ** alpha from the detached logits."""
+    logits = (hidden @ weight.T).float()  # [N, V]
+    ce = F.cross_entropy(logits, target, reduction="none")
+    with torch.no_grad():
+        log_q = torch.log_softmax(torch.topk(logits, k=20, dim=-1).values, dim=-1)
+        entropy = -(log_q.exp() * log_q).sum(dim=-1)
+    return (ce * entropy / 3.0).sum() / target.numel()
+
+
+def full_asft(hidden, weight, target, ref_hidden, ref_weight):
+    """LLaMA-Factory's ASFT: DFT on float32 logits plus 0.1 x token KL(ref || policy) from both full logits."""
+    logits = (hidden @ weight.T).float()  # [N, V]
+    with torch.no_grad():
+        ref_logits = (ref_hidden @ ref_weight.T).float()  # [N, V]
+    ce = F.cross_entropy(logits, target, reduction="none")
+    dft = (ce * torch.exp(-ce).detach()).sum() / target.numel()
+    kl = F.kl_div(F.log_softmax(logits, dim=-1), F.softmax(ref_logits, dim=-1), reduction="none").sum(dim=-1)
+    return dft + 0.1 * kl.sum() / target.numel()
+
+
+def fused(objective: str):
+    def head(hidden, weight, target, **reference):
+        from dftune.losses import fused_linear_loss
+
+        batch_hidden, labels = as_labels(hidden, target)
+        if reference:
+            reference = {"ref_hidden": as_labels(reference["ref_hidden"], target)[0], "ref_weight": reference["ref_weight"]}
+        return fused_linear_loss(batch_hidden, weight, labels, objective=objective, **reference).loss
+
+    return head
+
+
+HEADS = {
+    ("full", "eaft"): full_eaft,
+    ("fused", "eaft"): fused("eaft"),
+    ("full", "asft"): full_asft,
+    ("fused", "asft"): fused("asft"),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, nargs="+", default=[2048])
+    parser.add_argument("--vocab", type=int, default=151936)
+    parser.add_argument("--hidden", type=int, default=896)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--max_full_gb", type=float, default=18.0, help="skip full-logits runs estimated above this")
+    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--one", nargs=2, metavar=("VARIANT", "TOKENS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        impl, objective = args.one[0].split("-")
+        result = measure(HEADS[impl, objective], int(args.one[1]), args.vocab, args.hidden, args.device,
+                         with_reference=objective == "asft")
+        print(json.dumps({"variant": args.one[0], **result}))
+        return
+
+    results, skipped = [], []
+    for objective in ("eaft", "asft"):
+        for tokens in args.tokens:
+            for impl in ("full", "fused"):
+                estimate = tokens * args.vocab * 4 * FULL_BUFFERS[objective] / 2**30
+                if impl == "full" and args.device == "cpu" and estimate > args.max_full_gb:
+                    skipped.append(f"full {objective} at {tokens} tokens: ~{estimate:.0f} GiB > {args.max_full_gb} GiB")
+                    continue
+                results.append(in_fresh_process(__file__, f"{impl}-{objective}", tokens,
+                                                ["--vocab", str(args.vocab), "--hidden", str(args.hidden),
+                                                 "--device", args.device]))
+                print(results[-1], flush=True)
+    table = markdown(results, args.tokens)
+    print(table)
+    for line in skipped:
+        print("skipped:", line)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"results": results, "skipped": skipped, "table": table, "vocab": args.vocab,
+                       "hidden": args.hidden, "device": args.device}, f, indent=1)
+
+
+def markdown(results: list[dict], token_counts: list[int]) -> str:
+    """One row per objective and token count; ratios are fused / full."""
+    by = {(r["variant"], r["tokens"]): r for r in results}
+    rows = ["| objective | tokens | full-logits peak MiB | fused peak MiB | memory ratio | full s | fused s | time ratio |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for objective in ("eaft", "asft"):
+        for tokens in token_counts:
+            full, fast = by.get((f"full-{objective}", tokens)), by.get((f"fused-{objective}", tokens))
+            mib = lambda r: f"{r['peak_bytes'] / 2**20:,.0f}" if r else "skipped"  # noqa: E731
+            sec = lambda r: f"{r['seconds']:.2f}" if r else "skipped"  # noqa: E731
+            mem = f"{fast['peak_bytes'] / full['peak_bytes']:.3f}" if full and fast else "-"
+            time_ratio = f"{fast['seconds'] / full['seconds']:.2f}" if full and fast else "-"
+            rows.append(f"| {objective} | {tokens} | {mib(full)} | {mib(fast)} | {mem} | {sec(full)} | {sec(fast)} "
+                        f"| {time_ratio} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    main()
