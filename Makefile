@@ -1,5 +1,5 @@
 # make demo  -> set up .venv and run the quickstart (CPU, offline, a few minutes)
-# make test  -> set up .venv and run the test suite
+# make test  -> set up .venv, check the import layers (lint-imports, contracts in pyproject.toml), run the tests
 # make bench -> set up .venv and run the benchmarks (not part of test)
 # make demo-real -> the SmolLM2-135M-Instruct study: LoRA sft/dft/bft on word problems (~1 hour on 2 CPU cores)
 PYTHON ?= python3
@@ -20,6 +20,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $@
 
 test: setup
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/python -m pytest -q
 
 demo: setup

@@ -29,7 +29,7 @@ from bench_preprocess import synthetic_records  # noqa: E402
 from dftune.data import DataCollatorForChat, configure_packing
 from dftune.data.validate import validate_and_encode
 from dftune.models.presets import build_tokenizer, init_model
-from dftune.train.trainer import ObjectiveTrainer
+from dftune.runtime.objective_trainer import ObjectiveTrainer
 
 
 def training_args(output_dir: str, args) -> dict:

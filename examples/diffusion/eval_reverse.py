@@ -12,7 +12,8 @@ from pathlib import Path
 from transformers import AutoTokenizer
 
 from dftune.config.model_args import ModelArguments
-from dftune.diffusion import load_diffusion_model, resolve_mask_token_id, sample_replies
+from dftune.diffusion import sample_replies
+from dftune.models.loading import load_diffusion_model, resolve_mask_token_id
 
 
 def main() -> None:

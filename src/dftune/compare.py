@@ -1,4 +1,5 @@
-"""`dftune compare`: one config trained once per objective (and seed) through `run_sft`, then one table and one plot.
+"""`dftune compare`: one config trained once per objective (and seed) through `dftune.run.run`, then one table and
+one plot.
 
     DIR/<loss>-seed<k>/     each run, exactly as `dftune train` writes it (with its eval_results.jsonl)
     DIR/compare.md          final and best eval CE, final avg_p_correct, held-out accuracy with its 95% CI, per run
@@ -7,9 +8,9 @@
     DIR/accuracy.png        held-out accuracy per run with its interval (and the untrained model's, `eval_base`)
 
 Switching objective goes through the config layer: the config is parsed as `dftune train` would parse it, then
-its method section is rebuilt with `dataclasses.replace` (so `MethodArguments.__post_init__` checks it again),
-with the keys that select another objective (`dft_alpha`, `use_dft_loss`, `use_bft_loss`) cleared where they
-do not fit. Runs go one after another in this process: launch it with `python`/`dftune`, not torchrun.
+its method section is rebuilt with `dataclasses.replace` (so `MethodArguments.__post_init__` checks it again, and
+then the stage's own `check`), with the keys that select another objective (`dft_alpha`, `use_dft_loss`,
+`use_bft_loss`) cleared where they do not fit. Runs go one after another in this process: launch it with `python`/`dftune`, not torchrun.
 """
 
 from __future__ import annotations
@@ -22,14 +23,14 @@ import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
-from dftune.config.parse import RunConfig, parse_config
+from dftune.config.parse import RunConfig
 from dftune.data.formats import Messages
 from dftune.data.readers import resolve_sources
 from dftune.data.validate import collect_conversations
 from dftune.errors import DftuneError
 from dftune.evaluation import evaluate_records
-from dftune.train.model import load_model, load_tokenizer
-from dftune.train.run import run_sft
+from dftune.models.loading import load_model, load_tokenizer
+from dftune.run import parse_config, run
 from dftune.viz.accuracy import plot_accuracy
 from dftune.viz.curves import RUN_PANELS, plot_runs
 
@@ -71,6 +72,7 @@ def objective_config(argv: Sequence[str], loss: str, seed: int, output_dir: Path
             config.notes.append(f"compare: {key} cleared for loss {loss}")
     try:
         config.method = dataclasses.replace(method, loss=loss, **cleared)
+        config.stage_args.check(config)  # e.g. stage dllm has no bft
     except ValueError as err:
         raise DftuneError(f"--losses {loss}: {err}") from None
     name = f"{loss}-seed{seed}"
@@ -223,7 +225,7 @@ def compare(
         write_outputs(results, histories, output_dir, title, scoring.extractor)
     for number, (seed, config) in enumerate(plan, 1):
         logger.info("compare: run %d of %d: loss %s, seed %d", number, len(plan), config.method.loss, seed)
-        trainer = run_sft(config)
+        trainer = run(config)
         result = summarise(trainer, config, seed, records, scoring)
         results.append(result)
         histories[result.name] = trainer.state.log_history

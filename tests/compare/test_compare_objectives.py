@@ -1,4 +1,4 @@
-"""`dftune compare`: one config, one run per objective through run_sft, then a table and an overlaid plot."""
+"""`dftune compare`: one config, one run per objective through `dftune.run.run`, then a table and an overlaid plot."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from dftune.config.parse import parse_config
+from dftune.run import parse_config
 
 EXAMPLES = sorted((Path(__file__).parents[2] / "examples").glob("*.yaml"))
 

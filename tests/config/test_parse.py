@@ -7,7 +7,7 @@ import textwrap
 import pytest
 import yaml
 
-from dftune.config.parse import parse_config
+from dftune.run import parse_config
 from dftune.errors import DftuneError
 
 

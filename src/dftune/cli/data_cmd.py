@@ -34,7 +34,7 @@ def run_check(args: argparse.Namespace) -> int:
     sources = resolve_sources(args.files)
     lengths: list[int] = []
     if args.stage == "dpo":
-        from dftune.preference.data import collect_preferences
+        from dftune.data.preference import collect_preferences
 
         tokenizer = None if args.tokenizer is None else _tokenizer(args.tokenizer)
         _, report = collect_preferences(sources, tokenizer, args.max_length, None)

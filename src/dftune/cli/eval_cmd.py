@@ -22,12 +22,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
+    from dftune.config.model_args import ModelArguments
     from dftune.data import load_records, normalize_messages
     from dftune.errors import DftuneError
     from dftune.evaluation import evaluate_records
+    from dftune.models.loading import load_adapter, load_model
 
     conversations = []
     for raw in load_records(args.data):
@@ -35,13 +36,13 @@ def run_eval(args: argparse.Namespace) -> int:
             raise DftuneError(f"{raw.location}: {raw.reason}")
         conversations.append(normalize_messages(raw.value))
     conversations = conversations[: args.limit]
+    model = load_model(ModelArguments(model_name_or_path=args.model, torch_dtype="auto"), what="--model")
     try:
-        model = AutoModelForCausalLM.from_pretrained(args.model)
         tokenizer = AutoTokenizer.from_pretrained(args.adapter or args.model)
     except OSError as err:
         raise DftuneError(f"cannot load {args.model!r}: {err}") from None
     if args.adapter:
-        model = PeftModel.from_pretrained(model, args.adapter)
+        model = load_adapter(model, args.adapter)
     report = evaluate_records(
         model, tokenizer, conversations, extractor=args.extractor,
         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,

@@ -39,8 +39,8 @@ def run_generate(args: argparse.Namespace) -> int:
     from transformers import AutoConfig, AutoTokenizer
 
     from dftune.config.model_args import ModelArguments
-    from dftune.diffusion.model import is_diffusion_config, load_diffusion_model, resolve_mask_token_id
     from dftune.diffusion.sampler import sample_replies
+    from dftune.models.loading import is_diffusion_config, load_diffusion_model, resolve_mask_token_id
 
     torch.manual_seed(args.seed)
     base = _base_model(args.model)
@@ -71,13 +71,12 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def _causal_reply(args: argparse.Namespace, base: str, tokenizer, messages) -> str:
-    from transformers import AutoModelForCausalLM
-
+    from dftune.config.model_args import ModelArguments
     from dftune.evaluation import generate_replies
+    from dftune.models.loading import load_model
 
-    model = _with_adapter(
-        AutoModelForCausalLM.from_pretrained(base, trust_remote_code=args.trust_remote_code), args.model, base
-    )
+    base_args = ModelArguments(model_name_or_path=base, torch_dtype="auto", trust_remote_code=args.trust_remote_code)
+    model = _with_adapter(load_model(base_args, what="--model"), args.model, base)
     replies = generate_replies(
         model, tokenizer, [messages], max_new_tokens=args.max_new_tokens, temperature=args.temperature
     )
@@ -96,6 +95,6 @@ def _base_model(path: str) -> str:
 def _with_adapter(model, path: str, base: str):
     if base == path:
         return model
-    from peft import PeftModel
+    from dftune.models.loading import load_adapter
 
-    return PeftModel.from_pretrained(model, path)
+    return load_adapter(model, path)

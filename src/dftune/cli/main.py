@@ -12,13 +12,12 @@ from dftune.runlog import setup_logging
 
 
 def _train(args: argparse.Namespace) -> int:
-    from dftune.config.parse import SECTIONS, ConfigArgumentParser, parse_config
-    from dftune.train.run import run_sft
+    from dftune.run import parse_config, run, train_help_parser
 
     if {"-h", "--help"} & set(args.rest):
-        ConfigArgumentParser(SECTIONS, prog="dftune train").print_help()
+        train_help_parser().print_help()
         return 0
-    run_sft(parse_config(args.rest))
+    run(parse_config(args.rest))
     return 0
 
 

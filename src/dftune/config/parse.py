@@ -3,6 +3,10 @@
 Flags override YAML keys. Both are merged into one argv for `HfArgumentParser`, so a YAML value and the same
 value given as a flag are converted by the same code: every `TrainingArguments` flag works as transformers
 documents it.
+
+The stages' own keys come from the caller (`dftune.run.parse_config` passes the registry's dataclasses, each a
+`StageArguments`): this module knows no stage. The chosen stage's keys become `RunConfig.stage_args`; another
+stage's key set to a value of its own is an error.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import importlib.util
 import json
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -27,8 +32,17 @@ from dftune.config.model_args import ModelArguments
 from dftune.config.reliability_args import ReliabilityArguments
 from dftune.errors import DftuneError
 
-SECTIONS = (ModelArguments, DataArguments, MethodArguments, ReliabilityArguments, TrainingArguments)
 CONFIG_FILE_NAME = "dftune_config.yaml"
+StageSections = Mapping[str, "type[StageArguments]"]  # stage name -> its keys, as the registry lists them
+
+
+@dataclass
+class StageArguments:
+    """Base of a stage's own keys (`dftune.stages.<name>`): the fields are its keys; `check` holds the rules that
+    need the rest of the config (the objective, packing, the fine-tuning type)."""
+
+    def check(self, config: RunConfig) -> None:
+        """Raise ValueError when this stage's keys contradict the rest of `config` (parse reports it)."""
 
 
 @dataclass
@@ -42,14 +56,21 @@ class RunConfig:
     notes: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     reliability: ReliabilityArguments = field(default_factory=ReliabilityArguments)
+    stage_args: StageArguments = field(default_factory=StageArguments)
+    """The keys of `method.stage`: an instance of that stage's dataclass."""
 
     def to_yaml(self) -> str:
         """The resolved config as YAML that `dftune train` reads back: what actually ran."""
         merged: dict[str, Any] = {}
-        for section in (self.model, self.data, self.method, self.reliability):
+        for section in (self.model, self.data, self.method, self.reliability, self.stage_args):
             merged.update(asdict(section))
         merged.update(_explicit_training_args(self.training))
         return yaml.safe_dump(merged, sort_keys=False)
+
+
+def sections(stages: StageSections) -> tuple[type, ...]:
+    """Every dataclass whose fields are keys: the generic sections and every stage's, TrainingArguments last."""
+    return (ModelArguments, DataArguments, MethodArguments, ReliabilityArguments, *stages.values(), TrainingArguments)
 
 
 class ConfigArgumentParser(HfArgumentParser):
@@ -65,12 +86,14 @@ class _Value:
     origin: str  # "config.yaml:7" or "command line"
 
 
-def known_keys() -> set[str]:
-    return {f.name for section in SECTIONS for f in fields(section) if f.init}
+def known_keys(stages: StageSections) -> set[str]:
+    return {f.name for section in sections(stages) for f in fields(section) if f.init}
 
 
-def parse_config(argv: list[str]) -> RunConfig:
-    """Parse `[CONFIG.yaml] [--key value ...]` into a RunConfig; raise DftuneError naming the key and its origin."""
+def parse_config(argv: list[str], stages: StageSections) -> RunConfig:
+    """Parse `[CONFIG.yaml] [--key value ...]` into a RunConfig; raise DftuneError naming the key and its origin.
+
+    `stages`: the stage registry's keys (`dftune.run.parse_config` passes them)."""
     values: dict[str, _Value] = {}
     if argv and not argv[0].startswith("--"):
         values.update(read_yaml(Path(argv[0])))
@@ -79,7 +102,7 @@ def parse_config(argv: list[str]) -> RunConfig:
 
     notes: list[str] = []
     env: dict[str, str] = {}
-    known = known_keys()
+    known = known_keys(stages)
     resolved: dict[str, _Value] = {}
     for key, item in values.items():
         translation = translate(key, item.value) if key not in known else None
@@ -94,7 +117,8 @@ def parse_config(argv: list[str]) -> RunConfig:
             fix = f"; did you mean {hint[0]!r}?" if hint else "; see `dftune train --help` for the keys"
             raise DftuneError(f"{item.origin}: unknown key {key!r}{fix}")
 
-    parser = ConfigArgumentParser(SECTIONS)
+    check_stage(resolved.get("stage"), stages)
+    parser = ConfigArgumentParser(sections(stages))
     try:
         check_engines(resolved)
         if deepspeed_on_cpu_processes(resolved):
@@ -102,12 +126,37 @@ def parse_config(argv: list[str]) -> RunConfig:
             resolved["use_cpu"] = _Value(True, "dftune")
             notes.append("DeepSpeed processes on a machine without CUDA: DeepSpeed started on gloo, use_cpu: true")
         argv = to_argv(resolved, multi_word=multi_word_keys(parser))
-        model, data, method, reliability, training = parser.parse_args_into_dataclasses(args=argv)
-    except ValueError as err:  # __post_init__ checks: contradictions and out-of-range values
+        model, data, method, reliability, *per_stage, training = parser.parse_args_into_dataclasses(args=argv)
+        stage_args = stage_keys(method.stage, dict(zip(stages, per_stage)), given=set(resolved))
+        config = RunConfig(model, data, method, training, notes, env, reliability, stage_args)
+        stage_args.check(config)
+    except ValueError as err:  # __post_init__ and stage checks: contradictions and out-of-range values
         raise DftuneError(f"invalid configuration: {err}") from None
     # transformers reads --report_to as one word: `tensorboard,wandb` (or a YAML list) names several trackers.
     training.report_to = [name.strip() for item in training.report_to for name in item.split(",") if name.strip()]
-    return RunConfig(model, data, method, training, notes, env, reliability)
+    return config
+
+
+def check_stage(item: _Value | None, stages: StageSections) -> None:
+    """`stage` names a registered stage (the default, sft, when absent)."""
+    if item is not None and str(item.value) not in stages:
+        raise DftuneError(f"{item.origin}: key stage: invalid choice: {str(item.value)!r} "
+                          f"(choose from {', '.join(stages)})")
+
+
+def stage_keys(stage: str, per_stage: dict[str, StageArguments], *, given: set[str]) -> StageArguments:
+    """The chosen stage's keys; ValueError when a key only another stage has was given a value of its own.
+
+    A key at its default passes: a saved dftune_config.yaml of an older dftune lists every stage's keys so.
+    """
+    own = {f.name for f in fields(per_stage[stage])}
+    for name, values in per_stage.items():
+        default = type(values)()
+        changed = [f.name for f in fields(values) if f.name in given and f.name not in own
+                   and getattr(values, f.name) != getattr(default, f.name)]  # fmt: skip
+        if changed:
+            raise ValueError(f"{', '.join(changed)} apply to stage: {name} only, but the stage is {stage}")
+    return per_stage[stage]
 
 
 def read_yaml(path: Path) -> dict[str, _Value]:

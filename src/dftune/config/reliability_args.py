@@ -1,7 +1,7 @@
 """Reliability keys of a run: what may happen to an existing output_dir and how many non-finite steps to tolerate.
 
 `resume_from_checkpoint` stays the TrainingArguments key (a string): `auto`, `true` or a checkpoint path; see
-`dftune.train.checkpoints.resolve_resume` and docs/reliability.md.
+`dftune.runtime.checkpoints.resolve_resume` and docs/reliability.md.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
-"""Data layer: read and validate conversation files, tokenise with assistant-only labels, cache, and batch.
+"""Data layer: read and validate conversation and preference files, tokenise with assistant-only labels, cache,
+and batch. The chat template of tokenizers without one (ChatML) is data's too (`encode.CHATML_TEMPLATE`).
 
-Dependency order: prepare > validate, cache > encode > formats, report > readers.
+Dependency order: preference > prepare > validate, cache > encode > formats, report > readers; collate > encode.
 """
 
 from dftune.data.collate import DataCollatorForChat, configure_packing

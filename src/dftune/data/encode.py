@@ -17,9 +17,16 @@ from transformers import PreTrainedTokenizerBase
 
 from dftune.data.formats import Messages
 from dftune.errors import DftuneError
-from dftune.models.presets import CHATML_TEMPLATE
 
 IGNORE_INDEX = -100
+# The template of tokenizers that have none (and of the presets' byte-level tokenizer, `dftune.models.presets`).
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
 logger = logging.getLogger(__name__)
 
 

@@ -21,15 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import transformers
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
-from dftune.config.parse import parse_config
+from dftune.config.model_args import ModelArguments
 from dftune.demo.arithmetic import EVAL_FILE, TRAIN_FILE
 from dftune.evaluation import exact_match_accuracy
+from dftune.models.loading import load_model
 from dftune.models.presets import init_model
-from dftune.train.run import run_sft
+from dftune.run import parse_config, run
 from dftune.viz.curves import plot_runs
-
 
 
 @dataclass(frozen=True)
@@ -52,12 +52,12 @@ def train_stage(model_dir: Path, output_dir: Path, steps: int, lr: float, batch:
         "--eval_strategy", "steps", "--eval_steps", str(max(steps // 4, 1)), "--logging_steps", str(max(steps // 25, 1)),
         "--save_strategy", "no", "--report_to", "none", "--use_cpu", "true", "--seed", "0", "--disable_tqdm", "true",
     ]  # fmt: skip
-    trainer = run_sft(parse_config(argv))
+    trainer = run(parse_config(argv))
     return trainer.state.log_history
 
 
 def held_out_accuracy(model_dir: Path) -> float:
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    model = load_model(ModelArguments(model_name_or_path=str(model_dir), torch_dtype="auto"))
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     records = [json.loads(line) for line in EVAL_FILE.read_text(encoding="utf-8").splitlines()]
     return exact_match_accuracy(model, tokenizer, records, max_new_tokens=8, batch_size=100)

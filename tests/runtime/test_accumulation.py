@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM
 from transformers.integrations.integration_utils import rewrite_logs
 
 from dftune.data import DataCollatorForChat
-from dftune.train.trainer import ObjectiveTrainer
+from dftune.runtime.objective_trainer import ObjectiveTrainer
 
 OBJECTIVES = {"sft": {}, "dft": {"alpha": 0.7}, "bft": {"group_size": 3, "gamma": 1.0}}
 

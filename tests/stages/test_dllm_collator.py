@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dftune.diffusion import DiffusionCollator
+from dftune.stages.dllm import DiffusionCollator
 
 MASK, EOS = 99, 98
 

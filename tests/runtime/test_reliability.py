@@ -20,8 +20,8 @@ from transformers import AutoModelForCausalLM, TrainerCallback, TrainingArgument
 
 from dftune.cli.main import main
 from dftune.data import DataCollatorForChat
-from dftune.train.checkpoints import COMPLETE_MARKER, last_complete_checkpoint, rotate_checkpoints
-from dftune.train.trainer import ObjectiveTrainer
+from dftune.runtime.checkpoints import COMPLETE_MARKER, last_complete_checkpoint, rotate_checkpoints
+from dftune.runtime.objective_trainer import ObjectiveTrainer
 
 
 @pytest.fixture

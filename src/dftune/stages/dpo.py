@@ -1,5 +1,8 @@
 """Stage dpo on TRL's DPOTrainer (tested with trl 1.16.0): our config, data and reference set-up in, TRL's loss out.
 
+Its keys are `DpoArguments`; its data `dftune.data.preference` (validated like SFT data); its policy and reference
+set-ups `dftune.models.reference`.
+
 What we add to TRL, and why:
 - DPOConfig is built from the user's resolved TrainingArguments plus the DPO keys, so TRL's own defaults
   (bf16 on, gradient checkpointing on, learning rate 1e-6, logging every 10 steps) never apply behind the
@@ -17,7 +20,8 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import fields
+import os
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -25,27 +29,78 @@ from datasets import Dataset
 from transformers import TrainerCallback, TrainingArguments
 from trl import DPOConfig, DPOTrainer
 
-from dftune.config.parse import RunConfig
+from dftune.config.parse import RunConfig, StageArguments
 from dftune.data.encode import chat_template
-from dftune.errors import DftuneError
-from dftune.preference.data import prepare_preference_datasets
-from dftune.preference.reference import check_reference, load_policy_and_reference
-from dftune.train.guards import GuardedUpdates
-from dftune.train.model import load_tokenizer
+from dftune.data.preference import prepare_preference_datasets
+from dftune.models.reference import check_reference, load_policy_and_reference
+from dftune.runtime.guards import GuardedUpdates
+from dftune.runtime.preflight import load_checked_tokenizer, require_eval_data
 
 logger = logging.getLogger(__name__)
 
 
+@dataclass
+class DpoArguments(StageArguments):
+    beta: float = field(
+        default=0.1, metadata={"help": "stage dpo: how far the policy may move from the reference (TRL's beta)."}
+    )
+    loss_type: list[str] = field(
+        default_factory=lambda: ["sigmoid"],
+        metadata={"help": "stage dpo: TRL's DPO loss_type, passed through (sigmoid = DPO, ipo, hinge, robust, ...)."},
+    )
+    max_prompt_length: int | None = field(
+        default=None,
+        metadata={"help": "stage dpo: prompts longer than this keep their last max_prompt_length tokens."},
+    )
+    precompute_ref_log_probs: bool = field(
+        default=False,
+        metadata={"help": "stage dpo: compute the reference log-probs once before training, then free the reference."},
+    )
+    ref_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "stage dpo: a separate reference model (default: see docs/dpo.md)."}
+    )
+    adapter_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "stage dpo: a trained LoRA adapter (e.g. from SFT), loaded as the trainable policy and as "
+                  "the frozen reference (seed 004's set-up); needs finetuning_type: lora."},
+    )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.loss_type, str):
+            self.loss_type = [self.loss_type]
+        self.loss_type = [name for item in self.loss_type for name in item.split(",") if name]
+
+    def check(self, config: RunConfig) -> None:
+        if config.method.loss != "sft":  # resolved_loss() has run: sft is the default, so anything else was asked for
+            raise ValueError(f"stage: dpo trains with loss_type (sigmoid, ipo, ...), not loss: {config.method.loss}")
+        if self.beta <= 0:
+            raise ValueError(f"beta must be positive, got {self.beta}")
+        if not self.loss_type:
+            raise ValueError("loss_type must name at least one TRL DPO loss, e.g. sigmoid")
+        if self.max_prompt_length is not None and self.max_prompt_length < 1:
+            raise ValueError(f"max_prompt_length must be at least 1, got {self.max_prompt_length}")
+        if self.adapter_name_or_path is not None and config.method.finetuning_type != "lora":
+            raise ValueError("adapter_name_or_path trains that LoRA adapter: set finetuning_type: lora")
+        if config.data.packing:
+            raise ValueError("stage: dpo pads each pair (TRL 1.16 has no packing for DPO); set packing: false")
+
+
+def dpo_keys(config: RunConfig) -> DpoArguments:
+    """This run's stage dpo keys."""
+    assert isinstance(config.stage_args, DpoArguments)  # parse_config built it from this stage's registry entry
+    return config.stage_args
+
+
 def dpo_config(config: RunConfig) -> DPOConfig:
     """Every TrainingArguments field as the user resolved it, plus the DPO keys."""
-    training, method = config.training, config.method
+    training, keys = config.training, dpo_keys(config)
     values = {f.name: getattr(training, f.name) for f in fields(TrainingArguments) if f.init}
     return DPOConfig(
         **values,
-        beta=method.beta,
-        loss_type=list(method.loss_type),
+        beta=keys.beta,
+        loss_type=list(keys.loss_type),
         max_length=config.data.max_length,
-        precompute_ref_log_probs=method.precompute_ref_log_probs,
+        precompute_ref_log_probs=keys.precompute_ref_log_probs,
         dataset_num_proc=config.data.preprocessing_num_workers,
         trust_remote_code=config.model.trust_remote_code,
     )
@@ -84,28 +139,30 @@ class PreferenceTrainer(GuardedUpdates, DPOTrainer):
         return dataset
 
 
-def build_dpo_trainer(config: RunConfig, callbacks: list[TrainerCallback] | None = None) -> PreferenceTrainer:
+def uses_fsdp(training: TrainingArguments) -> bool:
+    """FSDP from `--fsdp` or from `accelerate launch --config_file` (which says so in the environment)."""
+    return bool(training.fsdp) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("true", "1")
+
+
+def build_trainer(config: RunConfig, callbacks: list[TrainerCallback]) -> PreferenceTrainer:
     """Data first (bad records stop the run before any model loads), then policy and reference, then TRL."""
-    if config.data.packing:
-        raise DftuneError("stage: dpo pads each pair (TRL 1.16 has no packing for DPO); set packing: false")
-    tokenizer = load_tokenizer(config.model)
+    keys = dpo_keys(config)
+    tokenizer = load_checked_tokenizer(config.model, config.data.max_length)
     tokenizer.chat_template = chat_template(tokenizer)  # TRL renders the messages itself: ChatML when none
     with config.training.main_process_first(desc="preference data"):
         prepared = prepare_preference_datasets(
             config.data,
             tokenizer,
-            max_prompt_length=config.method.max_prompt_length,
+            max_prompt_length=keys.max_prompt_length,
             seed=config.training.seed,
             report_path=Path(config.training.output_dir) / "data_report.json",
         )
-    if prepared.eval is None and config.training.eval_strategy != "no":
-        raise DftuneError(
-            f"eval_strategy: {config.training.eval_strategy.value} needs eval data: "
-            "set eval_files or validation_split_percentage"
-        )
-    if config.model.enable_gradient_checkpointing:
-        config.training.gradient_checkpointing = True
-    models = load_policy_and_reference(config)
+    require_eval_data(prepared.eval, config.training)
+    models = load_policy_and_reference(
+        config.model, config.method, adapter=keys.adapter_name_or_path, reference_model=keys.ref_model_name_or_path,
+        precompute_ref_log_probs=keys.precompute_ref_log_probs,
+        gradient_checkpointing=config.training.gradient_checkpointing, fsdp=uses_fsdp(config.training),
+    )  # fmt: skip
     trainer = PreferenceTrainer(
         model=models.policy,
         ref_model=models.reference,
@@ -115,10 +172,10 @@ def build_dpo_trainer(config: RunConfig, callbacks: list[TrainerCallback] | None
         processing_class=tokenizer,
         callbacks=callbacks,
         peft_config=models.peft_config,
-        max_prompt_length=config.method.max_prompt_length,
+        max_prompt_length=keys.max_prompt_length,
         max_nonfinite_steps=config.reliability.max_nonfinite_steps,
     )
-    check_reference(trainer.model, config)
-    logger.info("DPO %s, beta %g, reference: %s, %d training pairs", config.method.loss_type, config.method.beta,
-                models.description, len(prepared.train))
+    check_reference(trainer.model, adapter=keys.adapter_name_or_path, reference_model=keys.ref_model_name_or_path)
+    logger.info("DPO %s, beta %g, reference: %s, %d training pairs", keys.loss_type, keys.beta, models.description,
+                len(prepared.train))
     return trainer

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
 
-from dftune.diffusion import DiffusionCollator, masked_diffusion_dft_loss
-from dftune.diffusion.trainer import DiffusionTrainer
+from dftune.losses import masked_diffusion_dft_loss
 from dftune.models.presets import init_model
+from dftune.stages.dllm import DiffusionCollator, DiffusionTrainer
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,8 @@ def make_trainer(model_dir, tmp_path, loss: str = "sft", alpha: float = 1.0) -> 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float64)
     args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
-    return DiffusionTrainer(model=model, args=args, objective=loss, dft_alpha=alpha)
+    return DiffusionTrainer(model=model, args=args, objective=loss,
+                            objective_kwargs={"alpha": alpha} if loss == "dft" else {})
 
 
 def noised_batch(model_dir, rows: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM
 
 from dftune.data import DataCollatorForChat
 from dftune.errors import DftuneError
-from dftune.train.trainer import ObjectiveTrainer
+from dftune.runtime.objective_trainer import ObjectiveTrainer
 
 OBJECTIVES = {"dft": {"alpha": 0.7}, "bft": {"group_size": 3, "gamma": 1.0}}
 
@@ -82,7 +82,7 @@ def test_lora_on_the_decoder_is_fused_and_exact(tiny_model_dir, tmp_path):
 
 def test_lora_adapted_head_falls_back_with_one_log_line(tiny_model_dir, tmp_path, caplog):
     model = lora_model(tiny_model_dir, ["q_proj", "lm_head"])
-    with caplog.at_level(logging.INFO, logger="dftune.train.trainer"):
+    with caplog.at_level(logging.INFO, logger="dftune.runtime.objective_trainer"):
         trainer = make_trainer(model, tmp_path, "bft", "auto")
     reasons = [r.getMessage() for r in caplog.records if "fused_loss" in r.getMessage()]
     assert len(reasons) == 1 and "LoRA-adapted" in reasons[0], reasons

@@ -21,15 +21,15 @@ once before the first step.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, replace
 
-from peft import LoraConfig, PeftModel, prepare_model_for_kbit_training
+from peft import LoraConfig, PeftModel
 from transformers import PreTrainedModel
 
-from dftune.config.parse import RunConfig
+from dftune.config.method_args import MethodArguments
+from dftune.config.model_args import ModelArguments
 from dftune.errors import DftuneError
-from dftune.train.model import load_model, lora_config
+from dftune.models.loading import load_adapter, load_model, load_trainable_model, lora_config
 
 logger = logging.getLogger(__name__)
 
@@ -44,25 +44,27 @@ class PolicyAndReference:
     description: str
 
 
-def load_policy_and_reference(config: RunConfig) -> PolicyAndReference:
-    """Load the models of the table above. Call after the distributed state is set up (ZeRO-3 loads sharded)."""
-    method, model_args = config.method, config.model
-    if model_args.quantization_bit is not None and method.finetuning_type != "lora":
-        raise DftuneError(f"quantization_bit: {model_args.quantization_bit} trains LoRA on frozen quantised "
-                          "weights: set finetuning_type: lora")
-    policy = load_model(model_args)
-    if model_args.quantization_bit is not None:
-        # Seed 004's QLoRA set-up: frozen base, norms in fp32, embeddings' outputs requiring grad.
-        policy = prepare_model_for_kbit_training(
-            policy, use_gradient_checkpointing=config.training.gradient_checkpointing
-        )
+def load_policy_and_reference(
+    model_args: ModelArguments,
+    method: MethodArguments,
+    *,
+    adapter: str | None,
+    reference_model: str | None,
+    precompute_ref_log_probs: bool,
+    gradient_checkpointing: bool,
+    fsdp: bool,
+) -> PolicyAndReference:
+    """Load the models of the table above (`adapter`: adapter_name_or_path, `reference_model`:
+    ref_model_name_or_path). Call after the distributed state is set up (ZeRO-3 loads sharded). `fsdp`: the run
+    shards with FSDP, where the full-model set-up keeps its reference copy even with precompute_ref_log_probs."""
+    policy = load_trainable_model(model_args, method, gradient_checkpointing=gradient_checkpointing)
     peft_config = None
-    if method.adapter_name_or_path is not None:
+    if adapter is not None:
         try:
-            policy = PeftModel.from_pretrained(policy, method.adapter_name_or_path, is_trainable=True)
+            policy = load_adapter(policy, adapter, trainable=True)
         except (OSError, ValueError) as err:
-            raise DftuneError(f"cannot load adapter_name_or_path {method.adapter_name_or_path!r}: {err}") from None
-        description = f"the adapter {method.adapter_name_or_path}, frozen copy"
+            raise DftuneError(f"cannot load adapter_name_or_path {adapter!r}: {err}") from None
+        description = f"the adapter {adapter}, frozen copy"
     elif method.finetuning_type == "lora":
         peft_config = lora_config(method)
         description = "the base model with the LoRA adapters disabled"
@@ -70,11 +72,11 @@ def load_policy_and_reference(config: RunConfig) -> PolicyAndReference:
         description = "a frozen copy of the starting model"
 
     reference = None
-    if method.ref_model_name_or_path is not None:
-        reference = load_model(replace(model_args, model_name_or_path=method.ref_model_name_or_path))
-        description = f"the separate model {method.ref_model_name_or_path}"
+    if reference_model is not None:
+        reference = load_model(replace(model_args, model_name_or_path=reference_model))
+        description = f"the separate model {reference_model}"
     elif method.finetuning_type == "full":
-        if method.precompute_ref_log_probs and not uses_fsdp(config):
+        if precompute_ref_log_probs and not fsdp:
             description = "the starting model, run once before training (precompute_ref_log_probs)"
         else:
             reference = load_model(model_args)
@@ -84,9 +86,9 @@ def load_policy_and_reference(config: RunConfig) -> PolicyAndReference:
     return PolicyAndReference(policy, reference, peft_config, description)
 
 
-def check_reference(model: PreTrainedModel, config: RunConfig) -> None:
+def check_reference(model: PreTrainedModel, *, adapter: str | None, reference_model: str | None) -> None:
     """The adapter set-up relies on TRL copying the adapter into a frozen "ref" one: fail loudly if it did not."""
-    if config.method.adapter_name_or_path is None or config.method.ref_model_name_or_path is not None:
+    if adapter is None or reference_model is not None:
         return
     if not isinstance(model, PeftModel) or "ref" not in model.peft_config:
         raise DftuneError("this TRL version did not copy the adapter into a frozen reference adapter; "
@@ -94,8 +96,3 @@ def check_reference(model: PreTrainedModel, config: RunConfig) -> None:
     trainable_ref = [name for name, p in model.named_parameters() if ".ref." in name and p.requires_grad]
     if trainable_ref:
         raise DftuneError(f"the reference adapter is trainable ({trainable_ref[0]}); dftune is tested with trl 1.16")
-
-
-def uses_fsdp(config: RunConfig) -> bool:
-    """FSDP from `--fsdp` or from `accelerate launch --config_file` (which says so in the environment)."""
-    return bool(config.training.fsdp) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("true", "1")

@@ -1,7 +1,7 @@
 """Reliability shared by every dftune trainer (objectives, diffusion, DPO): a step whose loss or gradient norm is
 not finite leaves weights, optimizer and scheduler as they were (counted as `nonfinite_steps`;
 `max_nonfinite_steps` in a row save the last good state and stop), and a checkpoint counts only once its
-`dftune_complete` marker is written (see `dftune.train.checkpoints`).
+`dftune_complete` marker is written (see `dftune.runtime.checkpoints`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from accelerate.optimizer import AcceleratedOptimizer
 from torch import nn
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from dftune.train.checkpoints import is_complete, mark_complete, rotate_checkpoints
+from dftune.runtime.checkpoints import is_complete, mark_complete, rotate_checkpoints
 
 logger = logging.getLogger(__name__)
 

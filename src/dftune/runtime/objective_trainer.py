@@ -7,33 +7,27 @@ The Trainer stays in charge of everything else (DeepSpeed, FSDP, checkpoints, tr
 - the logs: the objective's metrics averaged over the whole logging window and all processes;
 - evaluation: the objective's loss, plain CE and avg_p_correct over the whole eval set, not a mean of batch means.
 And, where it is exact, the loss head is fused (`fused_loss`): the [B, T, V] logits are never materialised.
-Reliability (non-finite steps skipped, checkpoints marked complete) comes from `dftune.train.guards`.
+Reliability (non-finite steps skipped, checkpoints marked complete) comes from `dftune.runtime.guards`, the fused
+head from `dftune.runtime.fused_head`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import torch
-from peft import PeftModel
-from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
-from transformers import PreTrainedModel, Trainer
+from transformers import Trainer
 
 from dftune.errors import DftuneError
 from dftune.losses import OBJECTIVES, LossOutput, compute_objective, fused_linear_loss
-from dftune.train.guards import GuardedUpdates
-from dftune.train.metrics import MetricWindow
+from dftune.runtime.fused_head import fusable_head, head_computes
+from dftune.runtime.guards import GuardedUpdates
+from dftune.runtime.metrics import MetricWindow
 
 logger = logging.getLogger(__name__)
-
-# Config keys of architectures that transform the logits after the output layer (Gemma 2/3 soft-capping,
-# Cohere, Granite): the fused head computes plain `hidden @ W.T`, so those fall back.
-LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
 
 
 def sample_ids_from_positions(position_ids: torch.Tensor) -> torch.Tensor:
@@ -46,59 +40,6 @@ def packed_sample_ids(batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
     if "position_ids" in batch and "attention_mask" not in batch:
         return sample_ids_from_positions(batch["position_ids"])
     return None
-
-
-def fusable_head(model: nn.Module) -> tuple[nn.Linear | None, str]:
-    """The output layer when `fused_linear_loss(hidden, head.weight, ...)` provably equals the model's logits
-    followed by the objective, else (None, the reason).
-
-    Exact when the head is a plain bias-free `nn.Linear` reached as `get_output_embeddings()` and the config
-    declares no transform after it. LoRA on the decoder's linear layers is fine (they run in the forward); a
-    peft-wrapped head is not.
-    """
-    if isinstance(model, PeftModel):
-        peft_type = str(model.peft_config[model.active_adapter].peft_type.value)
-        if peft_type != "LORA":
-            return None, f"peft {peft_type} changes the inputs or outputs of the decoder"
-        base = model.get_base_model()
-    else:
-        base = model
-    if not isinstance(base, PreTrainedModel):
-        return None, f"{type(base).__name__} is not a transformers model"
-    head = base.get_output_embeddings()
-    if isinstance(head, BaseTunerLayer):
-        return None, f"the output layer is LoRA-adapted (peft {type(head).__name__} around lm_head)"
-    if type(head) is not nn.Linear:
-        return None, f"the output layer is {type(head).__name__}, not a plain nn.Linear"
-    if head.bias is not None:
-        return None, "the output layer has a bias"
-    for key in LOGIT_TRANSFORMS:
-        value = getattr(base.config, key, None)  # optional, architecture-specific keys
-        if value is not None and value != 1.0:
-            return None, f"the model transforms its logits after the output layer (config.{key} = {value})"
-    return head, ""
-
-
-@contextmanager
-def head_computes(head: nn.Linear, loss_fn: Callable[[torch.Tensor], LossOutput]) -> Iterator[list[LossOutput]]:
-    """Inside, the output layer computes `loss_fn(final hidden states [B, T, H])` instead of the logits.
-
-    The loss runs inside the head's own forward, called by the model's forward, so every wrapper sees the head's
-    weight used where it expects it: DDP (which otherwise marks it unused and fails when its gradient arrives),
-    DeepSpeed ZeRO-3 (whose forward hooks gather the partitioned weight), peft. The model's `logits` output is
-    then the scalar loss; the LossOutput is left in the yielded list.
-    """
-    results: list[LossOutput] = []
-
-    def forward(hidden: torch.Tensor) -> torch.Tensor:
-        results.append(loss_fn(hidden))
-        return results[-1].loss
-
-    head.forward = forward  # instance attribute shadows nn.Linear.forward; hooks still run
-    try:
-        yield results
-    finally:
-        del head.forward
 
 
 class ObjectiveTrainer(GuardedUpdates, Trainer):

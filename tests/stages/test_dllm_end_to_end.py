@@ -12,7 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dftune.cli.main import main
-from dftune.config.parse import parse_config
+from dftune.run import parse_config
 from dftune.models.presets import build_tokenizer, init_model
 
 
@@ -55,7 +55,7 @@ def test_seed_003_keys_map_onto_ours(tmp_path):
     assert config.model.model_name_or_path == "m" and config.data.data_files == ["d.json"]
     assert config.training.per_device_train_batch_size == 4 and config.training.gradient_accumulation_steps == 2
     assert config.training.num_train_epochs == 20 and config.training.run_name == "llada-sft"
-    assert config.method.stage == "dllm" and config.method.diffusion_eps == 1e-3
+    assert config.method.stage == "dllm" and config.stage_args.diffusion_eps == 1e-3
     assert any("model_name mapped to model_name_or_path" in note for note in config.notes)
 
 

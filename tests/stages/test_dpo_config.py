@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from dftune.config.parse import parse_config
+from dftune.data.preference import collect_preferences
 from dftune.errors import DftuneError
-from dftune.preference.data import collect_preferences
-from dftune.preference.trainer import dpo_config
-from dftune.train.model import load_tokenizer, quantization_config
+from dftune.models.loading import load_tokenizer, quantization_config
+from dftune.run import parse_config
+from dftune.stages.dpo import dpo_config
 
 EXAMPLES = sorted((Path(__file__).parents[2] / "examples" / "dpo").glob("*.yaml"))
 
@@ -20,9 +20,9 @@ EXAMPLES = sorted((Path(__file__).parents[2] / "examples" / "dpo").glob("*.yaml"
 def test_dpo_example_parses(path):
     # The 72B examples ask for bf16 on GPUs; use_cpu lets TrainingArguments accept bf16 on this CPU machine.
     config = parse_config([str(path), "--use_cpu", "true"])
-    assert config.method.stage == "dpo" and config.method.loss_type == ["sigmoid"]
+    assert config.method.stage == "dpo" and config.stage_args.loss_type == ["sigmoid"]
     dpo = dpo_config(config)
-    assert (dpo.beta, dpo.max_length, dpo.bf16) == (config.method.beta, config.data.max_length, config.training.bf16)
+    assert (dpo.beta, dpo.max_length, dpo.bf16) == (config.stage_args.beta, config.data.max_length, config.training.bf16)
     assert dpo.learning_rate == config.training.learning_rate  # ours, not TRL's 1e-6 default
 
 

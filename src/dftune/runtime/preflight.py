@@ -1,13 +1,17 @@
-"""Checks of the model folder and the tokenizer that fail in seconds, before any data is tokenised or weights load."""
+"""Checks every stage runs, once: the model folder and the tokenizer fail in seconds, before any data is tokenised
+or weights load; eval data must exist when an eval_strategy asks for it."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from transformers import PreTrainedTokenizerBase
+from datasets import Dataset
+from transformers import PreTrainedTokenizerBase, TrainingArguments
 
+from dftune.config.model_args import ModelArguments
 from dftune.data.encode import chat_template
 from dftune.errors import DftuneError
+from dftune.models.loading import load_tokenizer
 
 WEIGHT_FILES = ("*.safetensors", "*.safetensors.index.json")
 PICKLED_WEIGHTS = ("pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt")
@@ -59,4 +63,20 @@ def check_max_length(tokenizer: PreTrainedTokenizerBase, max_length: int) -> Non
             f"max_length {max_length} leaves no room for a reply: the chat template alone takes {overhead} tokens "
             "(an empty user turn and the assistant header), and samples keep their left part; set max_length well "
             f"above {overhead}"
+        )
+
+
+def load_checked_tokenizer(args: ModelArguments, max_length: int) -> PreTrainedTokenizerBase:
+    """The run's tokenizer, once `max_length` is known to leave room for a reply after the chat template."""
+    tokenizer = load_tokenizer(args)
+    check_max_length(tokenizer, max_length)
+    return tokenizer
+
+
+def require_eval_data(eval_dataset: Dataset | None, training: TrainingArguments) -> None:
+    """An eval_strategy other than no needs held-out data (eval_files or validation_split_percentage)."""
+    if eval_dataset is None and training.eval_strategy != "no":
+        raise DftuneError(
+            f"eval_strategy: {training.eval_strategy.value} needs eval data: "
+            "set eval_files or validation_split_percentage"
         )

@@ -1,7 +1,9 @@
-"""One supervised run, top to bottom: check the data, load the model, train with the objective, save.
+"""One run, top to bottom: parse the config, set up what every stage shares, let the stage build its trainer,
+then train, evaluate, save and summarise.
 
-Stage sft trains a causal LM with `ObjectiveTrainer`; stage dllm a masked-diffusion LM with `DiffusionTrainer`;
-stage dpo a causal LM on preference pairs with TRL's DPOTrainer (`dftune.preference`).
+The stage (sft, dllm, dpo) comes from the registry `dftune.stages.STAGES`: each stage's module owns its keys, data,
+collator and trainer. What they share is here, once: the environment legacy keys asked for, trackers, the
+model-folder and output_dir checks, resume, gradient checkpointing, the run header, signals and the summary.
 """
 
 from __future__ import annotations
@@ -9,44 +11,42 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
 
 from transformers import Trainer, TrainerCallback
 
+from dftune.config import parse
 from dftune.config.parse import CONFIG_FILE_NAME, RunConfig, apply_env
-from dftune.data import DataCollatorForChat, configure_packing, prepare_datasets
-from dftune.diffusion.collator import DiffusionCollator
-from dftune.diffusion.model import load_diffusion_model, resolve_mask_token_id
-from dftune.diffusion.trainer import DiffusionTrainer
 from dftune.errors import DftuneError, RunStopped
-from dftune.preference import build_dpo_trainer
-from dftune.train.checkpoints import resolve_run_dir
-from dftune.train.guards import GuardedUpdates
-from dftune.train.header import RunDescription, RunHeader, log_summary
-from dftune.train.model import apply_lora, load_model, load_tokenizer
-from dftune.train.parallelism import check_parallelism
-from dftune.train.preflight import check_max_length, check_model_path
-from dftune.train.signals import SaveOnSignal
-from dftune.train.tracking import tracker_callbacks
-from dftune.train.trainer import ObjectiveTrainer
+from dftune.runtime.checkpoints import resolve_run_dir
+from dftune.runtime.guards import GuardedUpdates
+from dftune.runtime.header import RunDescription, RunHeader, log_summary
+from dftune.runtime.parallelism import check_parallelism
+from dftune.runtime.preflight import check_model_path
+from dftune.runtime.signals import SaveOnSignal
+from dftune.runtime.tracking import tracker_callbacks
+from dftune.stages import STAGES
+from dftune.stages.common import objective_kwargs
 
 logger = logging.getLogger(__name__)
 
 
-def objective_kwargs(config: RunConfig) -> dict[str, Any]:
-    """The keyword arguments of the chosen objective, from the method keys."""
-    method = config.method
-    if method.loss == "dft":
-        return {"alpha": method.effective_dft_alpha}
-    if method.loss == "bft":
-        return {"group_size": method.bft_group_size, "gamma": method.bft_gamma}
-    return {}
+def stage_sections() -> dict[str, type[parse.StageArguments]]:
+    """Every stage's keys, by stage name: the sections `parse_config` adds to the generic ones."""
+    return {name: stage.arguments for name, stage in STAGES.items()}
+
+
+def parse_config(argv: list[str]) -> RunConfig:
+    """`[CONFIG.yaml] [--key value ...]` -> a RunConfig whose `stage_args` are the chosen stage's keys."""
+    return parse.parse_config(argv, stage_sections())
+
+
+def train_help_parser() -> parse.ConfigArgumentParser:
+    """The parser behind `dftune train --help`: every key, the stages' included."""
+    return parse.ConfigArgumentParser(parse.sections(stage_sections()), prog="dftune train")
 
 
 def build_trainer(config: RunConfig, callbacks: list[TrainerCallback] | None = None) -> Trainer:
-    """Data first (bad records stop the run before any model loads), then model, LoRA and Trainer."""
-    if config.method.stage == "dllm" and config.data.packing:
-        raise DftuneError("stage: dllm pads every row with EOS (answer tokens); set packing: false")
+    """The set-up every stage shares (checks that take seconds first), then the stage's own build."""
     if not config.data.data_files:
         raise DftuneError("data_files is required: one or more .jsonl/.json/.parquet files, globs or folders")
     apply_env(config)
@@ -62,59 +62,12 @@ def build_trainer(config: RunConfig, callbacks: list[TrainerCallback] | None = N
     callbacks = [*(callbacks or []), *tracker_callbacks(config.training)]  # before a Trainer reads report_to
     check_model_path(config.model.model_name_or_path)  # these checks take seconds: before data and weights
     config.training.resume_from_checkpoint = resolve_run_dir(config.training, config.reliability)
-    if config.method.stage == "dpo":  # TRL's DPOTrainer with our data checks, reference set-ups and keys
-        return build_dpo_trainer(config, callbacks)
-    tokenizer = load_tokenizer(config.model)
-    check_max_length(tokenizer, config.data.max_length)
-    output_dir = Path(config.training.output_dir)
-    with config.training.main_process_first(desc="data preparation"):  # the others then hit its cache
-        prepared = prepare_datasets(
-            config.data, tokenizer, seed=config.training.seed, report_path=output_dir / "data_report.json"
-        )
-    model = load_diffusion_model(config.model) if config.method.stage == "dllm" else load_model(config.model)
-    if config.data.packing:
-        configure_packing(model.config)
     if config.model.enable_gradient_checkpointing:
         config.training.gradient_checkpointing = True
-    if config.method.finetuning_type == "lora":
-        if config.training.gradient_checkpointing:
-            model.enable_input_require_grads()  # checkpointed LoRA needs grads flowing into frozen embeddings
-        model = apply_lora(model, config.method)
-    if prepared.eval is None and config.training.eval_strategy != "no":
-        raise DftuneError(
-            f"eval_strategy: {config.training.eval_strategy.value} needs eval data: "
-            "set eval_files or validation_split_percentage"
-        )
-    if config.method.stage == "dllm":
-        mask_token_id = resolve_mask_token_id(config.method.mask_token_id, model.config, tokenizer)
-        return DiffusionTrainer(
-            model=model,
-            args=config.training,
-            train_dataset=prepared.train,
-            eval_dataset=prepared.eval,
-            data_collator=DiffusionCollator(mask_token_id, tokenizer.eos_token_id, eps=config.method.diffusion_eps),
-            processing_class=tokenizer,
-            callbacks=callbacks,
-            objective=config.method.loss,
-            dft_alpha=config.method.effective_dft_alpha,
-            max_nonfinite_steps=config.reliability.max_nonfinite_steps,
-        )
-    return ObjectiveTrainer(
-        model=model,
-        args=config.training,
-        train_dataset=prepared.train,
-        eval_dataset=prepared.eval,
-        data_collator=DataCollatorForChat(tokenizer.pad_token_id, packing=config.data.packing),
-        processing_class=tokenizer,
-        callbacks=callbacks,
-        objective=config.method.loss,
-        objective_kwargs=objective_kwargs(config),
-        fused_loss=config.method.fused_loss,
-        max_nonfinite_steps=config.reliability.max_nonfinite_steps,
-    )
+    return STAGES[config.method.stage].build_trainer(config, callbacks)
 
 
-def run_sft(config: RunConfig, callbacks: list[TrainerCallback] | None = None) -> Trainer:
+def run(config: RunConfig, callbacks: list[TrainerCallback] | None = None) -> Trainer:
     """Train, evaluate when there is eval data, and save model (or adapter), tokenizer and resolved config."""
     started = time.monotonic()
     trackers = ",".join(config.training.report_to)  # before build_trainer hands swanlab to its own callback

@@ -17,9 +17,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from dftune.cli.main import main
-from dftune.train.checkpoints import COMPLETE_MARKER
-from dftune.config.parse import parse_config
-from dftune.train.run import run_sft
+from dftune.run import parse_config, run
+from dftune.runtime.checkpoints import COMPLETE_MARKER
 
 ROOT = Path(__file__).parents[2]
 TINY_EXAMPLE = ROOT / "examples" / "dpo" / "tiny_dpo.yaml"
@@ -90,7 +89,7 @@ def test_seed_004_adapter_is_policy_and_frozen_reference(tiny_model_dir, tmp_pat
     out = tmp_path / "dpo_lora"
     argv = tiny_argv(tiny_model_dir, out, "--finetuning_type", "lora", "--adapter_name_or_path", str(adapter_dir),
                      "--max_steps", "4", "--learning_rate", "1e-2")  # fmt: skip
-    trainer = run_sft(parse_config(argv))
+    trainer = run(parse_config(argv))
     assert train_logs(out)[0]["loss"] == pytest.approx(LN2, abs=1e-4)
     model = trainer.model
     assert set(model.peft_config) == {"default", "ref"}

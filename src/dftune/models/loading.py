@@ -1,0 +1,191 @@
+"""Every model dftune loads, in one place: causal, masked/diffusion, quantised, with LoRA or a saved adapter.
+
+One safety policy: weights load from safetensors only (`use_safetensors=True` in the one `from_pretrained` below
+that loads weights): loading a pickle can run code (docs/reliability.md). One set of quantisation rules for every
+stage: `quantization_bit` trains LoRA on frozen quantised weights (finetuning_type: lora), and the quantised model
+is prepared with peft's `prepare_model_for_kbit_training` before training. Thin adapters over transformers/peft.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    PreTrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING
+
+from dftune.config.method_args import MethodArguments
+from dftune.config.model_args import ModelArguments
+from dftune.errors import DftuneError
+
+logger = logging.getLogger(__name__)
+
+
+def check_attention(attn_implementation: str | None) -> None:
+    """Fail before loading when the asked-for kernel cannot run here."""
+    if attn_implementation != "flash_attention_2":
+        return
+    if importlib.util.find_spec("flash_attn") is None:
+        raise DftuneError(
+            "attn_implementation: flash_attention_2 needs the flash-attn package, which is not installed. "
+            "Fix: `pip install flash-attn --no-build-isolation` on a CUDA machine, or use attn_implementation: sdpa"
+        )
+    if not torch.cuda.is_available():
+        raise DftuneError("attn_implementation: flash_attention_2 needs a CUDA GPU; use sdpa or eager on CPU")
+
+
+def load_tokenizer(args: ModelArguments) -> PreTrainedTokenizerBase:
+    if not args.model_name_or_path:
+        raise DftuneError("model_name_or_path is required (a local folder, e.g. from `dftune init-model`)")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
+    except OSError as err:
+        raise DftuneError(f"cannot load a tokenizer from model_name_or_path {args.model_name_or_path!r}: {err}") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def quantization_config(args: ModelArguments) -> BitsAndBytesConfig | None:
+    """QLoRA's set-up (NF4, double quantisation, bf16 compute and storage, as seed 004), or a DftuneError here,
+    before any weights load, when bitsandbytes or CUDA is missing."""
+    if args.quantization_bit is None:
+        return None
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise DftuneError(
+            f"quantization_bit: {args.quantization_bit} needs the bitsandbytes package, which is not installed. "
+            "Fix: `pip install bitsandbytes` on a CUDA machine, or remove quantization_bit"
+        )
+    if not torch.cuda.is_available():
+        raise DftuneError(f"quantization_bit: {args.quantization_bit} needs a CUDA GPU; remove it to train here")
+    if args.quantization_bit == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+        bnb_4bit_quant_storage=torch.bfloat16,  # FSDP shards the packed 4-bit weights as this dtype
+    )
+
+
+def _from_pretrained(auto: type, args: ModelArguments, what: str) -> PreTrainedModel:
+    """The one `from_pretrained` that loads weights: the kernel checked, quantised as asked, safetensors only."""
+    check_attention(args.attn_implementation)
+    quantization = quantization_config(args)
+    dtype = args.torch_dtype if args.torch_dtype == "auto" else getattr(torch, args.torch_dtype)
+    try:
+        return auto.from_pretrained(
+            args.model_name_or_path,
+            dtype=dtype,
+            attn_implementation=args.attn_implementation,
+            trust_remote_code=args.trust_remote_code,
+            quantization_config=quantization,
+            use_safetensors=True,  # never unpickle weights (docs/reliability.md)
+        )
+    except OSError as err:
+        raise DftuneError(f"cannot load {what} {args.model_name_or_path!r}: {err}") from None
+
+
+def load_model(args: ModelArguments, *, what: str = "model_name_or_path") -> PreTrainedModel:
+    """A causal LM; `what` names the model in errors (the key or flag it came from)."""
+    return _from_pretrained(AutoModelForCausalLM, args, what)
+
+
+def is_diffusion_config(config: PreTrainedConfig) -> bool:
+    """A masked LM, a decoder declared bidirectional (`is_causal: false`, e.g. the tiny-dllm preset), or a
+    config naming a mask token (LLaDA's `mask_token_id: 126336`)."""
+    return (
+        type(config) in MODEL_FOR_MASKED_LM_MAPPING
+        or config.to_dict().get("is_causal") is False
+        or config.to_dict().get("mask_token_id") is not None
+    )
+
+
+def load_diffusion_model(args: ModelArguments) -> PreTrainedModel:
+    """AutoModelForMaskedLM where transformers knows the architecture; else the causal-LM class of a
+    bidirectional decoder, or (remote code, e.g. LLaDA) whatever `AutoModel` maps it to."""
+    try:
+        config = AutoConfig.from_pretrained(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise DftuneError(f"cannot load model_name_or_path {args.model_name_or_path!r}: {err}") from None
+    if type(config) in MODEL_FOR_MASKED_LM_MAPPING:
+        return _from_pretrained(AutoModelForMaskedLM, args, "model_name_or_path")
+    if not is_diffusion_config(config):
+        raise DftuneError(
+            f"stage: dllm needs a bidirectional model, and {args.model_name_or_path!r} ({config.model_type}) "
+            "is a causal LM: use a masked LM, a LLaDA-style checkpoint (trust_remote_code: true), "
+            "`dftune init-model --preset tiny-dllm`, or set is_causal: false in its config"
+        )
+    auto_map = config.to_dict().get("auto_map") or {}
+    auto = AutoModel if "AutoModelForCausalLM" not in auto_map and "AutoModel" in auto_map else AutoModelForCausalLM
+    return _from_pretrained(auto, args, "model_name_or_path")
+
+
+def resolve_mask_token_id(
+    explicit: int | None, config: PreTrainedConfig, tokenizer: PreTrainedTokenizerBase
+) -> int:
+    """The `mask_token_id` key, else the model config's `mask_token_id`, else the tokenizer's mask token."""
+    for value in (explicit, config.to_dict().get("mask_token_id"), tokenizer.mask_token_id):
+        if value is not None:
+            return int(value)
+    raise DftuneError(
+        "stage: dllm needs a mask token: the model config and the tokenizer name none; set mask_token_id "
+        "(LLaDA's is 126336)"
+    )
+
+
+def load_trainable_model(
+    args: ModelArguments, method: MethodArguments, *, gradient_checkpointing: bool, diffusion: bool = False
+) -> PreTrainedModel:
+    """The model a stage trains (causal, or masked/diffusion), under the quantisation rules of every stage."""
+    if args.quantization_bit is not None and method.finetuning_type != "lora":
+        raise DftuneError(f"quantization_bit: {args.quantization_bit} trains LoRA on frozen quantised "
+                          "weights: set finetuning_type: lora")
+    model = load_diffusion_model(args) if diffusion else load_model(args)
+    if args.quantization_bit is not None:
+        # Seed 004's QLoRA set-up: frozen base, norms in fp32, embeddings' outputs requiring grad.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    return model
+
+
+def lora_config(method: MethodArguments) -> LoraConfig:
+    """LoRA on `lora_target` modules; 'all' means every linear layer but the output head (peft's all-linear)."""
+    targets: str | list[str] = "all-linear" if method.lora_target == ["all"] else method.lora_target
+    return LoraConfig(
+        r=method.lora_rank,
+        lora_alpha=method.lora_alpha if method.lora_alpha is not None else 2 * method.lora_rank,
+        lora_dropout=method.lora_dropout,
+        target_modules=targets,
+        task_type="CAUSAL_LM",
+    )
+
+
+def apply_lora(model: PreTrainedModel, method: MethodArguments) -> PreTrainedModel:
+    config = lora_config(method)
+    try:
+        model = get_peft_model(model, config)
+    except ValueError as err:
+        raise DftuneError(f"lora_target {method.lora_target}: {err}") from None
+    trainable, total = model.get_nb_trainable_parameters()
+    logger.info("LoRA r=%d on %s: %d of %d parameters trainable", method.lora_rank, config.target_modules, trainable,
+                total)
+    return model
+
+
+def load_adapter(model: PreTrainedModel, path: str, *, trainable: bool = False) -> PeftModel:
+    """`model` with the saved LoRA adapter in `path` applied. peft reads `adapter_model.safetensors` (dftune saves
+    no other kind); an older `.bin` only through `torch.load(weights_only=True)`, which runs no code."""
+    return PeftModel.from_pretrained(model, path, is_trainable=trainable)

@@ -1,0 +1,170 @@
+"""Stage dllm: masked-diffusion SFT of a bidirectional LM (LLaDA, Nie et al. 2025, Sec. 2.3 and Appendix B.1).
+
+Forward noising, in `DiffusionCollator`, from tokenised conversations (input_ids, and labels with -100 on every
+non-answer token) to a noised batch:
+
+- answer = the labelled tokens. Each row ends at its last answer token (the template's trailing newline
+  after the end-of-turn token is dropped), then is padded with EOS to the longest row; those EOS are answer
+  tokens too, so the model learns to fill the rest of a fixed-length reply with EOS (LLaDA's SFT recipe);
+- per sample, t = (1 - eps) * u + eps with u ~ U(0, 1); each answer token is replaced by the mask token with
+  probability t; prompt tokens (and earlier user turns of a multi-turn record) are never masked;
+- no attention_mask: every position attends to the whole row, padding included.
+
+Batch out: input_ids [B, L] (noised), labels [B, L] (the original token where masked, else -100),
+t [B] (float32), answer_mask [B, L] (bool; its sum is the loss's normaliser).
+
+What `DiffusionTrainer` changes from stage sft's `ObjectiveTrainer`, and why:
+- the count that normalises the loss is the global number of *answer* tokens (masked or not, EOS padding
+  included) over the accumulation steps and processes, as LLaDA's SFT loss divides by the answer length:
+  then batch 1 x accumulation 8 and batch 8 x accumulation 1 give the same gradient;
+- the model sees the noised input_ids only (no attention_mask: attention covers the whole row) and its
+  logits are not shifted;
+- the loss head is never fused (the fused path computes the causal objectives).
+The metric window, evaluation and everything else are ObjectiveTrainer's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import TrainerCallback
+
+from dftune.config.parse import RunConfig, StageArguments
+from dftune.data.encode import IGNORE_INDEX
+from dftune.losses import diffusion_objective
+from dftune.models.loading import resolve_mask_token_id
+from dftune.runtime.objective_trainer import ObjectiveTrainer
+from dftune.runtime.preflight import load_checked_tokenizer
+from dftune.stages.common import chat_data, objective_kwargs, trainable_model
+
+
+@dataclass
+class DllmArguments(StageArguments):
+    diffusion_eps: float = field(
+        default=1e-3,
+        metadata={"help": "stage dllm: mask ratios are t = (1 - eps) * u + eps with u ~ U(0, 1), so t >= eps."},
+    )
+    mask_token_id: int | None = field(
+        default=None,
+        metadata={"help": "stage dllm: the mask token id (default: the model config's mask_token_id, "
+                  "else the tokenizer's mask token; LLaDA's is 126336)."},
+    )
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.diffusion_eps < 1.0:
+            raise ValueError(f"diffusion_eps must be in (0, 1), got {self.diffusion_eps}")
+
+    def check(self, config: RunConfig) -> None:
+        loss = config.method.loss
+        if loss not in ("sft", "dft"):
+            raise ValueError(f"stage: dllm supports loss: sft (the masked-diffusion loss) or dft, not {loss}")
+        if config.data.packing:
+            raise ValueError("stage: dllm pads every row with EOS (answer tokens); set packing: false")
+
+
+@dataclass
+class DiffusionCollator:
+    """`collator(features) -> dict[str, Tensor]` for features holding `input_ids` and `labels` lists."""
+
+    mask_token_id: int
+    eos_token_id: int
+    eps: float = 1e-3
+    generator: torch.Generator | None = None
+    """Random source for t and the masks (tests pass a seeded one; training uses torch's global RNG,
+    which the Trainer seeds)."""
+
+    def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        rows = [self._trim(feature) for feature in features]
+        longest = max(len(ids) for ids, _ in rows)
+        input_ids = torch.full((len(rows), longest), self.eos_token_id, dtype=torch.long)
+        answer_mask = torch.ones((len(rows), longest), dtype=torch.bool)  # EOS padding is answer
+        for row, (ids, answer) in enumerate(rows):
+            input_ids[row, : len(ids)] = ids
+            answer_mask[row, : len(ids)] = answer
+        t = self.sample_t(len(rows))
+        u = torch.rand(input_ids.shape, generator=self.generator)  # [B, L]
+        masked = (u < t[:, None]) & answer_mask
+        return {
+            "input_ids": input_ids.masked_fill(masked, self.mask_token_id),
+            "labels": input_ids.masked_fill(~masked, IGNORE_INDEX),
+            "t": t,
+            "answer_mask": answer_mask,
+        }
+
+    def sample_t(self, batch_size: int) -> torch.Tensor:
+        """[B] mask ratios in [eps, 1): t = (1 - eps) * u + eps, u ~ U(0, 1)."""
+        u = torch.rand(batch_size, generator=self.generator)
+        return (1.0 - self.eps) * u + self.eps
+
+    def _trim(self, feature: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids, answer) of one sample, cut after its last answer token."""
+        ids = torch.as_tensor(feature["input_ids"], dtype=torch.long)
+        answer = torch.as_tensor(feature["labels"], dtype=torch.long) != IGNORE_INDEX
+        if not answer.any():
+            return ids, answer  # no answer left after truncation: context only, nothing to learn
+        end = int(answer.nonzero()[-1]) + 1
+        return ids[:end], answer[:end]
+
+
+class DiffusionTrainer(ObjectiveTrainer):
+    """Trainer for masked-diffusion SFT; `objective` is `sft` (the plain loss) or `dft` (experimental), with its
+    `objective_kwargs` (dft: `alpha`)."""
+
+    def __init__(self, *args: Any, objective: str, objective_kwargs: dict[str, Any] | None = None,
+                 **kwargs: Any) -> None:  # fmt: skip
+        super().__init__(*args, objective=objective, objective_kwargs=dict(objective_kwargs or {}),
+                         fused_loss="false", **kwargs)  # fmt: skip
+        # The collator needs labels, which remote-code models (LLaDA) do not take in forward: keep the columns.
+        self._signature_columns = ["input_ids", "labels"]
+
+    def batch_count(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Answer tokens of a micro-batch, masked or not: LLaDA's SFT loss divides by the answer length."""
+        return batch["answer_mask"].sum()
+
+    def compute_loss(  # type: ignore[override]
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | None = None,
+    ):
+        labels, t, answer_mask = inputs["labels"], inputs["t"], inputs["answer_mask"]
+        # Training: the global count from get_batch_samples. Evaluation: this batch's count, and the window
+        # weighs each batch's loss by it, which gives the exact mean over the eval set.
+        local_count = answer_mask.sum()
+        count = num_items_in_batch if model.training and num_items_in_batch is not None else local_count
+        outputs = model(input_ids=inputs["input_ids"])
+        out = diffusion_objective(
+            self.objective, outputs.logits, labels, t, num_answer_tokens=count, **self.objective_kwargs
+        )
+        global_count = num_items_in_batch if model.training else None
+        loss = self.record(out, training=model.training, global_count=global_count, eval_weight=int(local_count))
+        if not model.training and self.compute_metrics is None:
+            outputs = {}  # nobody reads eval logits: do not let the evaluation loop gather [B, L, V]
+        return (loss, outputs) if return_outputs else loss
+
+
+def build_trainer(config: RunConfig, callbacks: list[TrainerCallback]) -> DiffusionTrainer:
+    """Data first (bad records stop the run before any model loads), then the diffusion model, LoRA and Trainer."""
+    stage_args = config.stage_args
+    assert isinstance(stage_args, DllmArguments)  # parse_config built it from this stage's registry entry
+    tokenizer = load_checked_tokenizer(config.model, config.data.max_length)
+    prepared = chat_data(config, tokenizer)
+    model = trainable_model(config, diffusion=True)
+    mask_token_id = resolve_mask_token_id(stage_args.mask_token_id, model.config, tokenizer)
+    return DiffusionTrainer(
+        model=model,
+        args=config.training,
+        train_dataset=prepared.train,
+        eval_dataset=prepared.eval,
+        data_collator=DiffusionCollator(mask_token_id, tokenizer.eos_token_id, eps=stage_args.diffusion_eps),
+        processing_class=tokenizer,
+        callbacks=callbacks,
+        objective=config.method.loss,
+        objective_kwargs=objective_kwargs(config),
+        max_nonfinite_steps=config.reliability.max_nonfinite_steps,
+    )

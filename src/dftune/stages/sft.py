@@ -1,0 +1,41 @@
+"""Stage sft: a causal LM trained on conversations (assistant-only labels) with a dftune objective.
+
+The objective (`loss`: sft, dft, bft, and its settings) is a method key; the trainer is the runtime's
+`ObjectiveTrainer`, with the loss head fused where that is exact (`fused_loss`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from transformers import TrainerCallback
+
+from dftune.config.parse import RunConfig, StageArguments
+from dftune.data import DataCollatorForChat
+from dftune.runtime.objective_trainer import ObjectiveTrainer
+from dftune.runtime.preflight import load_checked_tokenizer
+from dftune.stages.common import chat_data, objective_kwargs, trainable_model
+
+
+@dataclass
+class SftArguments(StageArguments):
+    """Stage sft has no keys of its own: its objective keys (`loss`, `dft_alpha`, ...) are MethodArguments'."""
+
+
+def build_trainer(config: RunConfig, callbacks: list[TrainerCallback]) -> ObjectiveTrainer:
+    """Data first (bad records stop the run before any model loads), then model, LoRA and Trainer."""
+    tokenizer = load_checked_tokenizer(config.model, config.data.max_length)
+    prepared = chat_data(config, tokenizer)
+    return ObjectiveTrainer(
+        model=trainable_model(config, diffusion=False),
+        args=config.training,
+        train_dataset=prepared.train,
+        eval_dataset=prepared.eval,
+        data_collator=DataCollatorForChat(tokenizer.pad_token_id, packing=config.data.packing),
+        processing_class=tokenizer,
+        callbacks=callbacks,
+        objective=config.method.loss,
+        objective_kwargs=objective_kwargs(config),
+        fused_loss=config.method.fused_loss,
+        max_nonfinite_steps=config.reliability.max_nonfinite_steps,
+    )
