@@ -34,7 +34,8 @@ def diffusion_objective(
     if STAGE not in objective.stages:
         supported = sorted(n for n, o in OBJECTIVES.items() if STAGE in o.stages)
         raise DftuneError(f"stage {STAGE} has no loss {name!r}; use one of {supported}")
-    return objective_loss(objective, logits, labels, count=num_answer_tokens, shift=False, row_scale=1.0 / t,
+    # 1 / t in float64: the collator draws t in float32, and its reciprocal must not round at that precision.
+    return objective_loss(objective, logits, labels, count=num_answer_tokens, shift=False, row_scale=1.0 / t.double(),
                           **settings)
 
 
