@@ -9,8 +9,8 @@ one plot.
 
 Switching objective goes through the config layer: the config is parsed as `dftune train` would parse it, then
 its method section is rebuilt with `dataclasses.replace` (so `MethodArguments.__post_init__` checks it again, and
-then the stage's own `check`), with the keys that select another objective (`dft_alpha`, `use_dft_loss`,
-`use_bft_loss`) cleared where they do not fit. Runs go one after another in this process: launch it with `python`/`dftune`, not torchrun.
+then the stage's own `check`), with the keys that select another objective (`dft_alpha`, `use_dft_loss`, ...,
+as the objective registry declares them) cleared. Runs go one after another in this process: launch it with `python`/`dftune`, not torchrun.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
+from dftune.config.objective_args import selecting_keys_cleared
 from dftune.config.parse import RunConfig
 from dftune.data.formats import Messages
 from dftune.data.readers import resolve_sources
@@ -62,11 +63,7 @@ def objective_config(argv: Sequence[str], loss: str, seed: int, output_dir: Path
     """The run config of one objective and seed: `argv` as `dftune train` parses it, then the method switched."""
     config = parse_config([*argv, "--output_dir", str(output_dir), "--seed", str(seed)])
     method = config.method
-    cleared = {
-        "dft_alpha": None if loss != "dft" else method.dft_alpha,
-        "use_dft_loss": method.use_dft_loss and loss == "dft",
-        "use_bft_loss": method.use_bft_loss and loss == "bft",
-    }
+    cleared = selecting_keys_cleared(method, loss)
     for key, value in cleared.items():
         if getattr(method, key) != value:
             config.notes.append(f"compare: {key} cleared for loss {loss}")

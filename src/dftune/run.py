@@ -25,7 +25,6 @@ from dftune.runtime.preflight import check_model_path
 from dftune.runtime.signals import SaveOnSignal
 from dftune.runtime.tracking import tracker_callbacks
 from dftune.stages import STAGES
-from dftune.stages.common import objective_kwargs
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +73,7 @@ def run(config: RunConfig, callbacks: list[TrainerCallback] | None = None) -> Tr
     trainer = build_trainer(config, callbacks)
     parallelism = check_parallelism(trainer)
     output_dir = Path(config.training.output_dir)
-    settings = [f"{key}={value}" for key, value in objective_kwargs(config).items()]
+    settings = [f"{key}={value}" for key, value in config.method.objective_kwargs().items()]
     objective = " ".join([f"stage {config.method.stage}, loss {config.method.loss}", *settings])
     trainer.add_callback(RunHeader(RunDescription(
         model_name=config.model.model_name_or_path, objective=objective, train_samples=len(trainer.train_dataset),

@@ -54,6 +54,8 @@ def assert_same(got, expected, rtol=1e-10, atol=1e-12):
         torch.testing.assert_close(torch.as_tensor(out.metrics[key]).double(),
                                    torch.as_tensor(ref.metrics[key]).double(), rtol=rtol, atol=atol, msg=key)
     assert (out.num_tokens, out.num_samples) == (ref.num_tokens, ref.num_samples)
+    assert torch.equal(out.target_index, ref.target_index)
+    torch.testing.assert_close(out.target_ce, ref.target_ce, rtol=rtol, atol=atol)
     for g, r, what in zip(grads, ref_grads, ("hidden", "weight")):
         torch.testing.assert_close(g, r, rtol=rtol, atol=atol, msg=what)
 

@@ -12,7 +12,6 @@ import loss_reference as ref
 from dftune.errors import DftuneError
 from dftune.losses import (
     OBJECTIVES,
-    SAMPLE_METRICS,
     bft_loss,
     compute_objective,
     dft_loss,

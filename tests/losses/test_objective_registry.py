@@ -5,7 +5,7 @@ registered, and cannot silently replace another.
   default settings and with every setting moved off its default;
 - packed == padded for the objectives of stage sft (the stage that packs);
 - batch 8 == 4 micro-batches of 2 normalised by the summed `local_count` (the trainer-level version of this,
-  batch 8 x accumulation 1 == batch 2 x accumulation 4, is in tests/stages/test_objective_registry_training.py);
+  batch 8 x accumulation 1 == batch 2 x accumulation 4, is tests/stages/test_objective_registry_training.py);
 - stage dllm: each objective registered for it gives, on unshifted labels, the same coefficients as on shifted
   ones, scaled by 1 / t.
 """
@@ -24,7 +24,6 @@ from dftune.losses import (
     OBJECTIVES,
     SEGMENTS,
     Objective,
-    Setting,
     Statistics,
     Weights,
     compute_objective,
@@ -35,33 +34,12 @@ from dftune.losses import (
 from dftune.losses.contract import RowStatistic
 from dftune.losses.statistics import entropy_of_logits
 from test_losses_fused import assert_same, fused, make_batch, reference
+from objective_cases import cases
 from test_losses_objectives import assert_rel_close, pack
 
 
-def varied(setting: Setting):
-    """A valid value other than the default: another choice, 70% into a closed range, else one step up."""
-    if setting.choices is not None:
-        return next(choice for choice in setting.choices if choice != setting.default)
-    if setting.low is not None and setting.high is not None:
-        return setting.type(setting.low + 0.7 * (setting.high - setting.low))
-    return setting.type(max(setting.default + 1, 2 if setting.type is int else setting.default + 1))
-
-
-def cases():
-    """(objective, settings) for every registered objective: its defaults, then every setting varied."""
-    for name, objective in sorted(OBJECTIVES.items()):
-        yield pytest.param(name, {}, id=f"{name}-default")
-        loss_settings = [s for s in objective.settings if not s.scheduling]  # a schedule is the trainer's
-        if loss_settings:
-            yield pytest.param(name, {s.kwarg: varied(s) for s in loss_settings}, id=f"{name}-varied")
-
-
-def for_stage(stage: str):
-    return [case for case in cases() if stage in OBJECTIVES[case.values[0]].stages]
-
-
 @pytest.mark.parametrize("chunk_size", [1, 7, None])
-@pytest.mark.parametrize("name, settings", list(cases()))
+@pytest.mark.parametrize("name, settings", cases())
 def test_fused_equals_unfused(name, settings, chunk_size):
     hidden, weight, labels = make_batch(B=4, T=11, H=6, V=23, seed=3)
     unfused_ref, fused_ref = ref.reference_model(name, hidden, 23)
@@ -69,7 +47,7 @@ def test_fused_equals_unfused(name, settings, chunk_size):
     assert_same(fused(name, hidden, weight, labels, chunk_size=chunk_size, **fused_ref, **settings), expected)
 
 
-@pytest.mark.parametrize("name, settings", for_stage("sft"))
+@pytest.mark.parametrize("name, settings", cases("sft"))
 def test_packed_equals_padded(name, settings):
     """Four samples (one with no target) padded to [4, 11] or packed into [2, 18]: same loss, metrics, gradient,
     unfused and fused (the fused head takes the packed hidden states as they come)."""
@@ -105,7 +83,7 @@ def test_packed_equals_padded(name, settings):
     assert_same(got, reference(name, hidden, eye, labels, global_count=count, **packing, **settings))
 
 
-@pytest.mark.parametrize("name, settings", list(cases()))
+@pytest.mark.parametrize("name, settings", cases())
 def test_micro_batches_with_the_global_count_equal_one_batch(name, settings):
     objective = OBJECTIVES[name]
     logits, labels = ref.make_batch(8, 15, 11, seed=6, empty_row=5)
@@ -124,7 +102,7 @@ def test_micro_batches_with_the_global_count_equal_one_batch(name, settings):
     assert_rel_close(grad, whole_grad, rel=1e-12)
 
 
-@pytest.mark.parametrize("name, settings", for_stage("dllm"))
+@pytest.mark.parametrize("name, settings", cases("dllm"))
 def test_stage_dllm_scales_the_same_coefficients_by_one_over_t(name, settings):
     """Unshifted labels, each sample's coefficients times 1 / t_b, normalised by the answer tokens."""
     logits, labels = ref.make_batch(3, 9, 7, seed=2)

@@ -19,6 +19,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from dftune.losses import OBJECTIVES
+
 
 def write_data(path) -> None:
     rng = random.Random(0)
@@ -51,7 +53,7 @@ def train(launcher: list[str], model_dir, data, output_dir, loss: str, batch: in
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("loss", ["dft", "bft"])
+@pytest.mark.parametrize("loss", sorted(OBJECTIVES))  # every registered objective
 def test_two_processes_match_one(tiny_model_dir, tmp_path, loss, torchrun):
     data = tmp_path / "data.jsonl"
     write_data(data)
@@ -75,6 +77,9 @@ def test_two_processes_match_one(tiny_model_dir, tmp_path, loss, torchrun):
             assert a[key] == pytest.approx(b[key], rel=1e-6), key
     if loss == "bft":
         assert two_logs[-1]["bft_sample_weight"] == pytest.approx(one_logs[-1]["bft_sample_weight"], rel=1e-9)
+    for a, b in zip(two_logs, one_logs):  # the objective's own metrics and the diagnostics are global means too
+        for key in {"entropy", "mean_token_weight", "asft_kl", "bft_sample_weight", "dft_alpha"} & b.keys():
+            assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-12), key
     assert torch.isfinite(torch.tensor([e["loss"] for e in two_logs])).all()
 
 

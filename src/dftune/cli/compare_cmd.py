@@ -1,4 +1,4 @@
-"""`dftune compare CONFIG.yaml --losses sft,dft,bft [--seeds 1,2] [--output_dir DIR] [--extractor NAME]
+"""`dftune compare CONFIG.yaml --losses sft,dft,eaft,asft [--seeds 1,2] [--output_dir DIR] [--extractor NAME]
 [--eval_base] [--key value ...]`."""
 
 from __future__ import annotations
@@ -7,7 +7,6 @@ import argparse
 
 from dftune.errors import DftuneError
 
-LOSSES = ("sft", "dft", "bft")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         allow_abbrev=False,  # `--loss dft` or `--seed 3` are config keys, not abbreviations of --losses / --seeds
     )
     compare.add_argument("config", help="a `dftune train` YAML config")
-    compare.add_argument("--losses", required=True, help="comma-separated objectives, e.g. sft,dft,bft")
+    compare.add_argument("--losses", required=True, help="comma-separated objectives, e.g. sft,dft,eaft,asft (any in dftune.losses.OBJECTIVES)")
     compare.add_argument("--seeds", default=None, help="comma-separated seeds (default: the config's seed)")
     compare.add_argument("--output_dir", default="outputs/compare", help="folder for the runs, table and plot")
     compare.add_argument("--extractor", default="exact", choices=sorted(EXTRACTORS),
@@ -47,8 +46,9 @@ def split_list(text: str | None, cast: type, allowed: tuple = ()) -> list:
 
 def run_compare(args: argparse.Namespace) -> int:
     from dftune.compare import Scoring, compare
+    from dftune.losses import OBJECTIVES
 
-    losses = split_list(args.losses, str, LOSSES)
+    losses = split_list(args.losses, str, tuple(OBJECTIVES))
     if not losses:
         raise DftuneError("--losses needs at least one objective, e.g. --losses sft,dft")
     seeds = split_list(args.seeds, int) or None

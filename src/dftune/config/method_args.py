@@ -6,30 +6,29 @@ checked against that registry by `dftune.config.parse.parse_config`.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
-
-def _env_default(name: str, default: str, cast: type) -> object:
-    """The seeds read BFT settings from the environment: keep that working, as defaults only."""
-    return field(default_factory=lambda: cast(os.environ.get(name, default)))
+from dftune.config.objective_args import (
+    LossName,
+    ObjectiveArguments,
+    check_settings,
+    objective_settings,
+    resolve_loss,
+)
 
 
 @dataclass
-class MethodArguments:
+class MethodArguments(ObjectiveArguments):  # type: ignore[misc, valid-type]
+    """The method keys; the objectives' own keys (`dft_alpha`, `bft_group_size`, `use_dft_loss`, ...) are inherited
+    from `ObjectiveArguments`, which the objective registry declares."""
+
     stage: str = field(default="sft", metadata={"help": "Training stage: sft, dllm or dpo (dftune.stages.STAGES)."})
-    loss: Literal["sft", "dft", "bft"] | None = field(
+    loss: LossName | None = field(  # type: ignore[valid-type]
         default=None,
-        metadata={"help": "Objective. Default: bft if use_bft_loss, dft if use_dft_loss or dft_alpha is set, else sft."},
+        metadata={"help": "Objective (dftune.losses.OBJECTIVES). Default: the one its keys select (use_bft_loss, "
+                  "use_dft_loss, dft_alpha, ...), else sft."},
     )
-    dft_alpha: float | None = field(
-        default=None, metadata={"help": "DFT token weight alpha*p + 1 - alpha (1: the paper's DFT, 0: SFT)."}
-    )
-    bft_group_size: int = _env_default("BFT_GROUP_SIZE", "256", int)  # type: ignore[assignment]
-    bft_gamma: float = _env_default("BFT_CONF_GAMMA", "1.0", float)  # type: ignore[assignment]
-    use_dft_loss: bool = field(default=False, metadata={"help": "LLaMA-Factory alias for loss: dft."})
-    use_bft_loss: bool = field(default=False, metadata={"help": "LLaMA-Factory alias for loss: bft."})
     fused_loss: str = field(
         default="auto",
         metadata={"help": "auto|true|false: compute the loss from the hidden states one chunk of logits at a time "
@@ -53,23 +52,9 @@ class MethodArguments:
         self.fused_loss = str(self.fused_loss).lower()  # YAML `true` arrives as a bool or "True"
         if self.fused_loss not in ("auto", "true", "false"):
             raise ValueError(f"fused_loss must be auto, true or false, got {self.fused_loss}")
-        if self.bft_group_size < 1:
-            raise ValueError(f"bft_group_size must be at least 1, got {self.bft_group_size}")
-        if self.dft_alpha is not None and not 0.0 <= self.dft_alpha <= 1.0:
-            raise ValueError(f"dft_alpha must be in [0, 1], got {self.dft_alpha}")
-        self.loss = self.resolved_loss()
+        check_settings(self)
+        self.loss = resolve_loss(self)
 
-    def resolved_loss(self) -> str:
-        """One objective from `loss` and the seeds' booleans, rejecting combinations that contradict."""
-        implied = "bft" if self.use_bft_loss else "dft" if (self.use_dft_loss or self.dft_alpha is not None) else None
-        if self.loss is not None and implied is not None and implied != self.loss:
-            raise ValueError(f"loss: {self.loss} contradicts the keys that select {implied} "
-                             "(use_bft_loss / use_dft_loss / dft_alpha): keep one")
-        loss = self.loss or implied or "sft"
-        if self.dft_alpha is not None and loss != "dft":
-            raise ValueError(f"dft_alpha applies to loss: dft only, but the loss is {loss}")
-        return loss
-
-    @property
-    def effective_dft_alpha(self) -> float:
-        return 1.0 if self.dft_alpha is None else self.dft_alpha
+    def objective_kwargs(self) -> dict[str, Any]:
+        """The chosen objective's settings by keyword (`alpha`, `group_size`, ...), defaults filled in."""
+        return objective_settings(self)

@@ -21,6 +21,11 @@ class ModelArguments:
     enable_gradient_checkpointing: bool = field(
         default=False, metadata={"help": "Recompute activations in the backward pass to save memory."}
     )
+    ref_model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "A separate frozen reference model: stage dpo's (default: see docs/dpo.md) and the KL anchor "
+                  "of loss: asft (default: the starting model, or the base with LoRA disabled)."},
+    )
     quantization_bit: int | None = field(
         default=None,
         metadata={"help": "QLoRA: load the base weights in 4 bits (NF4, double quantisation, bf16 compute) or 8 "

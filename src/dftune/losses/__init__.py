@@ -14,16 +14,12 @@ from dftune.losses.objectives.eaft import eaft_loss
 from dftune.losses.objectives.sft import sft_coefficients, sft_loss
 from dftune.losses.registry import OBJECTIVES, compute_objective, config_keys, get_objective, register
 
-SAMPLE_METRICS = frozenset().union(*(objective.sample_metrics for objective in OBJECTIVES.values()))
-"""The built-in objectives' per-sample metrics (each `LossOutput` also names its own `sample_metrics`)."""
-
 __all__ = [
     "CE",
     "ENTROPY",
     "IGNORE_INDEX",
     "OBJECTIVES",
     "REF_KL",
-    "SAMPLE_METRICS",
     "SEGMENTS",
     "LossOutput",
     "Objective",

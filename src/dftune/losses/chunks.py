@@ -72,12 +72,14 @@ class Chunks:
         extra = statistics_of(logits) if statistics_of is not None else {}
         p_ref = None
         if self.reference is not None:
-            # KL(p_ref || p) = sum p_ref * (log p_ref - log p), elementwise, before the buffer turns into softmax.
-            log_ref = _logits_into(self.ref_buffer, self.reference.rows[part], self.reference.weight)
-            log_ref.sub_(torch.logsumexp(log_ref, dim=-1, keepdim=True))  # log p_ref
-            p_ref = log_ref.exp()
-            log_ref.sub_(logits).add_(torch.logsumexp(logits, dim=-1, keepdim=True))  # log p_ref - log p
-            extra = {**extra, REF_KL: torch.linalg.vecdot(p_ref, log_ref)}
+            # KL(p_ref || p) = sum p_ref * (log p_ref - log p), elementwise, before the buffer turns into softmax;
+            # log p_ref - log p = (z_ref - z) - (lse_ref - lse): exactly 0 where the two models agree.
+            ref_logits = _logits_into(self.ref_buffer, self.reference.rows[part], self.reference.weight)
+            ref_lse = torch.logsumexp(ref_logits, dim=-1, keepdim=True)  # [chunk, 1]
+            p_ref = (ref_logits - ref_lse).exp_()  # [chunk, V]
+            lse_gap = ref_lse - torch.logsumexp(logits, dim=-1, keepdim=True)
+            log_ratio = ref_logits.sub_(logits).sub_(lse_gap)  # in the reference's buffer
+            extra = {**extra, REF_KL: torch.linalg.vecdot(p_ref, log_ratio)}
         self.correct[part] = logits.argmax(dim=-1) == target
         target_logit = logits.gather(1, target[:, None])  # [chunk, 1]
         top = logits.amax(dim=-1, keepdim=True)  # [chunk, 1]

@@ -36,6 +36,10 @@ class LossOutput:
     """The metrics that are means over samples; every other metric is a mean over target tokens. A trainer
     averaging metrics over several calls weighs each call by `num_samples` for these and by `num_tokens` for
     the rest, which gives the exact mean over the whole window."""
+    target_ce: Tensor | None = None
+    """[N] detached CE of each valid target, and `target_index` [N] its flat position b * T + t in the [B, T] grid
+    of the targets (for causal LMs: predicting labels[:, t + 1]): for breakdowns such as CE per data source."""
+    target_index: Tensor | None = None
 
 
 @dataclass(frozen=True)

@@ -134,7 +134,8 @@ def fused_linear_loss(
             loss = _loss_of(weights, chunks)
     metrics, sample_metrics = objective_metrics(spec, weights, num_items, target.numel(), num_samples)
     stats = TokenStats(ce=chunks.ce, correct=chunks.correct, index=index, entropy=chunks.entropy)
-    return LossOutput(loss, token_metrics(stats) | metrics, target.numel(), num_samples, sample_metrics=sample_metrics)
+    return LossOutput(loss, token_metrics(stats) | metrics, target.numel(), num_samples, sample_metrics=sample_metrics,
+                      target_ce=chunks.ce, target_index=index)
 
 
 def _fixed(weights: Weights):

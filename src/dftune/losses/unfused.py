@@ -96,5 +96,5 @@ def objective_loss(
         loss = loss + (weights.kl_coefficients.detach().to(stats.kl.dtype) * stats.kl).sum()
     return LossOutput(
         loss, token_metrics(stats) | metrics, num_tokens=ce.numel(), num_samples=num_samples,
-        sample_metrics=sample_metrics,
+        sample_metrics=sample_metrics, target_ce=ce, target_index=stats.index,
     )

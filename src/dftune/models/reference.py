@@ -1,4 +1,5 @@
-"""The policy DPO trains and the frozen reference it is measured against, one rule per set-up.
+"""The policy DPO trains and the frozen reference it is measured against, one rule per set-up (ASFT's KL anchor
+compares with the same reference: `frozen_reference`).
 
 | set-up                                   | policy                          | reference                            |
 |------------------------------------------|---------------------------------|--------------------------------------|
@@ -71,19 +72,29 @@ def load_policy_and_reference(
     else:
         description = "a frozen copy of the starting model"
 
-    reference = None
+    if reference_model is None and method.finetuning_type == "full" and precompute_ref_log_probs and not fsdp:
+        description = "the starting model, run once before training (precompute_ref_log_probs)"
+        return PolicyAndReference(policy, None, peft_config, description)
+    reference, own = frozen_reference(model_args, method.finetuning_type, reference_model)
+    return PolicyAndReference(policy, reference, peft_config, own or description)
+
+
+def frozen_reference(
+    model_args: ModelArguments, finetuning_type: str, reference_model: str | None
+) -> tuple[PreTrainedModel | None, str | None]:
+    """The reference a policy is compared with, frozen: `reference_model` when given, else for full fine-tuning a
+    copy of the starting model loaded again, else None (LoRA: the base with the adapters disabled, no copy).
+    Returns (model or None, a description when it is a separate model)."""
     if reference_model is not None:
         reference = load_model(replace(model_args, model_name_or_path=reference_model))
         description = f"the separate model {reference_model}"
-    elif method.finetuning_type == "full":
-        if precompute_ref_log_probs and not fsdp:
-            description = "the starting model, run once before training (precompute_ref_log_probs)"
-        else:
-            reference = load_model(model_args)
-    if reference is not None:
-        reference.requires_grad_(False)
-        reference.eval()
-    return PolicyAndReference(policy, reference, peft_config, description)
+    elif finetuning_type == "full":
+        reference, description = load_model(model_args), "a frozen copy of the starting model"
+    else:
+        return None, None
+    reference.requires_grad_(False)
+    reference.eval()
+    return reference, description
 
 
 def check_reference(model: PreTrainedModel, *, adapter: str | None, reference_model: str | None) -> None:

@@ -74,3 +74,14 @@ def head_computes(head: nn.Linear, loss_fn: Callable[[torch.Tensor], LossOutput]
         yield results
     finally:
         del head.forward
+
+
+@contextmanager
+def head_returns_input(head: nn.Linear) -> Iterator[None]:
+    """Inside, the output layer returns its input: the model's `logits` output is its final hidden states [B, T, H]
+    (a reference model's, for the fused head's KL term), and no [B, T, V] logits are made."""
+    head.forward = lambda hidden: hidden  # instance attribute shadows nn.Linear.forward; hooks still run
+    try:
+        yield
+    finally:
+        del head.forward

@@ -7,7 +7,7 @@ from collections import defaultdict
 import torch
 from accelerate import Accelerator
 
-from dftune.losses import SAMPLE_METRICS, LossOutput
+from dftune.losses import LossOutput
 
 
 class MetricWindow:
@@ -20,7 +20,7 @@ class MetricWindow:
     def add(self, out: LossOutput, *, loss_weight: int | None = None) -> None:
         """Add one call's metrics; with `loss_weight`, also its loss (weighted by the objective's own unit)."""
         for name, value in out.metrics.items():
-            weight = out.num_samples if name in SAMPLE_METRICS else out.num_tokens
+            weight = out.num_samples if name in out.sample_metrics else out.num_tokens
             self._sums[name] += float(value) * weight
             self._weights[name] += weight
         if loss_weight is not None:

@@ -1,12 +1,15 @@
 """`transformers.Trainer` with a dftune objective wired in: exact normalisation and honest metrics.
 
 The Trainer stays in charge of everything else (DeepSpeed, FSDP, checkpoints, trackers). We change three things:
-- the loss: one of `dftune.losses.OBJECTIVES`, normalised by the *global* count of its unit (target tokens for
-  sft/dft, samples for bft) over the accumulation steps and processes, so any batch x accumulation x process
-  split gives the same gradient;
+- the loss: one of `dftune.losses.OBJECTIVES`, normalised by the *global* count of its unit (target tokens or
+  samples, as the objective declares) over the accumulation steps and processes, so any batch x accumulation x
+  process split gives the same gradient; its settings as its schedule has them at the current step; packed
+  sample ids and a reference model's outputs when the objective needs them;
 - the logs: the objective's metrics averaged over the whole logging window and all processes;
 - evaluation: the objective's loss, plain CE and avg_p_correct over the whole eval set, not a mean of batch means.
-And, where it is exact, the loss head is fused (`fused_loss`): the [B, T, V] logits are never materialised.
+And, where it is exact, the loss head is fused (`fused_loss`): the [B, T, V] logits are never materialised. Where it
+cannot apply (the model's head, or a statistic the objective needs that cannot be computed chunk by chunk),
+`fused_loss: auto` says why in one log line and computes the loss unfused; `true` makes that an error.
 Reliability (non-finite steps skipped, checkpoints marked complete) comes from `dftune.runtime.guards`, the fused
 head from `dftune.runtime.fused_head`.
 """
@@ -22,10 +25,19 @@ from torch import nn
 from transformers import Trainer
 
 from dftune.errors import DftuneError
-from dftune.losses import OBJECTIVES, LossOutput, compute_objective, fused_linear_loss
+from dftune.losses import (
+    REF_KL,
+    SEGMENTS,
+    LossOutput,
+    compute_objective,
+    fused_linear_loss,
+    get_objective,
+    unfusable_statistics,
+)
 from dftune.runtime.fused_head import fusable_head, head_computes
 from dftune.runtime.guards import GuardedUpdates
 from dftune.runtime.metrics import MetricWindow
+from dftune.runtime.reference_forward import ReferenceForward
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +55,9 @@ def packed_sample_ids(batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
 
 
 class ObjectiveTrainer(GuardedUpdates, Trainer):
-    """Trainer whose loss is a dftune objective (`objective` in OBJECTIVES, with its keyword arguments)."""
+    """Trainer whose loss is a dftune objective (`objective` in OBJECTIVES, with its settings by keyword; for an
+    objective with a KL anchor, `reference` is the frozen reference model, or None to use the LoRA policy with its
+    adapters disabled)."""
 
     # compute_loss returns a loss already divided by the global count: the Trainer must not divide it again.
     loss_is_scaled_for_ga = True
@@ -55,26 +69,44 @@ class ObjectiveTrainer(GuardedUpdates, Trainer):
         objective_kwargs: dict[str, Any],
         fused_loss: str = "auto",
         max_nonfinite_steps: int = 3,
+        reference: nn.Module | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.objective = objective
+        self.spec = get_objective(objective)
         self.objective_kwargs = objective_kwargs
-        self.unit = OBJECTIVES[objective].normalise_by
+        self.spec.resolve(self.spec.kwargs_at(objective_kwargs, 0))  # a wrong keyword fails before training
+        self.unit = self.spec.normalise_by
         self._train_window = MetricWindow()
         self._eval_window = MetricWindow()
         self.init_guards(max_nonfinite_steps)
+        self.reference = None
+        if REF_KL in self.spec.needs:
+            self.reference = ReferenceForward(self.model, None if reference is None else reference.to(self.args.device))
         self.fused_head: nn.Linear | None = None
         if fused_loss != "false":
-            self.fused_head, reason = fusable_head(self.model)
+            self.fused_head, reason = self._fusable()
             if self.fused_head is None and fused_loss == "true":
                 raise DftuneError(f"fused_loss: true cannot apply: {reason}. Set fused_loss: auto or false")
             if self.fused_head is None:
                 logger.info("fused_loss: auto uses the unfused loss head: %s", reason)
 
+    def _fusable(self) -> tuple[nn.Linear | None, str]:
+        """The head the fused loss can use, or (None, why not): the model's head, the objective's statistics and,
+        with a KL anchor, the reference's head."""
+        head, reason = fusable_head(self.model)
+        missing = unfusable_statistics(self.spec)
+        if head is not None and missing:
+            head, reason = None, (f"objective {self.objective} needs {missing}, which the fused head cannot compute "
+                                  "one chunk of logits at a time")
+        if head is not None and self.reference is not None and self.reference.head is None:
+            head, reason = None, f"the reference's output layer cannot be fused: {self.reference.reason}"
+        return head, reason
+
     def batch_count(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """One collated micro-batch's share of the global count that normalises the loss (the objective's unit)."""
-        return OBJECTIVES[self.objective].local_count(batch["labels"], packed_sample_ids(batch))
+        return self.spec.local_count(batch["labels"], packed_sample_ids(batch))
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):  # type: ignore[override]
         """Replace transformers' token count by our own, summed over the accumulation window and processes."""
@@ -107,15 +139,13 @@ class ObjectiveTrainer(GuardedUpdates, Trainer):
         num_items_in_batch: torch.Tensor | None = None,
     ):
         labels = inputs.pop("labels")
-        kwargs = dict(self.objective_kwargs)
-        sample_ids = packed_sample_ids(inputs)
-        if sample_ids is not None and self.unit == "samples":
-            kwargs["sample_ids"] = sample_ids
+        # Fused unless an evaluation asks for logits (compute_metrics); then `outputs` holds no logits.
+        fused = self.fused_head is not None and not (return_outputs and self.compute_metrics is not None)
+        kwargs = self.loss_kwargs(inputs, fused=fused)
         # Training: normalise by the global count from get_batch_samples. Evaluation passes a token count whatever
         # the objective, so there we normalise per batch and let the window build the exact dataset-level mean.
         global_count = num_items_in_batch if model.training else None
-        # Fused unless an evaluation asks for logits (compute_metrics); then `outputs` holds no logits.
-        if self.fused_head is not None and not (return_outputs and self.compute_metrics is not None):
+        if fused:
             out, outputs = self._fused_objective(model, inputs, labels, global_count, kwargs), {}
         else:
             outputs = model(**inputs, use_cache=False)
@@ -123,6 +153,20 @@ class ObjectiveTrainer(GuardedUpdates, Trainer):
         eval_weight = out.num_tokens if self.unit == "tokens" else out.num_samples
         loss = self.record(out, training=model.training, global_count=global_count, eval_weight=eval_weight)
         return (loss, outputs) if return_outputs else loss
+
+    def loss_kwargs(self, inputs: dict[str, torch.Tensor], *, fused: bool) -> dict[str, Any]:
+        """The objective's arguments for this batch: its settings at the current optimizer step, packed sample ids
+        when it weighs whole samples, and the reference's outputs (hidden states and head when fused, else logits)
+        when it has a KL anchor."""
+        kwargs = self.spec.kwargs_at(self.objective_kwargs, self.state.global_step)
+        sample_ids = packed_sample_ids(inputs)
+        if sample_ids is not None and SEGMENTS in self.spec.needs:
+            kwargs["sample_ids"] = sample_ids
+        if self.reference is not None and fused:
+            kwargs["ref_hidden"], kwargs["ref_weight"] = self.reference.hidden_and_head(inputs)
+        elif self.reference is not None:
+            kwargs["ref_logits"] = self.reference.logits(inputs)
+        return kwargs
 
     def _fused_objective(self, model, inputs, labels, global_count, kwargs) -> LossOutput:
         """The objective from the final hidden states and the head's weight, one chunk of logits at a time."""

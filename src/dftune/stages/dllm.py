@@ -35,11 +35,11 @@ from transformers import TrainerCallback
 
 from dftune.config.parse import RunConfig, StageArguments
 from dftune.data.encode import IGNORE_INDEX
-from dftune.losses import diffusion_objective
+from dftune.losses import OBJECTIVES, diffusion_objective
 from dftune.models.loading import resolve_mask_token_id
 from dftune.runtime.objective_trainer import ObjectiveTrainer
 from dftune.runtime.preflight import load_checked_tokenizer
-from dftune.stages.common import chat_data, objective_kwargs, trainable_model
+from dftune.stages.common import chat_data, check_reference_keys, trainable_model
 
 
 @dataclass
@@ -60,10 +60,13 @@ class DllmArguments(StageArguments):
 
     def check(self, config: RunConfig) -> None:
         loss = config.method.loss
-        if loss not in ("sft", "dft"):
-            raise ValueError(f"stage: dllm supports loss: sft (the masked-diffusion loss) or dft, not {loss}")
+        supported = [name for name, objective in OBJECTIVES.items() if "dllm" in objective.stages]
+        if loss not in supported:
+            raise ValueError(f"stage: dllm supports loss: {', '.join(supported)} (sft: the masked-diffusion loss), "
+                             f"not {loss}")
         if config.data.packing:
             raise ValueError("stage: dllm pads every row with EOS (answer tokens); set packing: false")
+        check_reference_keys(config)
 
 
 @dataclass
@@ -138,9 +141,8 @@ class DiffusionTrainer(ObjectiveTrainer):
         local_count = answer_mask.sum()
         count = num_items_in_batch if model.training and num_items_in_batch is not None else local_count
         outputs = model(input_ids=inputs["input_ids"])
-        out = diffusion_objective(
-            self.objective, outputs.logits, labels, t, num_answer_tokens=count, **self.objective_kwargs
-        )
+        kwargs = self.spec.kwargs_at(self.objective_kwargs, self.state.global_step)
+        out = diffusion_objective(self.objective, outputs.logits, labels, t, num_answer_tokens=count, **kwargs)
         global_count = num_items_in_batch if model.training else None
         loss = self.record(out, training=model.training, global_count=global_count, eval_weight=int(local_count))
         if not model.training and self.compute_metrics is None:
@@ -165,6 +167,6 @@ def build_trainer(config: RunConfig, callbacks: list[TrainerCallback]) -> Diffus
         processing_class=tokenizer,
         callbacks=callbacks,
         objective=config.method.loss,
-        objective_kwargs=objective_kwargs(config),
+        objective_kwargs=config.method.objective_kwargs(),
         max_nonfinite_steps=config.reliability.max_nonfinite_steps,
     )

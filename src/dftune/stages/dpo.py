@@ -56,9 +56,6 @@ class DpoArguments(StageArguments):
         default=False,
         metadata={"help": "stage dpo: compute the reference log-probs once before training, then free the reference."},
     )
-    ref_model_name_or_path: str | None = field(
-        default=None, metadata={"help": "stage dpo: a separate reference model (default: see docs/dpo.md)."}
-    )
     adapter_name_or_path: str | None = field(
         default=None,
         metadata={"help": "stage dpo: a trained LoRA adapter (e.g. from SFT), loaded as the trainable policy and as "
@@ -159,7 +156,7 @@ def build_trainer(config: RunConfig, callbacks: list[TrainerCallback]) -> Prefer
         )
     require_eval_data(prepared.eval, config.training)
     models = load_policy_and_reference(
-        config.model, config.method, adapter=keys.adapter_name_or_path, reference_model=keys.ref_model_name_or_path,
+        config.model, config.method, adapter=keys.adapter_name_or_path, reference_model=config.model.ref_model_name_or_path,
         precompute_ref_log_probs=keys.precompute_ref_log_probs,
         gradient_checkpointing=config.training.gradient_checkpointing, fsdp=uses_fsdp(config.training),
     )  # fmt: skip
@@ -175,7 +172,7 @@ def build_trainer(config: RunConfig, callbacks: list[TrainerCallback]) -> Prefer
         max_prompt_length=keys.max_prompt_length,
         max_nonfinite_steps=config.reliability.max_nonfinite_steps,
     )
-    check_reference(trainer.model, adapter=keys.adapter_name_or_path, reference_model=keys.ref_model_name_or_path)
+    check_reference(trainer.model, adapter=keys.adapter_name_or_path, reference_model=config.model.ref_model_name_or_path)
     logger.info("DPO %s, beta %g, reference: %s, %d training pairs", keys.loss_type, keys.beta, models.description,
                 len(prepared.train))
     return trainer

@@ -14,20 +14,24 @@ from dftune.config.parse import RunConfig, StageArguments
 from dftune.data import DataCollatorForChat
 from dftune.runtime.objective_trainer import ObjectiveTrainer
 from dftune.runtime.preflight import load_checked_tokenizer
-from dftune.stages.common import chat_data, objective_kwargs, trainable_model
+from dftune.stages.common import chat_data, check_reference_keys, objective_reference, trainable_model
 
 
 @dataclass
 class SftArguments(StageArguments):
     """Stage sft has no keys of its own: its objective keys (`loss`, `dft_alpha`, ...) are MethodArguments'."""
 
+    def check(self, config: RunConfig) -> None:
+        check_reference_keys(config)
+
 
 def build_trainer(config: RunConfig, callbacks: list[TrainerCallback]) -> ObjectiveTrainer:
     """Data first (bad records stop the run before any model loads), then model, LoRA and Trainer."""
     tokenizer = load_checked_tokenizer(config.model, config.data.max_length)
     prepared = chat_data(config, tokenizer)
+    model = trainable_model(config, diffusion=False)
     return ObjectiveTrainer(
-        model=trainable_model(config, diffusion=False),
+        model=model,
         args=config.training,
         train_dataset=prepared.train,
         eval_dataset=prepared.eval,
@@ -35,7 +39,8 @@ def build_trainer(config: RunConfig, callbacks: list[TrainerCallback]) -> Object
         processing_class=tokenizer,
         callbacks=callbacks,
         objective=config.method.loss,
-        objective_kwargs=objective_kwargs(config),
+        objective_kwargs=config.method.objective_kwargs(),
         fused_loss=config.method.fused_loss,
         max_nonfinite_steps=config.reliability.max_nonfinite_steps,
+        reference=objective_reference(config),
     )

@@ -24,6 +24,8 @@ DEFAULT_PANELS = (("loss", "objective loss"), ("ce", "plain cross-entropy"), ("a
 RUN_PANELS = (
     *DEFAULT_PANELS,
     ("token_accuracy", "token accuracy"),
+    ("entropy", "predictive entropy at targets"),
+    ("mean_token_weight", "mean token weight (SFT = 1)"),
     ("grad_norm", "gradient norm"),
     ("learning_rate", "learning rate"),
 )

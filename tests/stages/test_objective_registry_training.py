@@ -1,0 +1,108 @@
+"""Every registered objective through the real trainers: batch 8 x accumulation 1 == batch 2 x accumulation 4.
+
+Stage sft: `ObjectiveTrainer` on the tiny float64 Llama with plain SGD (the final weights expose any error in the
+gradient's scale), the fused head on as `fused_loss: auto` chooses. Stage dllm: `DiffusionTrainer` on one noised
+batch against its micro-batches (random masks cannot be replayed across batch sizes through the Trainer). An
+objective with a KL anchor gets a frozen reference model. Then what happens when the fused head cannot compute
+what an objective needs: one log line and the unfused path under `auto`, an error under `true`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from objective_cases import cases
+from sgd_setup import sgd_args, synthetic_dataset
+from transformers import AutoModelForCausalLM
+
+from dftune.data import DataCollatorForChat
+from dftune.errors import DftuneError
+from dftune.losses import CE, ENTROPY, OBJECTIVES, REF_KL, Objective, RowStatistic, Weights, register
+from dftune.losses.statistics import entropy_of_logits
+from dftune.runtime.objective_trainer import ObjectiveTrainer
+
+
+
+def load(model_dir):
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float64, attn_implementation="sdpa")
+
+
+def make_trainer(model_dir, tmp_path, name, settings, *, batch=4, accumulation=2, fused_loss="auto", steps=2):
+    model = load(model_dir)
+    reference = load(model_dir) if REF_KL in OBJECTIVES[name].needs else None
+    args = sgd_args(str(tmp_path / f"{name}-{batch}x{accumulation}-{fused_loss}"), batch=batch,
+                              accumulation=accumulation, steps=steps)  # fmt: skip
+    return ObjectiveTrainer(
+        model=model, args=args, train_dataset=synthetic_dataset(),
+        data_collator=DataCollatorForChat(pad_token_id=0), objective=name, objective_kwargs=settings,
+        fused_loss=fused_loss, reference=reference,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("name, settings", cases("sft"))
+def test_stage_sft_accumulation_is_exact(tiny_model_dir, tmp_path, name, settings):
+    before = dict(load(tiny_model_dir).named_parameters())
+    runs = {}
+    for batch, accumulation in ((8, 1), (2, 4)):
+        trainer = make_trainer(tiny_model_dir, tmp_path, name, settings, batch=batch, accumulation=accumulation)
+        assert trainer.fused_head is not None  # the tiny Llama's head is fusable: the fused path is what is tested
+        trainer.train()
+        runs[batch] = dict(trainer.model.named_parameters())
+    moved = max((runs[8][n] - before[n]).abs().max().item() for n in before)
+    assert moved > 1e-5, "the run must change the weights for the comparison to mean anything"
+    for param in runs[8]:
+        torch.testing.assert_close(runs[2][param], runs[8][param], rtol=1e-9, atol=1e-10, msg=param)
+
+
+@pytest.mark.parametrize("name, settings", cases("dllm"))
+def test_stage_dllm_accumulation_is_exact(tmp_path, name, settings):
+    from test_dllm_trainer import grads, make_trainer as dllm_trainer, noised_batch
+
+    from dftune.models.presets import init_model
+
+    model_dir = init_model("tiny-dllm", tmp_path / "tiny-dllm")
+    trainer = dllm_trainer(model_dir, tmp_path, name)
+    trainer.objective_kwargs = settings  # the registry's settings, not the helper's
+    model = trainer.model.train()
+    big = noised_batch(model_dir)
+    micro = [{k: v[i : i + 1] for k, v in big.items()} for i in range(4)]
+    samples, count = trainer.get_batch_samples(iter(micro), 4, torch.device("cpu"))
+    trainer.compute_loss(model, dict(big), num_items_in_batch=count).backward()
+    whole = grads(model).clone()
+    model.zero_grad()
+    for batch in samples:
+        trainer.compute_loss(model, dict(batch), num_items_in_batch=count).backward()
+    torch.testing.assert_close(grads(model), whole, rtol=1e-9, atol=1e-12)
+
+
+def unchunked() -> Objective:
+    """An objective on a statistic of its own that the fused head cannot compute chunk by chunk."""
+    return Objective(
+        name="test-unchunked", normalise_by="tokens", needs=frozenset({CE, "whole-row-only"}),
+        statistics={"whole-row-only": RowStatistic(entropy_of_logits, chunked=False)},
+        weigh=lambda stats, count: Weights(stats.rows["whole-row-only"] / count),
+    )
+
+
+def test_a_statistic_the_head_cannot_chunk_runs_unfused_with_one_log_line(tiny_model_dir, tmp_path, caplog,
+                                                                          scratch_objectives):  # fmt: skip
+    register(unchunked())
+    with pytest.raises(DftuneError, match=r"fused_loss: true cannot apply: objective test-unchunked needs "
+                                          r"\['whole-row-only'\]"):  # fmt: skip
+        make_trainer(tiny_model_dir, tmp_path, "test-unchunked", {}, fused_loss="true")
+    with caplog.at_level(logging.INFO, logger="dftune.runtime.objective_trainer"):
+        trainer = make_trainer(tiny_model_dir, tmp_path, "test-unchunked", {}, fused_loss="auto")
+    reasons = [r.getMessage() for r in caplog.records if "fused_loss" in r.getMessage()]
+    assert len(reasons) == 1 and "'whole-row-only'" in reasons[0], reasons
+    assert trainer.fused_head is None
+    trainer.train()
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e and "train_runtime" not in e]
+    assert len(losses) == 2 and all(loss > 0 for loss in losses)
+
+
+def test_a_row_statistic_the_head_can_chunk_is_fused(tiny_model_dir, tmp_path, scratch_objectives):
+    register(Objective(name="test-entropy", normalise_by="tokens", needs=frozenset({CE, ENTROPY}),
+                       weigh=lambda stats, count: Weights(stats.rows[ENTROPY] / count)))  # fmt: skip
+    assert make_trainer(tiny_model_dir, tmp_path, "test-entropy", {}, fused_loss="true").fused_head is not None
