@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from dftune.errors import DftuneError
-from dftune.losses import compute_objective, fused_linear_loss
+from dftune.losses import LogitTransform, compute_objective, fused_linear_loss
 
 CASES = {
     "sft": {},
@@ -161,3 +161,20 @@ def test_bad_inputs():
         fused_linear_loss(hidden, weight, labels, objective="sft", alpha=0.5)
     with pytest.raises(ValueError, match="do not fit"):
         fused_linear_loss(hidden, weight.T, labels)
+
+
+@pytest.mark.parametrize("transform", [LogitTransform(scale=0.0625), LogitTransform(softcap=2.5),
+                                       LogitTransform(scale=1.7, softcap=3.0)], ids=["scale", "softcap", "both"])
+@pytest.mark.parametrize("case", ["sft", "dft-0.7", "bft"])
+def test_logit_transform_equals_the_transformed_logits(case, transform):
+    """Cohere/Granite/Falcon-H1 scale the logits, Gemma 2/3 soft-cap them: fused == unfused on the transformed
+    logits, values and gradients, with the chunk boundaries falling anywhere."""
+    name = case.split("-")[0]
+    hidden, weight, labels = make_batch()
+    z = transform.scale * (hidden @ weight.T)
+    logits = z if transform.softcap is None else transform.softcap * torch.tanh(z / transform.softcap)
+    expected = compute_objective(name, logits, labels, **CASES[case])
+    expected_grads = torch.autograd.grad(expected.loss, (hidden, weight))
+    out = fused_linear_loss(hidden, weight, labels, objective=name, chunk_size=4, logit_transform=transform,
+                            **CASES[case])  # fmt: skip
+    assert_same((out, torch.autograd.grad(out.loss, (hidden, weight))), (expected, expected_grads))

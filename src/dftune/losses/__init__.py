@@ -3,6 +3,7 @@
 Module order: diffusion, fused > chunks, registry > objectives.* > unfused > statistics > contract > core.
 """
 
+from dftune.losses.chunks import LogitTransform
 from dftune.losses.contract import CE, ENTROPY, REF_KL, SEGMENTS, Objective, RowStatistic, Setting, Statistics, Weights
 from dftune.losses.core import IGNORE_INDEX, LossOutput, TokenStats, shift_labels, token_stats
 from dftune.losses.diffusion import diffusion_objective, masked_diffusion_dft_loss, masked_diffusion_loss
@@ -21,6 +22,7 @@ __all__ = [
     "OBJECTIVES",
     "REF_KL",
     "SEGMENTS",
+    "LogitTransform",
     "LossOutput",
     "Objective",
     "RowStatistic",

@@ -2,7 +2,8 @@
 
 `fused.py` decides what to compute (which objective, one pass or two); this module computes it. For rows
 `h` [N, H] of the valid targets and the output layer `W` [V, H], each chunk makes ``z = h @ W.T`` in one reused
-[chunk, V] float32 (or float64) buffer, takes its CE, argmax, row statistics and, with a reference, the KL to
+[chunk, V] float32 (or float64) buffer, applies the model's logit transform (scale, soft-capping; its slope is
+kept for the backward), takes its CE, argmax, row statistics and, with a reference, the KL to
 ``p_ref = softmax(h_ref @ W_ref.T)``, and turns the buffer into ``grad_z = c (softmax - onehot) + d (softmax -
 p_ref)`` in place. Then ``grad_h = grad_z @ W`` and ``grad_W += grad_z.T @ h``.
 """
@@ -25,11 +26,37 @@ WeightsOf = Callable[[slice, Tensor, dict[str, Tensor]], Weights]
 
 
 @dataclass(frozen=True)
+class LogitTransform:
+    """What a model does to ``z = hidden @ W.T`` to make its logits: ``softcap * tanh(scale * z / softcap)``, or
+    ``scale * z`` without soft-capping. Gemma 2/3: `final_logit_softcapping`; Cohere: `logit_scale`; Granite:
+    1 / `logits_scaling`; Falcon-H1: `lm_head_multiplier`. The identity by default."""
+
+    scale: float = 1.0
+    softcap: float | None = None
+
+    def apply_(self, logits: Tensor, slope_out: Tensor | None = None) -> Tensor | float:
+        """Transform `logits` in place; return d logits' / d z: `scale`, or, soft-capped, ``scale * (1 - tanh^2)``
+        written into `slope_out` (pass None where no gradient is needed: then 1.0 is returned)."""
+        if self.scale != 1.0:
+            logits.mul_(self.scale)
+        if self.softcap is None:
+            return self.scale
+        tanh = logits.div_(self.softcap).tanh_()
+        slope: Tensor | float = 1.0
+        if slope_out is not None:
+            slope = torch.mul(tanh, tanh, out=slope_out[: logits.shape[0]]).neg_().add_(1.0).mul_(self.scale)
+        logits.mul_(self.softcap)
+        return slope
+
+
+@dataclass(frozen=True)
 class Reference:
-    """A reference model's final hidden states at the valid targets [N, H] (detached) and its output layer [V, H]."""
+    """A reference model's final hidden states at the valid targets [N, H] (detached), its output layer [V, H] and
+    its logit transform."""
 
     rows: Tensor
     weight: Tensor
+    transform: LogitTransform = LogitTransform()
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -49,11 +76,16 @@ def _logits_into(out: Tensor, rows: Tensor, weight: Tensor) -> Tensor:
 class Chunks:
     """Buffers reused by every chunk, and CE, correct, entropy and statistics ([N] each), filled chunk by chunk."""
 
-    def __init__(self, rows: Tensor, weight: Tensor, chunk_size: int, names: list[str], reference: Reference | None):
+    def __init__(
+        self, rows: Tensor, weight: Tensor, chunk_size: int, names: list[str], reference: Reference | None,
+        transform: LogitTransform = LogitTransform(),
+    ) -> None:  # fmt: skip
         n, acc = rows.shape[0], accumulation_dtype(rows.dtype)
-        self.chunk_size, self.reference = chunk_size, reference
+        self.chunk_size, self.reference, self.transform = chunk_size, reference, transform
         self.buffer = torch.empty(min(chunk_size, n), weight.shape[0], dtype=acc, device=rows.device)
         self.ref_buffer = None if reference is None else torch.empty_like(self.buffer)
+        self.slope_buffer = None if transform.softcap is None else torch.empty_like(self.buffer)
+        self.slope: Tensor | float = 1.0  # d logits / d z of the current chunk
         self.ce = torch.empty(n, dtype=acc, device=rows.device)
         self.correct = torch.empty(n, dtype=torch.bool, device=rows.device)
         self.entropy = torch.empty(n, dtype=acc, device=rows.device)
@@ -69,12 +101,14 @@ class Chunks:
         """One chunk: (softmax [chunk, V] in the buffer, p_ref [chunk, V] or None, its statistics); CE, correct and
         statistics are stored at `part`."""
         logits = _logits_into(self.buffer, rows, weight)
+        self.slope = self.transform.apply_(logits, self.slope_buffer)
         extra = statistics_of(logits) if statistics_of is not None else {}
         p_ref = None
         if self.reference is not None:
             # KL(p_ref || p) = sum p_ref * (log p_ref - log p), elementwise, before the buffer turns into softmax;
             # log p_ref - log p = (z_ref - z) - (lse_ref - lse): exactly 0 where the two models agree.
             ref_logits = _logits_into(self.ref_buffer, self.reference.rows[part], self.reference.weight)
+            self.reference.transform.apply_(ref_logits)  # no gradient reaches the reference
             ref_lse = torch.logsumexp(ref_logits, dim=-1, keepdim=True)  # [chunk, 1]
             p_ref = (ref_logits - ref_lse).exp_()  # [chunk, V]
             lse_gap = ref_lse - torch.logsumexp(logits, dim=-1, keepdim=True)
@@ -134,6 +168,8 @@ class FusedLinearObjective(torch.autograd.Function):
             grad_logits = softmax.scatter_add_(1, tgt, torch.full_like(tgt, -1, dtype=acc)).mul_(c[:, None])
             if kl_term is not None:
                 grad_logits.add_(kl_term)
+            if not isinstance(chunks.slope, float) or chunks.slope != 1.0:
+                grad_logits.mul_(chunks.slope)  # back through the logit transform: d loss / d z
             if grad_rows is not None:
                 grad_rows[part] = grad_logits.to(weight.dtype) @ weight  # [chunk, H]
             if grad_weight is not None:

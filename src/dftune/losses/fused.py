@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from dftune.errors import DftuneError
-from dftune.losses.chunks import Chunks, FusedLinearObjective, Reference, chunked_statistics
+from dftune.losses.chunks import Chunks, FusedLinearObjective, LogitTransform, Reference, chunked_statistics
 from dftune.losses.contract import SEGMENTS, Objective, Statistics, Weights
 from dftune.losses.core import IGNORE_INDEX, Count, LossOutput, TokenStats, shift_labels, token_metrics
 from dftune.losses.registry import get_objective
@@ -51,6 +51,7 @@ def fused_linear_loss(
     sample_ids: Tensor | None = None,
     ref_hidden: Tensor | None = None,
     ref_weight: Tensor | None = None,
+    logit_transform: LogitTransform = LogitTransform(),
     **objective_kwargs: Any,
 ) -> LossOutput:
     """`objective` on ``hidden @ weight.T`` without materialising the logits (Cut Cross-Entropy style).
@@ -70,6 +71,8 @@ def fused_linear_loss(
       for packed batches of objectives that weigh whole samples.
     - ref_hidden [B, T, H_ref] and ref_weight [V, H_ref]: a reference model's final hidden states and output
       layer, for objectives with a KL term (`ref_logits=ref_hidden @ ref_weight.T` unfused); no gradient.
+    - logit_transform: what the model does to ``hidden @ weight.T`` before its logits (scale, soft-capping; the
+      reference's too); then the equality holds with ``logit_transform(hidden @ weight.T)`` as the logits.
     - chunk_size: valid target tokens per chunk; default ``max(1, 2**23 // V)``.
     - dtype: the logits of a chunk are computed in the inputs' dtype (`hidden` is cast to `weight`'s) and
       upcast to float32 (float64 stays float64); CE, softmax, the loss and the weight gradient accumulate in
@@ -104,7 +107,7 @@ def fused_linear_loss(
     reference = None
     if ref_hidden is not None:
         ref_rows = ref_hidden.detach().flatten(0, 1).index_select(0, index).to(ref_weight.dtype)  # [N, H_ref]
-        reference = Reference(ref_rows, ref_weight.detach())
+        reference = Reference(ref_rows, ref_weight.detach(), logit_transform)
 
     segment, num_samples = None, labels.shape[0]
     if SEGMENTS in spec.needs:
@@ -116,7 +119,7 @@ def fused_linear_loss(
         return spec.weigh(stats, num_items, **settings)
 
     num_items = (target.numel() if spec.normalise_by == "tokens" else num_samples) if count is None else count
-    chunks = Chunks(rows, weight, chunk_size, list(wanted), reference)
+    chunks = Chunks(rows, weight, chunk_size, list(wanted), reference, logit_transform)
     if spec.per_token and needs_grad:
         loss = FusedLinearObjective.apply(
             rows, weight, target, lambda part, ce, extra: weigh(ce, extra, part), chunks, statistics_of
@@ -128,7 +131,7 @@ def fused_linear_loss(
         weights = weigh(chunks.ce, chunks.stats)
         if needs_grad:  # pass 2: the gradients, with the coefficients now known
             fixed = _fixed(weights)
-            pass2 = Chunks(rows, weight, chunk_size, [], reference)
+            pass2 = Chunks(rows, weight, chunk_size, [], reference, logit_transform)
             loss = FusedLinearObjective.apply(rows, weight, target, fixed, pass2, None)
         else:
             loss = _loss_of(weights, chunks)

@@ -34,7 +34,7 @@ from dftune.losses import (
     get_objective,
     unfusable_statistics,
 )
-from dftune.runtime.fused_head import fusable_head, head_computes
+from dftune.runtime.fused_head import FusedHead, fusable_head
 from dftune.runtime.guards import GuardedUpdates
 from dftune.runtime.metrics import MetricWindow
 from dftune.runtime.reference_forward import ReferenceForward
@@ -84,7 +84,7 @@ class ObjectiveTrainer(GuardedUpdates, Trainer):
         self.reference = None
         if REF_KL in self.spec.needs:
             self.reference = ReferenceForward(self.model, None if reference is None else reference.to(self.args.device))
-        self.fused_head: nn.Linear | None = None
+        self.fused_head: FusedHead | None = None
         if fused_loss != "false":
             self.fused_head, reason = self._fusable()
             if self.fused_head is None and fused_loss == "true":
@@ -92,7 +92,7 @@ class ObjectiveTrainer(GuardedUpdates, Trainer):
             if self.fused_head is None:
                 logger.info("fused_loss: auto uses the unfused loss head: %s", reason)
 
-    def _fusable(self) -> tuple[nn.Linear | None, str]:
+    def _fusable(self) -> tuple[FusedHead | None, str]:
         """The head the fused loss can use, or (None, why not): the model's head, the objective's statistics and,
         with a KL anchor, the reference's head."""
         head, reason = fusable_head(self.model)
@@ -102,6 +102,8 @@ class ObjectiveTrainer(GuardedUpdates, Trainer):
                                   "one chunk of logits at a time")
         if head is not None and self.reference is not None and self.reference.head is None:
             head, reason = None, f"the reference's output layer cannot be fused: {self.reference.reason}"
+        if head is not None and self.reference is not None and self.reference.head.transform != head.transform:
+            head, reason = None, "the reference transforms its logits differently from the model"
         return head, reason
 
     def batch_count(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -174,10 +176,11 @@ class ObjectiveTrainer(GuardedUpdates, Trainer):
 
         def loss_fn(hidden: torch.Tensor) -> LossOutput:
             return fused_linear_loss(
-                hidden, head.weight, labels, objective=self.objective, global_count=global_count, **kwargs
+                hidden, head.head.weight, labels, objective=self.objective, global_count=global_count,
+                logit_transform=head.transform, **kwargs
             )
 
-        with head_computes(head, loss_fn) as results:
+        with head.computes(loss_fn) as results:
             outputs = model(**inputs, use_cache=False)
         # Backward goes through the head's output as the model returned it: DeepSpeed ZeRO-3 hooks that tensor to
         # gather the partitioned weight again before the head's backward.

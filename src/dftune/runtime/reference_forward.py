@@ -17,7 +17,7 @@ from peft import PeftModel
 from torch import nn
 
 from dftune.errors import DftuneError
-from dftune.runtime.fused_head import fusable_head, head_returns_input
+from dftune.runtime.fused_head import fusable_head
 
 
 class ReferenceForward:
@@ -54,6 +54,6 @@ class ReferenceForward:
         """(final hidden states [B, T, H], output layer [V, H]) of the reference; its head must be fusable."""
         if self.head is None:
             raise DftuneError(f"the reference's loss head cannot be fused: {self.reason}")
-        with self._model() as model, head_returns_input(self.head):
+        with self._model() as model, self.head.returns_input():
             hidden = model(**inputs, use_cache=False).logits
-        return hidden, self.head.weight.detach()
+        return hidden, self.head.head.weight.detach()
