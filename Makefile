@@ -1,12 +1,13 @@
 # make demo  -> set up .venv and run the quickstart (CPU, offline, a few minutes)
 # make test  -> set up .venv, check the import layers (lint-imports, contracts in pyproject.toml), run the tests
 # make bench -> set up .venv and run the benchmarks (not part of test)
+# make bench-gpu -> on one CUDA GPU: loss heads (dftune, TRL, Liger, full logits), training, ZeRO-3, QLoRA DPO
 # make demo-real -> the SmolLM2-135M-Instruct study: LoRA sft/dft/bft on word problems (~1 hour on 2 CPU cores)
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.setup-done
 
-.PHONY: setup test demo demo-real bench clean
+.PHONY: setup test demo demo-real bench bench-gpu clean
 
 setup: $(STAMP)
 
@@ -32,6 +33,10 @@ demo-real: setup
 bench: setup
 	$(VENV)/bin/python -m pip install -q -c constraints.txt -e '.[dev,bench]'
 	$(VENV)/bin/python benchmarks/run_all.py
+
+bench-gpu: setup
+	$(VENV)/bin/python -m pip install -q -c constraints.txt -e '.[dev,bench]'
+	$(VENV)/bin/python benchmarks/gpu/bench_gpu.py
 
 clean:
 	rm -rf $(VENV) outputs

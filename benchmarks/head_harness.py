@@ -28,14 +28,18 @@ def peak_bytes(device: str) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def measure(head: Head, tokens: int, vocab: int, hidden_size: int, device: str, with_reference: bool = False) -> dict:
+def measure(
+    head: Head, tokens: int, vocab: int, hidden_size: int, device: str, with_reference: bool = False,
+    dtype: torch.dtype = torch.float32,
+) -> dict:
     """Peak bytes beyond inputs + weight gradient, and seconds per loss + backward (call in a fresh process).
 
     With `with_reference`, the head also gets a reference model's hidden states [N, H] and output layer [V, H]
-    (`ref_hidden`, `ref_weight`: inputs, in the baseline)."""
+    (`ref_hidden`, `ref_weight`: inputs, in the baseline). `dtype`: of the hidden states and the weight (a
+    module's Parameter, so that a library's head can use it as its own)."""
     torch.manual_seed(0)
-    hidden = torch.randn(tokens, hidden_size, device=device)
-    weight = (torch.randn(vocab, hidden_size, device=device) / hidden_size**0.5).requires_grad_()
+    hidden = torch.randn(tokens, hidden_size, device=device, dtype=dtype)
+    weight = torch.nn.Parameter((torch.randn(vocab, hidden_size, device=device) / hidden_size**0.5).to(dtype))
     target = torch.randint(0, vocab, (tokens,), device=device)
     inputs = {}
     if with_reference:

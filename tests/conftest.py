@@ -14,6 +14,18 @@ from safetensors.torch import load_file, save_file
 from dftune.models.presets import init_model
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `cuda` skip, saying so, on a machine without a CUDA GPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU: run on one (make bench-gpu covers the GPU paths)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Tokenised-data caches go to a temporary folder, never the user's ~/.cache."""

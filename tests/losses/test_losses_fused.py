@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from dftune.errors import DftuneError
-from dftune.losses import LogitTransform, compute_objective, fused_linear_loss
+from dftune.losses import LogitTransform, compute_objective, default_chunk_size, fused_linear_loss
 
 CASES = {
     "sft": {},
@@ -178,3 +178,16 @@ def test_logit_transform_equals_the_transformed_logits(case, transform):
     out = fused_linear_loss(hidden, weight, labels, objective=name, chunk_size=4, logit_transform=transform,
                             **CASES[case])  # fmt: skip
     assert_same((out, torch.autograd.grad(out.loss, (hidden, weight))), (expected, expected_grads))
+
+
+def test_default_chunk_by_device_and_free_memory(monkeypatch):
+    """CPU: 32 MiB of float32 logits. CUDA: 5% of the free memory, at most 1 GiB, for all of one chunk's buffers."""
+    assert default_chunk_size(151936, torch.device("cpu")) == 2**23 // 151936 == 55
+    gib = 2**30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (100 * gib, 141 * gib))
+    assert default_chunk_size(151936, torch.device("cuda")) == gib // (151936 * 4) == 1767  # the 1 GiB cap
+    assert default_chunk_size(151936, torch.device("cuda"), buffers=3) == gib // (151936 * 12)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (4 * gib, 80 * gib))
+    assert default_chunk_size(151936, torch.device("cuda")) == int(0.05 * 4 * gib) // (151936 * 4)  # 5% of free
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (1000, 80 * gib))
+    assert default_chunk_size(151936, torch.device("cuda")) == 1  # never zero

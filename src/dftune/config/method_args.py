@@ -35,6 +35,11 @@ class MethodArguments(ObjectiveArguments):  # type: ignore[misc, valid-type]
                   "(never the [B, T, V] logits). auto: where exact, else the plain head with one log line saying why; "
                   "true: an error where it cannot apply."},
     )
+    fused_chunk_size: int | None = field(
+        default=None,
+        metadata={"help": "Target tokens per chunk of the fused loss head. Default: by device and free memory (CPU: "
+                  "32 MiB of logits; CUDA: at most 5% of the free memory and 1 GiB for one chunk's buffers)."},
+    )
     finetuning_type: Literal["full", "lora"] = field(default="full", metadata={"help": "Train all weights or LoRA."})
     lora_rank: int = field(default=8, metadata={"help": "LoRA rank r."})
     lora_alpha: float | None = field(default=None, metadata={"help": "LoRA scaling alpha (default 2 * lora_rank)."})
@@ -52,6 +57,8 @@ class MethodArguments(ObjectiveArguments):  # type: ignore[misc, valid-type]
         self.fused_loss = str(self.fused_loss).lower()  # YAML `true` arrives as a bool or "True"
         if self.fused_loss not in ("auto", "true", "false"):
             raise ValueError(f"fused_loss must be auto, true or false, got {self.fused_loss}")
+        if self.fused_chunk_size is not None and self.fused_chunk_size < 1:
+            raise ValueError(f"fused_chunk_size must be at least 1, got {self.fused_chunk_size}")
         check_settings(self)
         self.loss = resolve_loss(self)
 

@@ -7,7 +7,7 @@ from dftune.losses.chunks import LogitTransform
 from dftune.losses.contract import CE, ENTROPY, REF_KL, SEGMENTS, Objective, RowStatistic, Setting, Statistics, Weights
 from dftune.losses.core import IGNORE_INDEX, LossOutput, TokenStats, shift_labels, token_stats
 from dftune.losses.diffusion import diffusion_objective, masked_diffusion_dft_loss, masked_diffusion_loss
-from dftune.losses.fused import fused_linear_loss, unfusable_statistics
+from dftune.losses.fused import default_chunk_size, fused_linear_loss, unfusable_statistics
 from dftune.losses.objectives.asft import asft_loss
 from dftune.losses.objectives.bft import bft_coefficients, bft_loss, lowest_group_confidence
 from dftune.losses.objectives.dft import dft_coefficients, dft_loss
@@ -36,6 +36,7 @@ __all__ = [
     "compute_objective",
     "config_keys",
     "dft_coefficients",
+    "default_chunk_size",
     "dft_loss",
     "diffusion_objective",
     "eaft_loss",

@@ -31,7 +31,27 @@ from dftune.losses.statistics import row_statistics, row_statistics_of, sample_s
 from dftune.losses.unfused import check_reference, check_sample_ids, objective_metrics
 
 LOGITS_PER_CHUNK = 2**23
-"""Default chunk: as many tokens as keep one chunk of float32 logits near 32 MiB (55 tokens at V = 151936)."""
+"""Default chunk off an accelerator: as many tokens as keep one chunk of float32 logits near 32 MiB (55 tokens at
+V = 151936): larger chunks buy nothing on a CPU, whose matmuls are already efficient at that size."""
+ACCELERATOR_FREE_FRACTION = 0.05
+"""On an accelerator each chunk is a few kernel launches, so chunks are large: the [chunk, V] buffers of one chunk
+take at most this fraction of the device's free memory ..."""
+ACCELERATOR_MAX_BYTES = 2**30
+"""... and at most 1 GiB (1767 tokens of float32 logits at V = 151936)."""
+
+
+def default_chunk_size(vocab: int, device: torch.device, buffers: int = 1) -> int:
+    """Valid target tokens per chunk when `chunk_size` is not given: by device type and free memory.
+
+    `buffers` is how many [chunk, V] float32 blocks one chunk keeps alive (1; 2 with soft-capping; 3 with a
+    reference). CPU: ``2**23 // V`` tokens of one buffer. CUDA: the largest chunk whose buffers fit in both
+    `ACCELERATOR_FREE_FRACTION` of the free memory and `ACCELERATOR_MAX_BYTES`.
+    """
+    if device.type != "cuda":
+        return max(1, LOGITS_PER_CHUNK // vocab)
+    free, _ = torch.cuda.mem_get_info(device)
+    budget = min(free * ACCELERATOR_FREE_FRACTION, ACCELERATOR_MAX_BYTES)
+    return max(1, int(budget // (vocab * 4 * buffers)))
 
 def unfusable_statistics(objective: Objective) -> list[str]:
     """The statistics `objective` needs that the fused head cannot compute chunk by chunk (empty: it can)."""
@@ -73,7 +93,7 @@ def fused_linear_loss(
       layer, for objectives with a KL term (`ref_logits=ref_hidden @ ref_weight.T` unfused); no gradient.
     - logit_transform: what the model does to ``hidden @ weight.T`` before its logits (scale, soft-capping; the
       reference's too); then the equality holds with ``logit_transform(hidden @ weight.T)`` as the logits.
-    - chunk_size: valid target tokens per chunk; default ``max(1, 2**23 // V)``.
+    - chunk_size: valid target tokens per chunk; default by device and free memory (`default_chunk_size`).
     - dtype: the logits of a chunk are computed in the inputs' dtype (`hidden` is cast to `weight`'s) and
       upcast to float32 (float64 stays float64); CE, softmax, the loss and the weight gradient accumulate in
       that precision. Gradients come back in the inputs' dtypes.
@@ -98,7 +118,8 @@ def fused_linear_loss(
     target = flat_targets.index_select(0, index)  # [N]
     rows = hidden.flatten(0, 1).index_select(0, index).to(weight.dtype)  # [N, H]; autograd scatters back
     if chunk_size is None:
-        chunk_size = max(1, LOGITS_PER_CHUNK // weight.shape[0])
+        buffers = 1 + (logit_transform.softcap is not None) + 2 * (ref_hidden is not None)
+        chunk_size = default_chunk_size(weight.shape[0], rows.device, buffers)
     if chunk_size < 1:
         raise DftuneError(f"chunk_size must be at least 1, got {chunk_size}")
     needs_grad = torch.is_grad_enabled() and (rows.requires_grad or weight.requires_grad)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -36,7 +37,7 @@ from dftune.losses import (
 )
 from dftune.runtime.fused_head import FusedHead, fusable_head
 from dftune.runtime.guards import GuardedUpdates
-from dftune.runtime.metrics import MetricWindow
+from dftune.runtime.metrics import MetricWindow, source_sums
 from dftune.runtime.reference_forward import ReferenceForward
 
 logger = logging.getLogger(__name__)
@@ -68,11 +69,14 @@ class ObjectiveTrainer(GuardedUpdates, Trainer):
         objective: str,
         objective_kwargs: dict[str, Any],
         fused_loss: str = "auto",
+        fused_chunk_size: int | None = None,
         max_nonfinite_steps: int = 3,
         reference: nn.Module | None = None,
+        source_names: Sequence[str] = (),
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.source_names = list(source_names)  # several data sources: ce/<source> of each (source_ids in batches)
         self.objective = objective
         self.spec = get_objective(objective)
         self.objective_kwargs = objective_kwargs
@@ -85,6 +89,7 @@ class ObjectiveTrainer(GuardedUpdates, Trainer):
         if REF_KL in self.spec.needs:
             self.reference = ReferenceForward(self.model, None if reference is None else reference.to(self.args.device))
         self.fused_head: FusedHead | None = None
+        self.fused_chunk_size = fused_chunk_size  # None: by device and free memory (losses.default_chunk_size)
         if fused_loss != "false":
             self.fused_head, reason = self._fusable()
             if self.fused_head is None and fused_loss == "true":
@@ -109,6 +114,14 @@ class ObjectiveTrainer(GuardedUpdates, Trainer):
     def batch_count(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """One collated micro-batch's share of the global count that normalises the loss (the objective's unit)."""
         return self.spec.local_count(batch["labels"], packed_sample_ids(batch))
+
+    def _set_signature_columns_if_needed(self) -> None:
+        """Keep the dataset's `source_id` through transformers' removal of the columns the model does not take (the
+        collator turns it into `source_ids`). Transformers' private hook: tests/stages/test_source_metrics.py fails
+        when it moves."""
+        super()._set_signature_columns_if_needed()
+        if "source_id" not in self._signature_columns:
+            self._signature_columns.append("source_id")
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):  # type: ignore[override]
         """Replace transformers' token count by our own, summed over the accumulation window and processes."""
@@ -141,6 +154,7 @@ class ObjectiveTrainer(GuardedUpdates, Trainer):
         num_items_in_batch: torch.Tensor | None = None,
     ):
         labels = inputs.pop("labels")
+        source_ids = inputs.pop("source_ids", None)  # [B, T] per-position data source (dftune.data.collate)
         # Fused unless an evaluation asks for logits (compute_metrics); then `outputs` holds no logits.
         fused = self.fused_head is not None and not (return_outputs and self.compute_metrics is not None)
         kwargs = self.loss_kwargs(inputs, fused=fused)
@@ -154,6 +168,9 @@ class ObjectiveTrainer(GuardedUpdates, Trainer):
             out = compute_objective(self.objective, outputs.logits, labels, global_count=global_count, **kwargs)
         eval_weight = out.num_tokens if self.unit == "tokens" else out.num_samples
         loss = self.record(out, training=model.training, global_count=global_count, eval_weight=eval_weight)
+        if source_ids is not None and len(self.source_names) > 1:
+            window = self._train_window if model.training else self._eval_window
+            window.add_sums(source_sums(out, source_ids, self.source_names))
         return (loss, outputs) if return_outputs else loss
 
     def loss_kwargs(self, inputs: dict[str, torch.Tensor], *, fused: bool) -> dict[str, Any]:
@@ -177,7 +194,7 @@ class ObjectiveTrainer(GuardedUpdates, Trainer):
         def loss_fn(hidden: torch.Tensor) -> LossOutput:
             return fused_linear_loss(
                 hidden, head.head.weight, labels, objective=self.objective, global_count=global_count,
-                logit_transform=head.transform, **kwargs
+                chunk_size=self.fused_chunk_size, logit_transform=head.transform, **kwargs
             )
 
         with head.computes(loss_fn) as results:

@@ -41,6 +41,8 @@ def build_trainer(config: RunConfig, callbacks: list[TrainerCallback]) -> Object
         objective=config.method.loss,
         objective_kwargs=config.method.objective_kwargs(),
         fused_loss=config.method.fused_loss,
+        fused_chunk_size=config.method.fused_chunk_size,
         max_nonfinite_steps=config.reliability.max_nonfinite_steps,
         reference=objective_reference(config),
+        source_names=prepared.source_names,
     )
