@@ -185,7 +185,7 @@ def test_default_chunk_by_device_and_free_memory(monkeypatch):
     assert default_chunk_size(151936, torch.device("cpu")) == 2**23 // 151936 == 55
     gib = 2**30
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (100 * gib, 141 * gib))
-    assert default_chunk_size(151936, torch.device("cuda")) == gib // (151936 * 4) == 1767  # the 1 GiB cap
+    assert default_chunk_size(151936, torch.device("cuda")) == gib // (151936 * 4) == 1766  # the 1 GiB cap
     assert default_chunk_size(151936, torch.device("cuda"), buffers=3) == gib // (151936 * 12)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (4 * gib, 80 * gib))
     assert default_chunk_size(151936, torch.device("cuda")) == int(0.05 * 4 * gib) // (151936 * 4)  # 5% of free

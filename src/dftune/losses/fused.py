@@ -37,7 +37,7 @@ ACCELERATOR_FREE_FRACTION = 0.05
 """On an accelerator each chunk is a few kernel launches, so chunks are large: the [chunk, V] buffers of one chunk
 take at most this fraction of the device's free memory ..."""
 ACCELERATOR_MAX_BYTES = 2**30
-"""... and at most 1 GiB (1767 tokens of float32 logits at V = 151936)."""
+"""... and at most 1 GiB (1766 tokens of float32 logits at V = 151936)."""
 
 
 def default_chunk_size(vocab: int, device: torch.device, buffers: int = 1) -> int:
