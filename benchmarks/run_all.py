@@ -97,10 +97,11 @@ SFTTrainer computes it), "dftune" `fused_linear_loss` with its default chunk for
 {head['table']}
 {skipped}
 
-## 2. EAFT and ASFT heads: fused vs LLaMA-Factory's full float32 logits (V = {objectives['vocab']}, H = {objectives['hidden']}, {objectives['device']})
+## 2. EAFT, ASFT and masked-diffusion heads: fused vs full float32 logits (V = {objectives['vocab']}; dllm V = 126,464; H = {objectives['hidden']}, {objectives['device']})
 
-LLaMA-Factory computes both on the whole batch's float32 logits, ASFT with the reference model's full logits too;
-dftune's fused head holds one chunk of each. Peak memory beyond the inputs (both models' hidden states and output
+LLaMA-Factory computes EAFT and ASFT on the whole batch's float32 logits, ASFT with the reference model's full
+logits too; LLaDA-style SFT makes the logits of every position and keeps the masked ones (half of them here).
+dftune's fused head holds one chunk of each, of the masked positions only for stage dllm. Peak memory beyond the inputs (both models' hidden states and output
 layers) and the weight gradient, and seconds for loss + backward; ratios are fused / full.
 
 {objectives['table']}

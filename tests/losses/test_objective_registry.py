@@ -28,6 +28,7 @@ from dftune.losses import (
     Weights,
     compute_objective,
     diffusion_objective,
+    fused_diffusion_objective,
     fused_linear_loss,
     register,
 )
@@ -186,3 +187,17 @@ def test_a_statistic_the_fused_head_cannot_chunk_is_an_error_naming_it(scratch_o
     compute_objective("test-unchunked", hidden @ weight.T, labels)  # the unfused path computes it
     with pytest.raises(DftuneError, match=r"cannot compute \['whole-row-only'\], which objective test-unchunked"):
         fused_linear_loss(hidden, weight, labels, objective="test-unchunked")
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, None])
+@pytest.mark.parametrize("name, settings", cases("dllm"))
+def test_stage_dllm_fused_equals_unfused(name, settings, chunk_size):
+    """The fused masked-diffusion head: no shift, 1 / t per sample, the answer-token count: value, metrics and the
+    gradients of hidden and weight as `diffusion_objective` on the materialised logits."""
+    hidden, weight, labels = make_batch(B=3, T=11, H=6, V=23, seed=8)
+    t = torch.tensor([0.9, 0.05, 0.4], dtype=torch.float32)  # float32, as the collator draws it
+    expected = diffusion_objective(name, hidden @ weight.T, labels, t, num_answer_tokens=25, **settings)
+    expected_grads = torch.autograd.grad(expected.loss, (hidden, weight))
+    out = fused_diffusion_objective(name, hidden, weight, labels, t, num_answer_tokens=25, chunk_size=chunk_size,
+                                    **settings)  # fmt: skip
+    assert_same((out, torch.autograd.grad(out.loss, (hidden, weight))), (expected, expected_grads))

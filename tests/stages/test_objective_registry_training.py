@@ -106,3 +106,29 @@ def test_a_row_statistic_the_head_can_chunk_is_fused(tiny_model_dir, tmp_path, s
     register(Objective(name="test-entropy", normalise_by="tokens", needs=frozenset({CE, ENTROPY}),
                        weigh=lambda stats, count: Weights(stats.rows[ENTROPY] / count)))  # fmt: skip
     assert make_trainer(tiny_model_dir, tmp_path, "test-entropy", {}, fused_loss="true").fused_head is not None
+
+
+@pytest.mark.parametrize("name, settings", cases("dllm"))
+def test_stage_dllm_fused_head_equals_unfused(tmp_path, name, settings):
+    """`fused_loss: true` in stage dllm: the same loss and parameter gradients as the materialised logits."""
+    from test_dllm_trainer import grads, noised_batch
+    from transformers import TrainingArguments
+
+    from dftune.models.presets import init_model
+    from dftune.stages.dllm import DiffusionTrainer
+
+    model_dir = init_model("tiny-dllm", tmp_path / "tiny-dllm")
+    batch = noised_batch(model_dir)
+    results = {}
+    for fused_loss in ("true", "false"):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float64)
+        args = TrainingArguments(output_dir=str(tmp_path / fused_loss), use_cpu=True, report_to="none")
+        trainer = DiffusionTrainer(model=model, args=args, objective=name, objective_kwargs=settings,
+                                   fused_loss=fused_loss)  # fmt: skip
+        assert (trainer.fused_head is not None) == (fused_loss == "true")
+        loss = trainer.compute_loss(model.train(), dict(batch), num_items_in_batch=batch["answer_mask"].sum())
+        loss.backward()
+        results[fused_loss] = (loss.detach(), grads(model))
+    torch.testing.assert_close(results["true"][0], results["false"][0], rtol=1e-10, atol=0)
+    torch.testing.assert_close(results["true"][1], results["false"][1], rtol=1e-8, atol=1e-12)

@@ -1,12 +1,17 @@
 """Training objectives: every one is cross-entropy times a detached per-token coefficient, declared once.
 
-Module order: diffusion, fused > chunks, registry > objectives.* > unfused > statistics > contract > core.
+Module order: diffusion > fused > chunks, registry > objectives.* > unfused > statistics > contract > core.
 """
 
 from dftune.losses.chunks import LogitTransform
 from dftune.losses.contract import CE, ENTROPY, REF_KL, SEGMENTS, Objective, RowStatistic, Setting, Statistics, Weights
 from dftune.losses.core import IGNORE_INDEX, LossOutput, TokenStats, shift_labels, token_stats
-from dftune.losses.diffusion import diffusion_objective, masked_diffusion_dft_loss, masked_diffusion_loss
+from dftune.losses.diffusion import (
+    diffusion_objective,
+    fused_diffusion_objective,
+    masked_diffusion_dft_loss,
+    masked_diffusion_loss,
+)
 from dftune.losses.fused import default_chunk_size, fused_linear_loss, unfusable_statistics
 from dftune.losses.objectives.asft import asft_loss
 from dftune.losses.objectives.bft import bft_coefficients, bft_loss, lowest_group_confidence
@@ -40,6 +45,7 @@ __all__ = [
     "dft_loss",
     "diffusion_objective",
     "eaft_loss",
+    "fused_diffusion_objective",
     "fused_linear_loss",
     "get_objective",
     "lowest_group_confidence",

@@ -11,11 +11,22 @@ from typing import Any
 from torch import Tensor
 
 from dftune.errors import DftuneError
+from dftune.losses.contract import Objective
 from dftune.losses.core import Count, LossOutput
+from dftune.losses.fused import fused_linear_loss
 from dftune.losses.registry import OBJECTIVES, get_objective
 from dftune.losses.unfused import objective_loss
 
 STAGE = "dllm"
+
+
+def check_stage(name: str) -> Objective:
+    """The objective `name`, which must be registered for stage dllm."""
+    objective = get_objective(name)
+    if STAGE not in objective.stages:
+        supported = sorted(n for n, o in OBJECTIVES.items() if STAGE in o.stages)
+        raise DftuneError(f"stage {STAGE} has no loss {name!r}; use one of {supported}")
+    return objective
 
 
 def diffusion_objective(
@@ -30,10 +41,7 @@ def diffusion_objective(
     where `num_answer_tokens` counts every non-prompt position of the batch, masked or not (global across
     accumulation steps and processes, like `num_items_in_batch`).
     """
-    objective = get_objective(name)
-    if STAGE not in objective.stages:
-        supported = sorted(n for n, o in OBJECTIVES.items() if STAGE in o.stages)
-        raise DftuneError(f"stage {STAGE} has no loss {name!r}; use one of {supported}")
+    objective = check_stage(name)
     # 1 / t in float64: the collator draws t in float32, and its reciprocal must not round at that precision.
     return objective_loss(objective, logits, labels, count=num_answer_tokens, shift=False, row_scale=1.0 / t.double(),
                           **settings)
@@ -66,3 +74,15 @@ def masked_diffusion_dft_loss(
     on the negative log-likelihood.
     """
     return diffusion_objective("dft", logits, labels, t, num_answer_tokens=num_answer_tokens, alpha=alpha)
+
+
+def fused_diffusion_objective(
+    name: str, hidden: Tensor, weight: Tensor, labels: Tensor, t: Tensor, *, num_answer_tokens: Count,
+    **kwargs: Any,
+) -> LossOutput:
+    """`diffusion_objective` on ``hidden @ weight.T`` without materialising the logits: the fused head over the
+    masked positions only (value, metrics and gradients equal). kwargs: the objective's settings and the fused
+    head's (`chunk_size`, `logit_transform`)."""
+    check_stage(name)
+    return fused_linear_loss(hidden, weight, labels, objective=name, global_count=num_answer_tokens, shift=False,
+                             row_scale=1.0 / t.double(), **kwargs)  # fmt: skip

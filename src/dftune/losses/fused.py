@@ -17,6 +17,7 @@ the statistics only (no gradient), the objective weighs them, pass 2 computes th
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -72,6 +73,8 @@ def fused_linear_loss(
     ref_hidden: Tensor | None = None,
     ref_weight: Tensor | None = None,
     logit_transform: LogitTransform = LogitTransform(),
+    shift: bool = True,
+    row_scale: Tensor | None = None,
     **objective_kwargs: Any,
 ) -> LossOutput:
     """`objective` on ``hidden @ weight.T`` without materialising the logits (Cut Cross-Entropy style).
@@ -93,6 +96,9 @@ def fused_linear_loss(
       layer, for objectives with a KL term (`ref_logits=ref_hidden @ ref_weight.T` unfused); no gradient.
     - logit_transform: what the model does to ``hidden @ weight.T`` before its logits (scale, soft-capping; the
       reference's too); then the equality holds with ``logit_transform(hidden @ weight.T)`` as the logits.
+    - shift, row_scale: as `unfused.objective_loss` takes them: stage dllm passes ``shift=False`` (position i
+      predicts labels[:, i]) and ``row_scale = 1 / t`` (each sample's coefficients times the inverse of its mask
+      ratio), so that this equals `diffusion_objective` on ``hidden @ weight.T``.
     - chunk_size: valid target tokens per chunk; default by device and free memory (`default_chunk_size`).
     - dtype: the logits of a chunk are computed in the inputs' dtype (`hidden` is cast to `weight`'s) and
       upcast to float32 (float64 stays float64); CE, softmax, the loss and the weight gradient accumulate in
@@ -112,8 +118,10 @@ def fused_linear_loss(
         raise DftuneError(f"the fused loss head cannot compute {missing}, which objective {spec.name} needs, one "
                           "chunk of logits at a time: compute it unfused (fused_loss: auto or false)")
 
-    # Valid target rows only: targets[:, t] = labels[:, t + 1] (see `shift_labels`).
-    flat_targets = shift_labels(labels).flatten()  # [B*T]
+    if SEGMENTS in spec.needs and not shift:
+        raise DftuneError(f"{spec.name} weighs whole samples of causal (shifted) targets; it has no unshifted form")
+    # Valid target rows only: targets[:, t] = labels[:, t + 1] (see `shift_labels`), or labels[:, t] unshifted.
+    flat_targets = (shift_labels(labels) if shift else labels).flatten()  # [B*T]
     index = (flat_targets != IGNORE_INDEX).nonzero().squeeze(1)  # [N]
     target = flat_targets.index_select(0, index)  # [N]
     rows = hidden.flatten(0, 1).index_select(0, index).to(weight.dtype)  # [N, H]; autograd scatters back
@@ -139,11 +147,20 @@ def fused_linear_loss(
         stats = Statistics(ce=ce, num_samples=num_samples, segment=part_segment, rows=extra)
         return spec.weigh(stats, num_items, **settings)
 
+    # Each target's share of its row's scale (stage dllm: 1 / t), applied to the coefficients of the loss only.
+    target_scale = None if row_scale is None else row_scale.detach()[index // labels.shape[1]]
+
+    def scaled(weights: Weights, part: slice = slice(None)) -> Weights:
+        if target_scale is None:
+            return weights
+        factor = target_scale[part].to(weights.coefficients.dtype)
+        return dataclasses.replace(weights, coefficients=weights.coefficients * factor)
+
     num_items = (target.numel() if spec.normalise_by == "tokens" else num_samples) if count is None else count
     chunks = Chunks(rows, weight, chunk_size, list(wanted), reference, logit_transform)
     if spec.per_token and needs_grad:
         loss = FusedLinearObjective.apply(
-            rows, weight, target, lambda part, ce, extra: weigh(ce, extra, part), chunks, statistics_of
+            rows, weight, target, lambda part, ce, extra: scaled(weigh(ce, extra, part), part), chunks, statistics_of
         )
         weights = weigh(chunks.ce, chunks.stats)  # the metrics, over every target
     else:
@@ -151,11 +168,11 @@ def fused_linear_loss(
         chunked_statistics(rows.detach(), weight.detach(), target, chunks, statistics_of)
         weights = weigh(chunks.ce, chunks.stats)
         if needs_grad:  # pass 2: the gradients, with the coefficients now known
-            fixed = _fixed(weights)
+            fixed = _fixed(scaled(weights))
             pass2 = Chunks(rows, weight, chunk_size, [], reference, logit_transform)
             loss = FusedLinearObjective.apply(rows, weight, target, fixed, pass2, None)
         else:
-            loss = _loss_of(weights, chunks)
+            loss = _loss_of(scaled(weights), chunks)
     metrics, sample_metrics = objective_metrics(spec, weights, num_items, target.numel(), num_samples)
     stats = TokenStats(ce=chunks.ce, correct=chunks.correct, index=index, entropy=chunks.entropy)
     return LossOutput(loss, token_metrics(stats) | metrics, target.numel(), num_samples, sample_metrics=sample_metrics,

@@ -19,7 +19,9 @@ What `DiffusionTrainer` changes from stage sft's `ObjectiveTrainer`, and why:
   then batch 1 x accumulation 8 and batch 8 x accumulation 1 give the same gradient;
 - the model sees the noised input_ids only (no attention_mask: attention covers the whole row) and its
   logits are not shifted;
-- the loss head is never fused (the fused path computes the causal objectives).
+- the fused loss head (`fused_loss`, as in stage sft) runs over the masked positions only, unshifted, each sample's
+  coefficients times 1 / t (`losses.fused_diffusion_objective`); a head it cannot fuse (BERT's prediction head has
+  a transform and a bias) falls back with one log line.
 The metric window, evaluation and everything else are ObjectiveTrainer's.
 """
 
@@ -35,11 +37,10 @@ from transformers import TrainerCallback
 
 from dftune.config.parse import RunConfig, StageArguments
 from dftune.data.encode import IGNORE_INDEX
-from dftune.losses import OBJECTIVES, diffusion_objective
+from dftune.losses import OBJECTIVES, diffusion_objective, fused_diffusion_objective
 from dftune.models.loading import resolve_mask_token_id
 from dftune.runtime.objective_trainer import ObjectiveTrainer
-from dftune.runtime.preflight import load_checked_tokenizer
-from dftune.stages.common import chat_data, check_reference_keys, trainable_model
+from dftune.stages.common import chat_data, chat_tokenizer, check_reference_keys, trainable_model
 
 
 @dataclass
@@ -118,9 +119,9 @@ class DiffusionTrainer(ObjectiveTrainer):
     `objective_kwargs` (dft: `alpha`)."""
 
     def __init__(self, *args: Any, objective: str, objective_kwargs: dict[str, Any] | None = None,
-                 **kwargs: Any) -> None:  # fmt: skip
+                 fused_loss: str = "false", **kwargs: Any) -> None:  # fmt: skip
         super().__init__(*args, objective=objective, objective_kwargs=dict(objective_kwargs or {}),
-                         fused_loss="false", **kwargs)  # fmt: skip
+                         fused_loss=fused_loss, **kwargs)  # fmt: skip
         # The collator needs labels, which remote-code models (LLaDA) do not take in forward: keep the columns.
         self._signature_columns = ["input_ids", "labels"]
 
@@ -140,9 +141,15 @@ class DiffusionTrainer(ObjectiveTrainer):
         # weighs each batch's loss by it, which gives the exact mean over the eval set.
         local_count = answer_mask.sum()
         count = num_items_in_batch if model.training and num_items_in_batch is not None else local_count
-        outputs = model(input_ids=inputs["input_ids"])
         kwargs = self.spec.kwargs_at(self.objective_kwargs, self.state.global_step)
-        out = diffusion_objective(self.objective, outputs.logits, labels, t, num_answer_tokens=count, **kwargs)
+        if self.fused_head is not None and not (return_outputs and self.compute_metrics is not None):
+            out, outputs = self.fused_forward(model, {"input_ids": inputs["input_ids"]}, lambda hidden, head: (
+                fused_diffusion_objective(self.objective, hidden, head.head.weight, labels, t, num_answer_tokens=count,
+                                          chunk_size=self.fused_chunk_size, logit_transform=head.transform, **kwargs)
+            )), {}  # fmt: skip
+        else:
+            outputs = model(input_ids=inputs["input_ids"])
+            out = diffusion_objective(self.objective, outputs.logits, labels, t, num_answer_tokens=count, **kwargs)
         global_count = num_items_in_batch if model.training else None
         loss = self.record(out, training=model.training, global_count=global_count, eval_weight=int(local_count))
         if not model.training and self.compute_metrics is None:
@@ -154,7 +161,7 @@ def build_trainer(config: RunConfig, callbacks: list[TrainerCallback]) -> Diffus
     """Data first (bad records stop the run before any model loads), then the diffusion model, LoRA and Trainer."""
     stage_args = config.stage_args
     assert isinstance(stage_args, DllmArguments)  # parse_config built it from this stage's registry entry
-    tokenizer = load_checked_tokenizer(config.model, config.data.max_length)
+    tokenizer = chat_tokenizer(config)
     prepared = chat_data(config, tokenizer)
     model = trainable_model(config, diffusion=True)
     mask_token_id = resolve_mask_token_id(stage_args.mask_token_id, model.config, tokenizer)
@@ -168,5 +175,7 @@ def build_trainer(config: RunConfig, callbacks: list[TrainerCallback]) -> Diffus
         callbacks=callbacks,
         objective=config.method.loss,
         objective_kwargs=config.method.objective_kwargs(),
+        fused_loss=config.method.fused_loss,
+        fused_chunk_size=config.method.fused_chunk_size,
         max_nonfinite_steps=config.reliability.max_nonfinite_steps,
     )
