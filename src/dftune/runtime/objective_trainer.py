@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from collections.abc import Sequence
 from typing import Any
 
@@ -189,15 +190,17 @@ class ObjectiveTrainer(GuardedUpdates, Trainer):
 
     def _fused_objective(self, model, inputs, labels, global_count, kwargs) -> LossOutput:
         """The objective from the final hidden states and the head's weight, one chunk of logits at a time."""
+        return self.fused_forward(model, inputs, lambda hidden, head: fused_linear_loss(
+            hidden, head.head.weight, labels, objective=self.objective, global_count=global_count,
+            chunk_size=self.fused_chunk_size, logit_transform=head.transform, **kwargs,
+        ))  # fmt: skip
+
+    def fused_forward(
+        self, model: nn.Module, inputs: dict[str, torch.Tensor], loss_of: Callable[[torch.Tensor, FusedHead], LossOutput]
+    ) -> LossOutput:
+        """`model(**inputs)` with the output layer computing `loss_of(final hidden states, head)` instead of logits."""
         head = self.fused_head
-
-        def loss_fn(hidden: torch.Tensor) -> LossOutput:
-            return fused_linear_loss(
-                hidden, head.head.weight, labels, objective=self.objective, global_count=global_count,
-                chunk_size=self.fused_chunk_size, logit_transform=head.transform, **kwargs
-            )
-
-        with head.computes(loss_fn) as results:
+        with head.computes(lambda hidden: loss_of(hidden, head)) as results:
             outputs = model(**inputs, use_cache=False)
         # Backward goes through the head's output as the model returned it: DeepSpeed ZeRO-3 hooks that tensor to
         # gather the partitioned weight again before the head's backward.
