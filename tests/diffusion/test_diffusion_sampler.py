@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from dftune.diffusion import sample, transfer_schedule, truncate_at_eos
+from dftune.diffusion import decode, sample, transfer_schedule, truncate_at_eos
 
 MASK, VOCAB = 7, 11
 
@@ -92,3 +92,52 @@ def test_bad_block_layout_is_an_error():
         sample(RandomLogits(), torch.tensor([[1]]), mask_token_id=MASK, max_new_tokens=10, block_length=3)
     with pytest.raises(ValueError, match="steps"):
         sample(RandomLogits(), torch.tensor([[1]]), mask_token_id=MASK, max_new_tokens=10, block_length=5, steps=3)
+
+
+class Confident(nn.Module):
+    """Logits that make the model sure (p ~ 1) of some positions and unsure (p ~ 1/V) of the others, by position."""
+
+    def __init__(self, sure: set[int]) -> None:
+        super().__init__()
+        self.sure = sure
+
+    def forward(self, input_ids: torch.Tensor) -> SimpleNamespace:
+        logits = torch.zeros(*input_ids.shape, VOCAB)
+        for position in self.sure:
+            logits[:, position, 3] = 50.0
+        logits[:, :, 5] += 0.01 * torch.arange(input_ids.shape[1])  # ties broken: later positions slightly surer
+        return SimpleNamespace(logits=logits)
+
+
+@pytest.mark.parametrize("block_length", [None, 4])
+def test_threshold_one_equals_one_token_per_step(block_length):
+    """No confidence exceeds 1.0: exactly the most confident position each step, as the fixed schedule with one step
+    per token (low_confidence, greedy) does."""
+    prompt = torch.tensor([[1, 2, 3, 4], [5, 6, 1, 2]])
+    fixed = sample(RandomLogits(seed=3), prompt, mask_token_id=MASK, max_new_tokens=8, steps=8,
+                   block_length=block_length)  # fmt: skip
+    decoded = decode(RandomLogits(seed=3), prompt, mask_token_id=MASK, max_new_tokens=8, threshold=1.0,
+                     block_length=block_length)  # fmt: skip
+    assert torch.equal(decoded.ids, fixed) and decoded.steps == 8
+
+
+def test_threshold_unmasks_every_confident_position_at_once_and_reports_its_steps():
+    prompt = torch.tensor([[1, 2]])
+    states: list[torch.Tensor] = []
+    decoded = decode(Confident(sure={2, 3, 5}), prompt, mask_token_id=MASK, max_new_tokens=4, threshold=0.9,
+                     on_step=states.append)  # fmt: skip
+    first = states[0][0, 2:]
+    assert (first != MASK).tolist() == [True, True, False, True]  # the three sure positions in one step
+    previous = states[0]
+    for state in states[1:]:  # then one per step (none is confident), never changing an unmasked token
+        assert torch.equal(state[previous != MASK], previous[previous != MASK])
+        assert int(((previous == MASK) & (state != MASK)).sum()) == 1
+        previous = state
+    assert decoded.steps == len(states) == 2 and not (decoded.ids == MASK).any()
+
+
+def test_threshold_needs_low_confidence_and_no_fixed_steps():
+    with pytest.raises(ValueError, match="threshold"):
+        decode(RandomLogits(), torch.tensor([[1]]), mask_token_id=MASK, max_new_tokens=2, threshold=0.9, steps=2)
+    with pytest.raises(ValueError, match="threshold"):
+        decode(RandomLogits(), torch.tensor([[1]]), mask_token_id=MASK, max_new_tokens=2, threshold=1.5)

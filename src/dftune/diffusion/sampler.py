@@ -6,11 +6,17 @@ block gets `steps / num_blocks` steps. At every step the model predicts all mask
 `k` most confident predictions in the current block are kept (`low_confidence` remasking: the others go back
 to masks) or `k` random ones (`random`). k follows a linear schedule: the block's masks split evenly over
 its steps, the remainder to the first steps. Tokens once unmasked are never changed.
+
+Confidence-threshold parallel unmasking (Fast-dLLM, Wu et al. 2025): with `threshold`, a step keeps every masked
+position of the current block whose confidence exceeds it, and at least the most confident one, until the block
+is filled; the number of steps follows from the model's confidence (`decode` reports it). threshold 1.0 is
+one token per step.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -33,8 +39,21 @@ def model_logits(model: nn.Module, x: Tensor) -> Tensor:
     return model(input_ids=x).logits
 
 
+@dataclass(frozen=True)
+class Decoded:
+    """What `decode` returns: the generated ids [B, max_new_tokens] and the denoising steps it took in all."""
+
+    ids: Tensor
+    steps: int
+
+
+def sample(model: nn.Module, prompt_ids: Tensor, **kwargs) -> Tensor:
+    """[B, max_new_tokens] generated ids after `prompt_ids` [B, P]: `decode(...).ids` (see `decode`)."""
+    return decode(model, prompt_ids, **kwargs).ids
+
+
 @torch.no_grad()
-def sample(
+def decode(
     model: nn.Module,
     prompt_ids: Tensor,
     *,
@@ -45,11 +64,12 @@ def sample(
     temperature: float = 0.0,
     remasking: Remasking = "low_confidence",
     cfg_scale: float = 0.0,
+    threshold: float | None = None,
     eos_token_id: int | Sequence[int] | None = None,
     generator: torch.Generator | None = None,
     on_step: Callable[[Tensor], None] | None = None,
-) -> Tensor:
-    """[B, max_new_tokens] generated ids after `prompt_ids` [B, P] (same-length prompts, no padding).
+) -> Decoded:
+    """Generated ids [B, max_new_tokens] after `prompt_ids` [B, P] (same-length prompts, no padding), and the steps.
 
     steps: denoising steps in all (default max_new_tokens: one token per step); must be a multiple of the
     number of blocks. block_length: default max_new_tokens (one block); must divide max_new_tokens.
@@ -59,8 +79,11 @@ def sample(
     eos_token_id: once every row has an EOS in its finished blocks, the remaining blocks are skipped and filled
     with EOS (what full decoding converges to after a trained model's EOS). The output is not truncated:
     see `truncate_at_eos`.
+    threshold: confidence-threshold unmasking (in (0, 1], low_confidence remasking only): `steps` is not used.
     on_step: called with the current [B, P + max_new_tokens] ids after every step (tests, visualisation).
     """
+    if threshold is not None and not (0.0 < threshold <= 1.0 and remasking == "low_confidence" and steps is None):
+        raise ValueError("threshold must be in (0, 1], with low_confidence remasking and no fixed steps")
     block_length = block_length or max_new_tokens
     steps = steps or max_new_tokens
     if max_new_tokens % block_length:
@@ -79,11 +102,13 @@ def sample(
     batch, prompt_length = prompt_ids.shape
     x = torch.full((batch, prompt_length + max_new_tokens), mask_token_id, dtype=torch.long, device=prompt_ids.device)
     x[:, :prompt_length] = prompt_ids
+    taken = 0
     try:
         for block in range(num_blocks):
             start, end = prompt_length + block * block_length, prompt_length + (block + 1) * block_length
             schedule = transfer_schedule((x[:, start:end] == mask_token_id).sum(1), steps_per_block)  # [B, S]
-            for step in range(steps_per_block):
+            step = 0
+            while (x[:, start:end] == mask_token_id).any() if threshold is not None else step < steps_per_block:
                 masked = x == mask_token_id  # [B, L]
                 logits = _guided_logits(model, x, prompt_length, mask_token_id, cfg_scale).float()  # [B, L, V]
                 logits[..., mask_token_id] = -torch.inf  # a prediction must be a real token
@@ -95,12 +120,12 @@ def sample(
                 confidence[:, end:] = -torch.inf  # later blocks wait for their turn
                 confidence = confidence.masked_fill(~masked, -torch.inf)  # unmasked tokens stay as they are
                 for row in range(batch):
-                    k = int(schedule[row, step])
-                    if k:
-                        keep = torch.topk(confidence[row], k).indices
-                        x[row, keep] = x0[row, keep]
+                    keep = _kept(confidence[row], threshold, None if threshold is not None else int(schedule[row, step]))
+                    x[row, keep] = x0[row, keep]
+                step += 1
                 if on_step is not None:
                     on_step(x.clone())
+            taken += step
             answer = x[:, prompt_length:end]
             if eos.numel() and bool(torch.isin(answer, eos).any(1).all()) and end < x.shape[1]:
                 x[:, end:] = eos[0]
@@ -108,7 +133,20 @@ def sample(
     finally:
         if isinstance(model, nn.Module):
             model.train(was_training)
-    return x[:, prompt_length:]
+    return Decoded(x[:, prompt_length:], taken)
+
+
+def _kept(confidence: Tensor, threshold: float | None, k: int | None) -> Tensor:
+    """Positions of one row to unmask: the `k` most confident, or (threshold) every one whose confidence exceeds
+    `threshold` and at least the most confident; none when the row has no masked position left in the block."""
+    candidates = torch.isfinite(confidence)
+    if threshold is None:
+        return torch.topk(confidence, k).indices if k else confidence.new_empty(0, dtype=torch.long)
+    if not candidates.any():
+        return confidence.new_empty(0, dtype=torch.long)
+    above = (confidence > threshold) & candidates
+    above[confidence.argmax()] = True
+    return above.nonzero().squeeze(1)
 
 
 def truncate_at_eos(ids: Sequence[int], eos_token_id: int | Sequence[int] | None) -> list[int]:
