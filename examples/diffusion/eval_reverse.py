@@ -1,6 +1,7 @@
-"""Exact-match accuracy of a trained diffusion model on the held-out reverse prompts (examples/diffusion).
+"""Exact-match accuracy of a trained diffusion model on held-out prompts (examples/diffusion), and the denoising
+steps it took per prompt: a fixed schedule (`--steps`) or confidence-threshold unmasking (`--threshold`).
 
-Run: python examples/diffusion/eval_reverse.py outputs/dllm-reverse [--steps 8] [--block_length 8]
+Run: python examples/diffusion/eval_reverse.py outputs/dllm-reverse [--steps 8 | --threshold 0.9] [--block_length 8]
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 from transformers import AutoTokenizer
 
 from dftune.config.model_args import ModelArguments
-from dftune.diffusion import sample_replies
+from dftune.diffusion import decode_replies
 from dftune.models.loading import load_diffusion_model, resolve_mask_token_id
 
 
@@ -21,23 +22,26 @@ def main() -> None:
     parser.add_argument("model")
     parser.add_argument("--eval_file", default=str(Path(__file__).parent / "reverse_eval.jsonl"))
     parser.add_argument("--max_new_tokens", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=None, help="fixed schedule (default: one token per step)")
+    parser.add_argument("--threshold", type=float, default=None, help="confidence-threshold unmasking instead")
     parser.add_argument("--block_length", type=int, default=None)
     parser.add_argument("--remasking", default="low_confidence")
     args = parser.parse_args()
     records = [json.loads(line) for line in Path(args.eval_file).read_text(encoding="utf-8").splitlines()]
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = load_diffusion_model(ModelArguments(model_name_or_path=args.model))
-    replies = sample_replies(
+    replies, steps = decode_replies(
         model, tokenizer, [[{"role": "user", "content": r["input"]}] for r in records],
         mask_token_id=resolve_mask_token_id(None, model.config, tokenizer),
         max_new_tokens=args.max_new_tokens, steps=args.steps, block_length=args.block_length,
-        remasking=args.remasking,
+        remasking=args.remasking, threshold=args.threshold,
+        shift_logits=bool(getattr(model.config, "diffusion_shift_logits", False)),
     )  # fmt: skip
     correct = sum(reply == r["output"] for reply, r in zip(replies, records))
     for reply, r in list(zip(replies, records))[:5]:
         print(f"{r['input']!r} -> {reply!r} (expected {r['output']!r})")
-    print(f"exact match: {correct}/{len(records)} = {correct / len(records):.1%}")
+    print(f"exact match: {correct}/{len(records)} = {correct / len(records):.1%}, "
+          f"{sum(steps) / len(steps):.2f} denoising steps per prompt")
 
 
 if __name__ == "__main__":

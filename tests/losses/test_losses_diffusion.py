@@ -33,3 +33,27 @@ def test_masked_diffusion_matches_reference(scale):
     for name, value in ref_metrics.items():
         assert float(out.metrics[name]) == pytest.approx(value, rel=1e-9, abs=1e-12), name
     assert out.num_tokens == int(masked.sum()) and out.num_samples == batch
+
+
+def test_shifted_logits_match_a_loop_reference():
+    """AR-to-diffusion (Dream-style): the masked token at position i is predicted by logits[:, i - 1]. Loop reference:
+    sum over masked i of CE(logits[b, i - 1], labels[b, i]) / t_b / num_answer_tokens; fused equals it too."""
+    from dftune.losses import diffusion_objective, fused_diffusion_objective
+
+    gen = torch.Generator().manual_seed(1)
+    hidden = torch.randn(2, 9, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(13, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 13, (2, 9), generator=gen).masked_fill(torch.rand(2, 9, generator=gen) < 0.5, -100)
+    labels[:, :3] = -100  # the prompt
+    t = torch.tensor([0.3, 0.8])
+    logits = hidden @ weight.T
+    expected = sum(
+        -torch.log_softmax(logits[b, i - 1], dim=-1)[labels[b, i]] / t[b].double()
+        for b in range(2) for i in range(1, 9) if labels[b, i] != -100
+    ) / 12  # fmt: skip
+    out = diffusion_objective("sft", logits, labels, t, num_answer_tokens=12, shift=True)
+    torch.testing.assert_close(out.loss, expected, rtol=1e-12, atol=0)
+    fused = fused_diffusion_objective("sft", hidden, weight, labels, t, num_answer_tokens=12, shift=True, chunk_size=3)
+    torch.testing.assert_close(fused.loss, expected, rtol=1e-12, atol=0)
+    for got, want in zip(torch.autograd.grad(fused.loss, (hidden, weight)), torch.autograd.grad(expected, (hidden, weight))):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-13)

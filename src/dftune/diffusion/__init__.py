@@ -1,6 +1,16 @@
 """The masked-diffusion sampler (LLaDA's reverse process): `dftune generate` and scripts decode diffusion LMs with
 it. Training them is stage dllm (`dftune.stages.dllm`); loading them is `dftune.models.loading`."""
 
-from dftune.diffusion.sampler import Decoded, decode, sample, sample_replies, transfer_schedule, truncate_at_eos
+from dftune.diffusion.sampler import (
+    Decoded,
+    decode,
+    decode_replies,
+    sample,
+    sample_replies,
+    transfer_schedule,
+    truncate_at_eos,
+)
 
-__all__ = ["Decoded", "decode", "sample", "sample_replies", "transfer_schedule", "truncate_at_eos"]
+__all__ = [
+    "Decoded", "decode", "decode_replies", "sample", "sample_replies", "transfer_schedule", "truncate_at_eos",
+]

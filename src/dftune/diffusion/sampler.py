@@ -34,9 +34,12 @@ def transfer_schedule(num_masked: Tensor, steps: int) -> Tensor:
     return base + extra.long()
 
 
-def model_logits(model: nn.Module, x: Tensor) -> Tensor:
-    """[B, L, V] logits of the whole row, bidirectional (no attention_mask: nothing is padding)."""
-    return model(input_ids=x).logits
+def model_logits(model: nn.Module, x: Tensor, shift: bool = False) -> Tensor:
+    """[B, L, V] logits of the whole row, bidirectional (no attention_mask: nothing is padding). `shift`: the model
+    predicts position i from position i - 1 (turned from an autoregressive one), so its logits move right by one
+    (position 0, always the prompt, keeps its own)."""
+    logits = model(input_ids=x).logits
+    return torch.cat([logits[:, :1], logits[:, :-1]], dim=1) if shift else logits
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,7 @@ def decode(
     remasking: Remasking = "low_confidence",
     cfg_scale: float = 0.0,
     threshold: float | None = None,
+    shift_logits: bool = False,
     eos_token_id: int | Sequence[int] | None = None,
     generator: torch.Generator | None = None,
     on_step: Callable[[Tensor], None] | None = None,
@@ -80,6 +84,7 @@ def decode(
     with EOS (what full decoding converges to after a trained model's EOS). The output is not truncated:
     see `truncate_at_eos`.
     threshold: confidence-threshold unmasking (in (0, 1], low_confidence remasking only): `steps` is not used.
+    shift_logits: the model predicts position i from position i - 1 (`model_logits`).
     on_step: called with the current [B, P + max_new_tokens] ids after every step (tests, visualisation).
     """
     if threshold is not None and not (0.0 < threshold <= 1.0 and remasking == "low_confidence" and steps is None):
@@ -110,7 +115,7 @@ def decode(
             step = 0
             while (x[:, start:end] == mask_token_id).any() if threshold is not None else step < steps_per_block:
                 masked = x == mask_token_id  # [B, L]
-                logits = _guided_logits(model, x, prompt_length, mask_token_id, cfg_scale).float()  # [B, L, V]
+                logits = _guided_logits(model, x, prompt_length, mask_token_id, cfg_scale, shift_logits).float()
                 logits[..., mask_token_id] = -torch.inf  # a prediction must be a real token
                 x0 = _pick(logits, temperature, generator)  # [B, L]
                 if remasking == "low_confidence":
@@ -160,12 +165,15 @@ def truncate_at_eos(ids: Sequence[int], eos_token_id: int | Sequence[int] | None
     return out
 
 
-def _guided_logits(model: nn.Module, x: Tensor, prompt_length: int, mask_token_id: int, cfg_scale: float) -> Tensor:
+def _guided_logits(
+    model: nn.Module, x: Tensor, prompt_length: int, mask_token_id: int, cfg_scale: float, shift: bool
+) -> Tensor:
+    """[B, L, V] logits, with classifier-free guidance when `cfg_scale` > 0."""
     if cfg_scale <= 0.0:
-        return model_logits(model, x)
+        return model_logits(model, x, shift)
     unconditional = x.clone()
     unconditional[:, :prompt_length] = mask_token_id
-    both = model_logits(model, torch.cat([x, unconditional]))  # [2B, L, V]
+    both = model_logits(model, torch.cat([x, unconditional]), shift)  # [2B, L, V]
     cond, uncond = both.chunk(2)
     return uncond + (cfg_scale + 1.0) * (cond - uncond)
 
@@ -183,15 +191,25 @@ def sample_replies(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[list[dict[str, str]]],
+    **kwargs,
+) -> list[str]:
+    """The reply to each conversation prefix: `decode_replies(...)[0]`."""
+    return decode_replies(model, tokenizer, prompts, **kwargs)[0]
+
+
+def decode_replies(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[list[dict[str, str]]],
     *,
     mask_token_id: int,
     eos_token_id: int | Sequence[int] | None = None,
     batch_size: int = 64,
     **kwargs,
-) -> list[str]:
+) -> tuple[list[str], list[int]]:
     """The reply to each conversation prefix, through its chat template's generation prompt, cut at the first
-    EOS (default: the tokenizer's). Prompts are batched by token length, since rows carry no padding.
-    `kwargs` go to `sample`."""
+    EOS (default: the tokenizer's), and the denoising steps its batch took. Prompts are batched by token length,
+    since rows carry no padding. `kwargs` go to `decode`."""
     eos_token_id = tokenizer.eos_token_id if eos_token_id is None else eos_token_id
     encoded = [
         tokenizer.apply_chat_template(list(p), tokenize=False, add_generation_prompt=True) for p in prompts
@@ -200,14 +218,15 @@ def sample_replies(
     by_length: dict[int, list[int]] = {}
     for index, row in enumerate(ids):
         by_length.setdefault(len(row), []).append(index)
-    replies = [""] * len(prompts)
+    replies, steps = [""] * len(prompts), [0] * len(prompts)
     device = next(model.parameters()).device
     for indices in by_length.values():
         for start in range(0, len(indices), batch_size):
             chunk = indices[start : start + batch_size]
             prompt_ids = torch.tensor([ids[i] for i in chunk], device=device)
-            out = sample(model, prompt_ids, mask_token_id=mask_token_id, eos_token_id=eos_token_id, **kwargs)
-            for i, row in zip(chunk, out.tolist()):
+            out = decode(model, prompt_ids, mask_token_id=mask_token_id, eos_token_id=eos_token_id, **kwargs)
+            for i, row in zip(chunk, out.ids.tolist()):
                 kept = truncate_at_eos(row, eos_token_id)
                 replies[i] = tokenizer.decode(kept, skip_special_tokens=True).strip()
-    return replies
+                steps[i] = out.steps
+    return replies, steps

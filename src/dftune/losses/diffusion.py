@@ -30,7 +30,8 @@ def check_stage(name: str) -> Objective:
 
 
 def diffusion_objective(
-    name: str, logits: Tensor, labels: Tensor, t: Tensor, *, num_answer_tokens: Count, **settings: Any
+    name: str, logits: Tensor, labels: Tensor, t: Tensor, *, num_answer_tokens: Count, shift: bool = False,
+    **settings: Any,
 ) -> LossOutput:
     """Objective `name` as stage dllm computes it. Equals::
 
@@ -39,11 +40,13 @@ def diffusion_objective(
         loss = (c * ce / t[:, None])[labels != -100].sum()
 
     where `num_answer_tokens` counts every non-prompt position of the batch, masked or not (global across
-    accumulation steps and processes, like `num_items_in_batch`).
+    accumulation steps and processes, like `num_items_in_batch`). `shift`: a model turned from an autoregressive
+    one (Dream-style) predicts the token at position i from position i - 1: targets are then labels[:, 1:] against
+    logits[:, :-1], as for causal LMs.
     """
     objective = check_stage(name)
     # 1 / t in float64: the collator draws t in float32, and its reciprocal must not round at that precision.
-    return objective_loss(objective, logits, labels, count=num_answer_tokens, shift=False, row_scale=1.0 / t.double(),
+    return objective_loss(objective, logits, labels, count=num_answer_tokens, shift=shift, row_scale=1.0 / t.double(),
                           **settings)
 
 
@@ -78,11 +81,11 @@ def masked_diffusion_dft_loss(
 
 def fused_diffusion_objective(
     name: str, hidden: Tensor, weight: Tensor, labels: Tensor, t: Tensor, *, num_answer_tokens: Count,
-    **kwargs: Any,
+    shift: bool = False, **kwargs: Any,
 ) -> LossOutput:
     """`diffusion_objective` on ``hidden @ weight.T`` without materialising the logits: the fused head over the
     masked positions only (value, metrics and gradients equal). kwargs: the objective's settings and the fused
     head's (`chunk_size`, `logit_transform`)."""
     check_stage(name)
-    return fused_linear_loss(hidden, weight, labels, objective=name, global_count=num_answer_tokens, shift=False,
+    return fused_linear_loss(hidden, weight, labels, objective=name, global_count=num_answer_tokens, shift=shift,
                              row_scale=1.0 / t.double(), **kwargs)  # fmt: skip

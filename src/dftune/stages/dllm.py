@@ -54,6 +54,12 @@ class DllmArguments(StageArguments):
         metadata={"help": "stage dllm: the mask token id (default: the model config's mask_token_id, "
                   "else the tokenizer's mask token; LLaDA's is 126336)."},
     )
+    diffusion_shift_logits: bool | None = field(
+        default=None,
+        metadata={"help": "stage dllm: position i - 1 predicts token i, as in a model turned from an autoregressive "
+                  "one (Dream; `dftune init-model --diffusion`). Default: the model config's "
+                  "diffusion_shift_logits, else false (LLaDA: position i predicts token i)."},
+    )
 
     def __post_init__(self) -> None:
         if not 0.0 < self.diffusion_eps < 1.0:
@@ -119,9 +125,10 @@ class DiffusionTrainer(ObjectiveTrainer):
     `objective_kwargs` (dft: `alpha`)."""
 
     def __init__(self, *args: Any, objective: str, objective_kwargs: dict[str, Any] | None = None,
-                 fused_loss: str = "false", **kwargs: Any) -> None:  # fmt: skip
+                 fused_loss: str = "false", shift_logits: bool = False, **kwargs: Any) -> None:  # fmt: skip
         super().__init__(*args, objective=objective, objective_kwargs=dict(objective_kwargs or {}),
                          fused_loss=fused_loss, **kwargs)  # fmt: skip
+        self.shift_logits = shift_logits
         # The collator needs labels, which remote-code models (LLaDA) do not take in forward: keep the columns.
         self._signature_columns = ["input_ids", "labels"]
 
@@ -145,11 +152,13 @@ class DiffusionTrainer(ObjectiveTrainer):
         if self.fused_head is not None and not (return_outputs and self.compute_metrics is not None):
             out, outputs = self.fused_forward(model, {"input_ids": inputs["input_ids"]}, lambda hidden, head: (
                 fused_diffusion_objective(self.objective, hidden, head.head.weight, labels, t, num_answer_tokens=count,
-                                          chunk_size=self.fused_chunk_size, logit_transform=head.transform, **kwargs)
+                                          shift=self.shift_logits, chunk_size=self.fused_chunk_size,
+                                          logit_transform=head.transform, **kwargs)
             )), {}  # fmt: skip
         else:
             outputs = model(input_ids=inputs["input_ids"])
-            out = diffusion_objective(self.objective, outputs.logits, labels, t, num_answer_tokens=count, **kwargs)
+            out = diffusion_objective(self.objective, outputs.logits, labels, t, num_answer_tokens=count,
+                                      shift=self.shift_logits, **kwargs)  # fmt: skip
         global_count = num_items_in_batch if model.training else None
         loss = self.record(out, training=model.training, global_count=global_count, eval_weight=int(local_count))
         if not model.training and self.compute_metrics is None:
@@ -165,6 +174,9 @@ def build_trainer(config: RunConfig, callbacks: list[TrainerCallback]) -> Diffus
     prepared = chat_data(config, tokenizer)
     model = trainable_model(config, diffusion=True)
     mask_token_id = resolve_mask_token_id(stage_args.mask_token_id, model.config, tokenizer)
+    shift_logits = stage_args.diffusion_shift_logits
+    if shift_logits is None:
+        shift_logits = bool(getattr(model.config, "diffusion_shift_logits", False))
     return DiffusionTrainer(
         model=model,
         args=config.training,
@@ -177,5 +189,6 @@ def build_trainer(config: RunConfig, callbacks: list[TrainerCallback]) -> Diffus
         objective_kwargs=config.method.objective_kwargs(),
         fused_loss=config.method.fused_loss,
         fused_chunk_size=config.method.fused_chunk_size,
+        shift_logits=shift_logits,
         max_nonfinite_steps=config.reliability.max_nonfinite_steps,
     )
