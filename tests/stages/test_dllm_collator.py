@@ -49,3 +49,26 @@ def test_masked_fraction_matches_t():
     assert abs(float((fraction - t).mean())) < 5 * std_error
     # and the masked fraction follows t row by row (correlation of a binomial proportion with its p)
     assert float(torch.corrcoef(torch.stack([fraction, t]))[0, 1]) > 0.95
+
+
+def test_cosine_schedule_masks_at_its_ratio_with_its_elbo_weight():
+    """cosine: t = 1 - cos(pi s / 2) for s uniform on [eps, 1), and the ELBO weight -alpha'(s) / (1 - alpha(s)) =
+    (pi / 2) sin(pi s / 2) / t, checked against a finite difference of alpha(s) = cos(pi s / 2); the masked fraction
+    still follows t; linear keeps t = s and weight 1 / t."""
+    import math
+
+    from dftune.stages.dllm import mask_ratio_and_weight
+
+    collator = DiffusionCollator(MASK, EOS, eps=0.05, noise_schedule="cosine", generator=torch.Generator().manual_seed(2))
+    batch = collator([feature([1, 2], list(range(10, 74)))] * 1000)
+    t, weight = batch["t"].double(), batch["loss_weight"]
+    s = torch.acos(1 - t) * 2 / math.pi  # the diffusion times back
+    assert float(s.min()) >= 0.05 - 1e-6 and float(s.max()) < 1.0
+    h = 1e-6
+    alpha = lambda x: torch.cos(math.pi * x / 2)  # noqa: E731
+    finite = -(alpha(s + h) - alpha(s - h)) / (2 * h) / (1 - alpha(s))
+    torch.testing.assert_close(weight, finite, rtol=1e-5, atol=0)
+    fraction = (batch["input_ids"][:, 2:] == MASK).double().mean(1)
+    assert float(torch.corrcoef(torch.stack([fraction, t]))[0, 1]) > 0.95
+    linear_t, linear_weight = mask_ratio_and_weight(torch.tensor([0.25, 0.5]), "linear")
+    assert linear_t.tolist() == [0.25, 0.5] and linear_weight.tolist() == [4.0, 2.0]

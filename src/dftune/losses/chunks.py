@@ -146,7 +146,7 @@ class FusedLinearObjective(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, rows, weight, target, weights_of: WeightsOf, chunks: Chunks, statistics_of):  # type: ignore[override]
+    def forward(ctx, rows, weight, target, weights_of: WeightsOf, chunks: Chunks, statistics_of):  # type: ignore
         acc = accumulation_dtype(rows.dtype)
         loss = torch.zeros((), dtype=acc, device=rows.device)
         grad_rows = torch.zeros(rows.shape, dtype=acc, device=rows.device) if rows.requires_grad else None

@@ -20,6 +20,12 @@ from dftune.losses.unfused import objective_loss
 STAGE = "dllm"
 
 
+def elbo_weight(t: Tensor, row_weight: Tensor | None) -> Tensor:
+    """Each sample's loss weight: `row_weight`, or 1 / t in float64 (the collator draws t in float32, and its
+    reciprocal must not round at that precision)."""
+    return 1.0 / t.double() if row_weight is None else row_weight
+
+
 def check_stage(name: str) -> Objective:
     """The objective `name`, which must be registered for stage dllm."""
     objective = get_objective(name)
@@ -31,7 +37,7 @@ def check_stage(name: str) -> Objective:
 
 def diffusion_objective(
     name: str, logits: Tensor, labels: Tensor, t: Tensor, *, num_answer_tokens: Count, shift: bool = False,
-    **settings: Any,
+    row_weight: Tensor | None = None, **settings: Any,
 ) -> LossOutput:
     """Objective `name` as stage dllm computes it. Equals::
 
@@ -42,11 +48,12 @@ def diffusion_objective(
     where `num_answer_tokens` counts every non-prompt position of the batch, masked or not (global across
     accumulation steps and processes, like `num_items_in_batch`). `shift`: a model turned from an autoregressive
     one (Dream-style) predicts the token at position i from position i - 1: targets are then labels[:, 1:] against
-    logits[:, :-1], as for causal LMs.
+    logits[:, :-1], as for causal LMs. `row_weight` [B]: the noise schedule's ELBO weight of each sample in place
+    of 1 / t (`stages.dllm.mask_ratio_and_weight`).
     """
     objective = check_stage(name)
-    # 1 / t in float64: the collator draws t in float32, and its reciprocal must not round at that precision.
-    return objective_loss(objective, logits, labels, count=num_answer_tokens, shift=shift, row_scale=1.0 / t.double(),
+    return objective_loss(objective, logits, labels, count=num_answer_tokens, shift=shift,
+                          row_scale=elbo_weight(t, row_weight),
                           **settings)
 
 
@@ -81,11 +88,11 @@ def masked_diffusion_dft_loss(
 
 def fused_diffusion_objective(
     name: str, hidden: Tensor, weight: Tensor, labels: Tensor, t: Tensor, *, num_answer_tokens: Count,
-    shift: bool = False, **kwargs: Any,
+    shift: bool = False, row_weight: Tensor | None = None, **kwargs: Any,
 ) -> LossOutput:
     """`diffusion_objective` on ``hidden @ weight.T`` without materialising the logits: the fused head over the
     masked positions only (value, metrics and gradients equal). kwargs: the objective's settings and the fused
     head's (`chunk_size`, `logit_transform`)."""
     check_stage(name)
     return fused_linear_loss(hidden, weight, labels, objective=name, global_count=num_answer_tokens, shift=shift,
-                             row_scale=1.0 / t.double(), **kwargs)  # fmt: skip
+                             row_scale=elbo_weight(t, row_weight), **kwargs)  # fmt: skip

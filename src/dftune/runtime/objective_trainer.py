@@ -196,7 +196,8 @@ class ObjectiveTrainer(GuardedUpdates, Trainer):
         ))  # fmt: skip
 
     def fused_forward(
-        self, model: nn.Module, inputs: dict[str, torch.Tensor], loss_of: Callable[[torch.Tensor, FusedHead], LossOutput]
+        self, model: nn.Module, inputs: dict[str, torch.Tensor],
+        loss_of: Callable[[torch.Tensor, FusedHead], LossOutput],
     ) -> LossOutput:
         """`model(**inputs)` with the output layer computing `loss_of(final hidden states, head)` instead of logits."""
         head = self.fused_head

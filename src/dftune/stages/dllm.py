@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -54,6 +54,12 @@ class DllmArguments(StageArguments):
         metadata={"help": "stage dllm: the mask token id (default: the model config's mask_token_id, "
                   "else the tokenizer's mask token; LLaDA's is 126336)."},
     )
+    noise_schedule: Literal["linear", "cosine"] = field(
+        default="linear",
+        metadata={"help": "stage dllm: how a sample's mask ratio follows its diffusion time s = (1 - eps) u + eps: "
+                  "linear, ratio s and ELBO weight 1 / s (LLaDA); cosine, ratio 1 - cos(pi s / 2) and weight "
+                  "(pi / 2) sin(pi s / 2) / ratio (MaskGIT/MDLM)."},
+    )
     diffusion_shift_logits: bool | None = field(
         default=None,
         metadata={"help": "stage dllm: position i - 1 predicts token i, as in a model turned from an autoregressive "
@@ -76,6 +82,22 @@ class DllmArguments(StageArguments):
         check_reference_keys(config)
 
 
+def mask_ratio_and_weight(s: torch.Tensor, schedule: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask ratio t [B] float32, ELBO weight [B] float64) at diffusion times `s` [B].
+
+    With alpha(s) the probability that a token is kept, the masked-diffusion ELBO weighs a masked token's CE by
+    -alpha'(s) / (1 - alpha(s)). linear: alpha = 1 - s, so t = s and the weight is 1 / t (LLaDA's loss). cosine:
+    alpha = cos(pi s / 2), so t = 1 - cos(pi s / 2) and the weight is (pi / 2) sin(pi s / 2) / t.
+    """
+    if schedule == "linear":
+        return s, 1.0 / s.double()
+    if schedule == "cosine":
+        angle = torch.pi * s.double() / 2
+        t = 1.0 - torch.cos(angle)
+        return t.float(), (torch.pi / 2) * torch.sin(angle) / t
+    raise ValueError(f"noise_schedule must be linear or cosine, got {schedule!r}")
+
+
 @dataclass
 class DiffusionCollator:
     """`collator(features) -> dict[str, Tensor]` for features holding `input_ids` and `labels` lists."""
@@ -83,6 +105,7 @@ class DiffusionCollator:
     mask_token_id: int
     eos_token_id: int
     eps: float = 1e-3
+    noise_schedule: str = "linear"
     generator: torch.Generator | None = None
     """Random source for t and the masks (tests pass a seeded one; training uses torch's global RNG,
     which the Trainer seeds)."""
@@ -95,18 +118,19 @@ class DiffusionCollator:
         for row, (ids, answer) in enumerate(rows):
             input_ids[row, : len(ids)] = ids
             answer_mask[row, : len(ids)] = answer
-        t = self.sample_t(len(rows))
+        t, weight = mask_ratio_and_weight(self.sample_t(len(rows)), self.noise_schedule)
         u = torch.rand(input_ids.shape, generator=self.generator)  # [B, L]
         masked = (u < t[:, None]) & answer_mask
         return {
             "input_ids": input_ids.masked_fill(masked, self.mask_token_id),
             "labels": input_ids.masked_fill(~masked, IGNORE_INDEX),
             "t": t,
+            "loss_weight": weight,
             "answer_mask": answer_mask,
         }
 
     def sample_t(self, batch_size: int) -> torch.Tensor:
-        """[B] mask ratios in [eps, 1): t = (1 - eps) * u + eps, u ~ U(0, 1)."""
+        """[B] diffusion times in [eps, 1): s = (1 - eps) * u + eps, u ~ U(0, 1) (the mask ratio when linear)."""
         u = torch.rand(batch_size, generator=self.generator)
         return (1.0 - self.eps) * u + self.eps
 
@@ -144,21 +168,21 @@ class DiffusionTrainer(ObjectiveTrainer):
         num_items_in_batch: torch.Tensor | None = None,
     ):
         labels, t, answer_mask = inputs["labels"], inputs["t"], inputs["answer_mask"]
+        row_weight = inputs.get("loss_weight")  # the schedule's ELBO weight (1 / t when linear)
         # Training: the global count from get_batch_samples. Evaluation: this batch's count, and the window
         # weighs each batch's loss by it, which gives the exact mean over the eval set.
         local_count = answer_mask.sum()
         count = num_items_in_batch if model.training and num_items_in_batch is not None else local_count
-        kwargs = self.spec.kwargs_at(self.objective_kwargs, self.state.global_step)
+        common = dict(num_answer_tokens=count, shift=self.shift_logits, row_weight=row_weight,
+                      **self.spec.kwargs_at(self.objective_kwargs, self.state.global_step))  # fmt: skip
         if self.fused_head is not None and not (return_outputs and self.compute_metrics is not None):
             out, outputs = self.fused_forward(model, {"input_ids": inputs["input_ids"]}, lambda hidden, head: (
-                fused_diffusion_objective(self.objective, hidden, head.head.weight, labels, t, num_answer_tokens=count,
-                                          shift=self.shift_logits, chunk_size=self.fused_chunk_size,
-                                          logit_transform=head.transform, **kwargs)
+                fused_diffusion_objective(self.objective, hidden, head.head.weight, labels, t,
+                                          chunk_size=self.fused_chunk_size, logit_transform=head.transform, **common)
             )), {}  # fmt: skip
         else:
             outputs = model(input_ids=inputs["input_ids"])
-            out = diffusion_objective(self.objective, outputs.logits, labels, t, num_answer_tokens=count,
-                                      shift=self.shift_logits, **kwargs)  # fmt: skip
+            out = diffusion_objective(self.objective, outputs.logits, labels, t, **common)
         global_count = num_items_in_batch if model.training else None
         loss = self.record(out, training=model.training, global_count=global_count, eval_weight=int(local_count))
         if not model.training and self.compute_metrics is None:
@@ -182,7 +206,8 @@ def build_trainer(config: RunConfig, callbacks: list[TrainerCallback]) -> Diffus
         args=config.training,
         train_dataset=prepared.train,
         eval_dataset=prepared.eval,
-        data_collator=DiffusionCollator(mask_token_id, tokenizer.eos_token_id, eps=stage_args.diffusion_eps),
+        data_collator=DiffusionCollator(mask_token_id, tokenizer.eos_token_id, eps=stage_args.diffusion_eps,
+                                        noise_schedule=stage_args.noise_schedule),
         processing_class=tokenizer,
         callbacks=callbacks,
         objective=config.method.loss,
