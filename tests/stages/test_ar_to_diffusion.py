@@ -60,3 +60,12 @@ def test_stage_dllm_trains_it_shifted_and_it_samples(converted, tmp_path, capsys
 def test_threshold_with_fixed_steps_is_a_clear_error(converted, capsys):
     code = main(["generate", "--model", str(converted), "--prompt", "x", "--threshold", "0.9", "--steps", "4"])
     assert code == 2 and "--threshold must be in (0, 1]" in capsys.readouterr().err
+
+
+def test_the_smollm2_example_config_parses():
+    from pathlib import Path
+
+    path = Path(__file__).parents[2] / "examples" / "diffusion" / "ar2d_reverse.yaml"
+    config = parse_config([str(path)])
+    assert config.method.stage == "dllm" and config.model.model_name_or_path == "outputs/smollm2-diffusion"
+    assert config.stage_args.diffusion_shift_logits is None  # from the converted model's config
