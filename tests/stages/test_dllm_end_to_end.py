@@ -145,21 +145,50 @@ def test_reverse_example_parses_and_its_generator_runs(tmp_path):
     assert len((tmp_path / "reverse_eval.jsonl").read_text().splitlines()) == 5
 
 
-@pytest.mark.slow
-def test_masked_lm_trains_and_generates(tmp_path, capsys):
-    """Any AutoModelForMaskedLM: a 1-layer BERT with the byte-level tokenizer and its <|mask|> token."""
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory):
+    """A 1-layer BERT masked LM with the byte-level ChatML tokenizer and its <|mask|> token (a chat-less model given
+    a chat format: the tokenizer's ChatML template, as every preset)."""
     from transformers import BertConfig, BertForMaskedLM
 
     tokenizer = build_tokenizer(mask_token=True)
-    model_dir = tmp_path / "bert"
+    model_dir = tmp_path_factory.mktemp("bert") / "bert"
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id)
     BertForMaskedLM(config).save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
+    return model_dir
+
+
+@pytest.mark.slow
+def test_masked_lm_trains_and_generates(bert_dir, tmp_path, capsys):
+    """Any AutoModelForMaskedLM: a 1-layer BERT with the byte-level tokenizer and its <|mask|> token."""
+    model_dir = bert_dir
     out = tmp_path / "out"
     data = write_records(tmp_path / "train.json", 8)
     yaml_path = seed_003_yaml(tmp_path, model_dir, data, out, extra="max_steps: 2\nreport_to: none\n")
     assert main(["train", yaml_path, "--stage", "dllm", "--use_cpu", "true", "--save_strategy", "no"]) == 0
+    capsys.readouterr()
+    assert main(["generate", "--model", str(out), "--prompt", "copy abc", "--max_new_tokens", "4"]) == 0
+    assert "<|mask|>" not in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_masked_lm_trains_with_lora_unfused_and_generates_from_the_adapter(bert_dir, tmp_path, capsys, caplog):
+    """LoRA on a BERT masked LM: its output layer has a bias, so the loss runs unfused with one log line saying
+    why; the adapter folder generates through its base model."""
+    import logging
+
+    out = tmp_path / "out"
+    data = write_records(tmp_path / "train.json", 8)
+    yaml_path = seed_003_yaml(tmp_path, bert_dir, data, out, extra="max_steps: 2\nreport_to: none\n")
+    with caplog.at_level(logging.INFO, logger="dftune.runtime.objective_trainer"):
+        code = main(["train", yaml_path, "--stage", "dllm", "--use_cpu", "true", "--save_strategy", "no",
+                     "--finetuning_type", "lora", "--lora_target", "query,value"])  # fmt: skip
+    assert code == 0
+    reasons = [r.getMessage() for r in caplog.records if "fused_loss" in r.getMessage()]
+    assert len(reasons) == 1 and "the output layer has a bias" in reasons[0], reasons
+    assert (out / "adapter_config.json").is_file()
     capsys.readouterr()
     assert main(["generate", "--model", str(out), "--prompt", "copy abc", "--max_new_tokens", "4"]) == 0
     assert "<|mask|>" not in capsys.readouterr().out
