@@ -20,8 +20,8 @@ What `DiffusionTrainer` changes from stage sft's `ObjectiveTrainer`, and why:
 - the model sees the noised input_ids only (no attention_mask: attention covers the whole row) and its
   logits are not shifted;
 - the fused loss head (`fused_loss`, as in stage sft) runs over the masked positions only, unshifted, each sample's
-  coefficients times 1 / t (`losses.fused_diffusion_objective`); a head it cannot fuse (BERT's prediction head has
-  a transform and a bias) falls back with one log line.
+  coefficients times 1 / t (`losses.fused_diffusion_objective`); a head it cannot fuse (BERT's output layer has a bias)
+  falls back with one log line.
 The metric window, evaluation and everything else are ObjectiveTrainer's.
 """
 
