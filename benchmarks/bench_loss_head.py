@@ -16,7 +16,7 @@ import json
 
 import torch
 import torch.nn.functional as F
-from head_harness import as_labels, in_fresh_process, measure
+from head_harness import as_labels, in_fresh_process, measure, report
 
 HEADS = ("full", "fused", "trl")
 OBJECTIVES = ("dft", "sft")
@@ -122,13 +122,7 @@ def main() -> None:
                                                  "--device", args.device]))  # fmt: skip
                 print(results[-1], flush=True)
     table = markdown(results, args.objectives, args.tokens)
-    print(table)
-    for line in skipped:
-        print("skipped:", line)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"results": results, "skipped": skipped, "table": table, "vocab": args.vocab,
-                       "hidden": args.hidden, "device": args.device}, f, indent=1)
+    report(table, results, skipped, args)
 
 
 def markdown(results: list[dict], objectives: list[str], token_counts: list[int]) -> str:

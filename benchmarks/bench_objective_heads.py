@@ -20,7 +20,7 @@ import json
 
 import torch
 import torch.nn.functional as F
-from head_harness import as_labels, in_fresh_process, measure
+from head_harness import as_labels, in_fresh_process, measure, report
 
 # Logits-sized float32 buffers alive at the full-logits heads' peak (estimated, for the RAM cap only).
 FULL_BUFFERS = {"eaft": 4, "asft": 7, "dllm": 4}
@@ -127,13 +127,7 @@ def main() -> None:
                                                  "--hidden", str(args.hidden), "--device", args.device]))
                 print(results[-1], flush=True)
     table = markdown(results, sorted({r["tokens"] for r in results}))
-    print(table)
-    for line in skipped:
-        print("skipped:", line)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"results": results, "skipped": skipped, "table": table, "vocab": args.vocab,
-                       "hidden": args.hidden, "device": args.device}, f, indent=1)
+    report(table, results, skipped, args)
 
 
 def markdown(results: list[dict], token_counts: list[int]) -> str:

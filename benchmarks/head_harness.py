@@ -83,3 +83,14 @@ def as_labels(hidden: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor,
     """Shifted targets [N] as a [1, N + 1] batch for `fused_linear_loss`: labels[:, t + 1] = target[t]."""
     labels = torch.cat([target.new_full((1,), -100), target])[None]  # [1, N + 1]
     return torch.cat([hidden, hidden.new_zeros(1, hidden.shape[1])])[None], labels  # [1, N + 1, H]
+
+
+def report(table: str, results: list[dict], skipped: list[str], args, **extra) -> None:
+    """Print the table and what was skipped; write the JSON (`--json`) with the run's settings."""
+    print(table)
+    for line in skipped:
+        print("skipped:", line)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"results": results, "skipped": skipped, "table": table, "vocab": args.vocab,
+                       "hidden": args.hidden, "device": args.device, **extra}, f, indent=1)

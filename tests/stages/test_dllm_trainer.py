@@ -75,11 +75,16 @@ def test_accumulation_is_exact(dllm_dir, tmp_path):
     """One batch of 4 == 4 micro-batches of 1 with accumulation: the same rows, the same masks and t. Rows of
     one batch are padded to the same length, so each micro-batch is a row of the big batch."""
     trainer = make_trainer(dllm_dir, tmp_path)
+    assert_accumulation_is_exact(trainer, noised_batch(dllm_dir))
+    assert trainer._train_window  # the metric window saw every micro-batch
+
+
+def assert_accumulation_is_exact(trainer: DiffusionTrainer, big: dict[str, torch.Tensor]) -> None:
+    """The big batch's gradient == the sum of its single-row micro-batches', each normalised by the global count."""
     model = trainer.model.train()
-    big = noised_batch(dllm_dir)
-    micro = [{k: v[i : i + 1] for k, v in big.items()} for i in range(4)]
-    samples, count = trainer.get_batch_samples(iter(micro), 4, torch.device("cpu"))
-    assert len(samples) == 4 and int(count) == int(big["answer_mask"].sum())
+    micro = [{k: v[i : i + 1] for k, v in big.items()} for i in range(len(big["t"]))]
+    samples, count = trainer.get_batch_samples(iter(micro), len(micro), torch.device("cpu"))
+    assert len(samples) == len(micro) and int(count) == int(big["answer_mask"].sum())
 
     trainer.compute_loss(model, dict(big), num_items_in_batch=count).backward()
     whole = grads(model).clone()
@@ -87,7 +92,6 @@ def test_accumulation_is_exact(dllm_dir, tmp_path):
     for batch in samples:
         trainer.compute_loss(model, dict(batch), num_items_in_batch=count).backward()
     torch.testing.assert_close(grads(model), whole, rtol=1e-9, atol=1e-12)
-    assert trainer._train_window  # the metric window saw every micro-batch
 
 
 def test_dft_alpha_zero_is_the_plain_loss():

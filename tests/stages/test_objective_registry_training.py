@@ -58,23 +58,14 @@ def test_stage_sft_accumulation_is_exact(tiny_model_dir, tmp_path, name, setting
 
 @pytest.mark.parametrize("name, settings", cases("dllm"))
 def test_stage_dllm_accumulation_is_exact(tmp_path, name, settings):
-    from test_dllm_trainer import grads, make_trainer as dllm_trainer, noised_batch
+    from test_dllm_trainer import assert_accumulation_is_exact, make_trainer as dllm_trainer, noised_batch
 
     from dftune.models.presets import init_model
 
     model_dir = init_model("tiny-dllm", tmp_path / "tiny-dllm")
     trainer = dllm_trainer(model_dir, tmp_path, name)
     trainer.objective_kwargs = settings  # the registry's settings, not the helper's
-    model = trainer.model.train()
-    big = noised_batch(model_dir)
-    micro = [{k: v[i : i + 1] for k, v in big.items()} for i in range(4)]
-    samples, count = trainer.get_batch_samples(iter(micro), 4, torch.device("cpu"))
-    trainer.compute_loss(model, dict(big), num_items_in_batch=count).backward()
-    whole = grads(model).clone()
-    model.zero_grad()
-    for batch in samples:
-        trainer.compute_loss(model, dict(batch), num_items_in_batch=count).backward()
-    torch.testing.assert_close(grads(model), whole, rtol=1e-9, atol=1e-12)
+    assert_accumulation_is_exact(trainer, noised_batch(model_dir))
 
 
 def unchunked() -> Objective:
