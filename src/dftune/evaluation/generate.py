@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -59,17 +59,20 @@ def evaluate_records(
     conversations: Sequence[Messages],
     *,
     extractor: str = "exact",
+    replies_of: Callable[[list[Messages]], list[str]] | None = None,
     **kwargs: int,
 ) -> EvalReport:
     """Greedy replies to each conversation's turns before its last (the reference assistant turn), scored by
-    comparing `extractor(reply)` with `extractor(reference)`."""
+    comparing `extractor(reply)` with `extractor(reference)`. `replies_of(prefixes)` writes the replies (e.g. a
+    diffusion LM's sampler); by default `generate_replies(model, tokenizer, prefixes, **kwargs)`."""
     if extractor not in EXTRACTORS:
         raise DftuneError(f"unknown extractor {extractor!r}; choose one of: {', '.join(EXTRACTORS)}")
     extract = EXTRACTORS[extractor]
     for i, messages in enumerate(conversations):
         if messages[-1]["role"] != "assistant":
             raise DftuneError(f"record {i}: the last message must be the reference assistant reply")
-    replies = generate_replies(model, tokenizer, [m[:-1] for m in conversations], **kwargs)
+    prefixes = [list(m[:-1]) for m in conversations]
+    replies = replies_of(prefixes) if replies_of is not None else generate_replies(model, tokenizer, prefixes, **kwargs)
     results = []
     for i, (messages, reply) in enumerate(zip(conversations, replies)):
         reference, extracted = messages[-1]["content"], extract(reply)
