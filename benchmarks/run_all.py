@@ -78,8 +78,9 @@ def main() -> None:
         objectives = bench("bench_objective_heads", ["--device", args.device], Path(tmp) / "objectives.json")
         throughput = bench("bench_throughput", ["--device", args.device, "--steps", str(args.steps)],
                            Path(tmp) / "throughput.json")
+        preprocess = bench("bench_preprocess", ["--long"], Path(tmp) / "preprocess.json")
     (ROOT / "benchmarks" / "results.json").write_text(json.dumps({"loss_head": head, "objective_heads": objectives, "throughput": throughput,
-                                                                  "started": started}, indent=1))
+                                                                  "preprocess": preprocess, "started": started}, indent=1))
     machine = f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
     skipped = "".join(f"\n- skipped: {line}" for line in head["skipped"])
     objectives_skipped = "".join(f"\n- skipped: {line}" for line in objectives["skipped"])
@@ -110,6 +111,14 @@ layers) and the weight gradient, and seconds for loss + backward; ratios are fus
 ## 3. Training throughput ({throughput['device']}, small-llama, {throughput['records']} chat records, batch {throughput['batch']}, {throughput['steps']} steps, DFT)
 
 {throughput['table']}
+
+## 4. Preprocessing long conversations (CPU, byte-level tokenizer, one process per case)
+
+Conversations of 2k-15k tokens, a quarter opening with a prompt over the budget, and one 50 MB reply: read, validate,
+tokenise. `split` (the default) keeps every record with a reply, cut at turn boundaries; `truncate` is the old
+first-`max_length`-tokens behaviour. Peak RSS is VmHWM; "peak - imports" is preprocessing's own memory.
+
+{preprocess['table']}
 
 ## GPU
 

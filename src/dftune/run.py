@@ -15,6 +15,7 @@ from pathlib import Path
 from transformers import Trainer, TrainerCallback
 
 from dftune.config import parse
+from dftune.config.machine import CPU_NOTE, accelerator_available
 from dftune.config.parse import CONFIG_FILE_NAME, RunConfig, apply_env
 from dftune.errors import DftuneError, RunStopped
 from dftune.runtime.checkpoints import resolve_run_dir
@@ -27,6 +28,7 @@ from dftune.runtime.tracking import tracker_callbacks
 from dftune.stages import STAGES
 
 logger = logging.getLogger(__name__)
+PLOT_FILE = "training_curves.png"
 
 
 def stage_sections() -> dict[str, type[parse.StageArguments]]:
@@ -46,11 +48,14 @@ def train_help_parser() -> parse.ConfigArgumentParser:
 
 def build_trainer(config: RunConfig, callbacks: list[TrainerCallback] | None = None) -> Trainer:
     """The set-up every stage shares (checks that take seconds first), then the stage's own build."""
-    if not config.data.data_files:
-        raise DftuneError("data_files is required: one or more .jsonl/.json/.parquet files, globs or folders")
+    if not config.data.has_training_data():
+        raise DftuneError("data_files is required: one or more .jsonl/.json/.parquet files, globs or folders (or "
+                          "dataset: entries of LLaMA-Factory's dataset_info.json)")
     apply_env(config)
     for note in config.notes:
         logger.info("config: %s", note)
+    if config.training.use_cpu and not accelerator_available():
+        logger.info("%s", CPU_NOTE)
 
     if config.training.ddp_find_unused_parameters is None:
         # Every trainable parameter takes part in our forward (the fused head included): no per-step search for
@@ -92,9 +97,21 @@ def run(config: RunConfig, callbacks: list[TrainerCallback] | None = None) -> Tr
     trainer.save_state()
     if trainer.is_world_process_zero():
         (output_dir / CONFIG_FILE_NAME).write_text(config.to_yaml(), encoding="utf-8")
+        if config.data.plot_loss:
+            plot_curves(trainer.state.log_history, output_dir)
         log_summary(trainer.state.log_history, steps=trainer.state.global_step, seconds=time.monotonic() - started,
                     output_dir=str(output_dir))
     return trainer
+
+
+def plot_curves(history: list[dict[str, float]], output_dir: Path) -> Path:
+    """plot_loss (LLaMA-Factory's key): the run's curves (with ce/<source> of each data source, as `dftune plot`
+    draws them) as a PNG in output_dir."""
+    from dftune.viz.curves import RUN_PANELS, plot_runs
+
+    path = plot_runs({output_dir.name or "run": history}, output_dir / PLOT_FILE, panels=RUN_PANELS, columns=4)
+    logger.info("plot_loss: curves in %s", path)
+    return path
 
 
 def stop_if_interrupted(trainer: Trainer, on_signal: SaveOnSignal) -> None:

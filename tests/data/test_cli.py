@@ -34,16 +34,16 @@ def test_bad_records_exit_1_and_write_the_report(tmp_path, capsys, tokenizer):
     code = run(str(data), "--tokenizer", str(tmp_path / "tok"), "--max_length", "64", "--report", str(report))
     out = capsys.readouterr().out
     assert code == 1
-    assert f"{data}:2: invalid JSON" in out and f"{data}:3: no assistant token within max_length" in out
-    assert "tokens per record: min 28, mean 47.0, p50 28, p95 66, max 66; truncated to 64: 1 of 2" in out
+    # Record 3's prompt is longer than max_length: it is cut from the left so its reply fits (long_conversations:
+    # split, the default since issue 17), so only line 2 is rejected and the report counts the cut.
+    assert f"{data}:2: invalid JSON" in out and f"{data}:3:" not in out
+    assert "tokens per record: min 28, mean 65.3, p50 66, p95 102, max 102; truncated to 64: 2 of 3" in out
     saved = json.loads(report.read_text())
-    assert set(saved) == {"total", "kept", "rejected", "files", "errors"}
-    assert (saved["total"], saved["kept"], saved["rejected"]) == (4, 2, 2)
-    assert saved["files"][str(data)]["rejected"] == 2
-    assert [(e["line"], e["reason"]) for e in saved["errors"]] == [
-        (2, "invalid JSON"),
-        (3, "no assistant token within max_length"),
-    ]
+    assert set(saved) == {"total", "kept", "rejected", "files", "errors", "lengths"}
+    assert (saved["total"], saved["kept"], saved["rejected"]) == (4, 3, 1)
+    assert saved["files"][str(data)]["rejected"] == 1
+    assert [(e["line"], e["reason"]) for e in saved["errors"]] == [(2, "invalid JSON")]
+    assert saved["lengths"] == {"a": {"over_length": 2, "split": 0, "samples": 2, "tokens_cut": 38, "chars_clipped": 0}}
 
 
 def test_max_length_needs_a_tokenizer(tmp_path):

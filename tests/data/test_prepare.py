@@ -43,7 +43,8 @@ def mixed(tmp_path) -> list[Path]:
 def test_error_policy_lists_every_bad_record(tmp_path, tokenizer, mixed):
     report = tmp_path / "report.json"
     with pytest.raises(DftuneError) as info:
-        prepare_datasets(args(tmp_path, mixed, max_length=64), tokenizer, seed=0, report_path=report)
+        prepare_datasets(args(tmp_path, mixed, max_length=64, long_conversations="truncate"), tokenizer, seed=0,
+                         report_path=report)
     message = str(info.value)
     assert "4 of 7 records are invalid" in message
     for where in (f"a.jsonl:2: invalid JSON", "a.jsonl:3: messages not a list",
@@ -66,9 +67,10 @@ def test_error_list_is_capped_with_a_count_of_the_rest(tmp_path, tokenizer):
 def test_skip_policy_keeps_the_rest_and_counts_everything(tmp_path, tokenizer, mixed, caplog):
     report_path = tmp_path / "out" / "report.json"
     prepared = prepare_datasets(
-        args(tmp_path, mixed, max_length=64, on_bad_record="skip"), tokenizer, seed=0, report_path=report_path
+        args(tmp_path, mixed, max_length=64, on_bad_record="skip", long_conversations="truncate"), tokenizer, seed=0,
+        report_path=report_path
     )
-    assert prepared.train.column_names == ["input_ids", "labels", "source"]
+    assert prepared.train.column_names == ["input_ids", "labels", "source", "source_id"]
     assert list(prepared.train["source"]) == [str(mixed[0]), str(mixed[0]), str(mixed[1])]
     assert prepared.eval is None
     assert "skipped 4 of 7 records" in caplog.text

@@ -33,14 +33,63 @@ class DataArguments:
     packing: bool = field(
         default=False, metadata={"help": "Padding-free packing: concatenate samples with per-sample position_ids."}
     )
+    dataset: list[str] = field(
+        default_factory=list,
+        metadata={"help": "LLaMA-Factory's registry: entries of <dataset_dir>/dataset_info.json (comma-separated or "
+                  "a list), trained with data_files if both are set."},
+    )
+    eval_dataset: list[str] = field(
+        default_factory=list, metadata={"help": "Registry entries held out for evaluation (like eval_files)."}
+    )
+    dataset_dir: str = field(
+        default="data", metadata={"help": "The folder of dataset_info.json and its files (LLaMA-Factory's default)."}
+    )
+    max_samples: int | None = field(
+        default=None, metadata={"help": "Read at most this many records of each source (each file or dataset)."}
+    )
+    long_conversations: Literal["split", "truncate"] = field(
+        default="split",
+        metadata={"help": "split: a conversation over max_length becomes several samples cut at turn boundaries, "
+                  "each ending with a reply; truncate: keep its first max_length tokens (the old way)."},
+    )
+    reply_share: float = field(
+        default=0.5,
+        metadata={"help": "When a reply's own prompt does not fit, the prompt is cut from the left; a long reply keeps "
+                  "at least this share of max_length."},
+    )
+    template: str | None = field(
+        default=None,
+        metadata={"help": "LLaMA-Factory's template name: accepted; dftune renders with the tokenizer's own chat "
+                  "template (or chat_template)."},
+    )
+    chat_template: str | None = field(
+        default=None, metadata={"help": "A Jinja chat template (text, or a path to a .jinja file) to train with."}
+    )
+    plot_loss: bool = field(
+        default=False, metadata={"help": "Write the run's curves (training_curves.png) into output_dir at the end."}
+    )
     dataset_cache_dir: str | None = field(
         default=None, metadata={"help": "Where tokenised datasets are cached (default: $DFTUNE_CACHE or ~/.cache/dftune)."}
     )
 
     def __post_init__(self) -> None:
+        self.dataset, self.eval_dataset = split_names(self.dataset), split_names(self.eval_dataset)
+        if self.max_samples is not None and self.max_samples < 1:
+            raise ValueError(f"max_samples must be at least 1, got {self.max_samples}")
+        if not 0.0 < self.reply_share < 1.0:
+            raise ValueError(f"reply_share must be in (0, 1), got {self.reply_share}")
         if self.max_length < 2:
             raise ValueError(f"max_length must be at least 2, got {self.max_length}")
         if not 0.0 <= self.validation_split_percentage < 100.0:
             raise ValueError(
                 f"validation_split_percentage must be in [0, 100), got {self.validation_split_percentage}"
             )
+
+    def has_training_data(self) -> bool:
+        return bool(self.data_files or self.dataset)
+
+
+def split_names(values: list[str] | str) -> list[str]:
+    """`["a,b", "c"]` or `"a,b"` -> `["a", "b", "c"]`: LLaMA-Factory writes `dataset: a,b`; YAML lists work too."""
+    items = [values] if isinstance(values, str) else values
+    return [name.strip() for value in items for name in str(value).split(",") if name.strip()]

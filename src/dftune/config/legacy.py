@@ -7,8 +7,10 @@ LLaMA-Factory and dLLM-Factory spellings), plus environment variables where tran
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
+
+from dftune.errors import DftuneError
 
 
 @dataclass
@@ -62,7 +64,56 @@ LEGACY_KEYS: dict[str, Callable[[Any], Translation]] = {
     "include_tokens_per_second": _drop("removed in transformers 5"),
     "use_mps_device": _drop("removed in transformers 5; MPS is used when available"),
     "overwrite_cache": _drop("dftune caches tokenised data by a fingerprint of its content and settings"),
+    # LLaMA-Factory's examples (train_lora/*_lora_sft.yaml, *_lora_dpo.yaml); its dataset, dataset_dir, template,
+    # max_samples and plot_loss are DataArguments keys of their own.
+    "pref_beta": _rename("beta", "LLaMA-Factory's name for stage dpo's beta"),
+    "pref_loss": lambda value: _pref_loss(value),
+    # TRL's SFTConfig (loss_type under stage sft: see stage_aliases).
+    "padding_free": lambda value: Translation(keys={"packing": _truthy(value)}, note="mapped to packing (TRL's name)"),
+    "assistant_only_loss": lambda value: _always("assistant_only_loss", value),
+    "completion_only_loss": lambda value: _always("completion_only_loss", value),
+    "dataset_num_proc": _rename("preprocessing_num_workers", "TRL's name"),
 }
+
+# LLaMA-Factory's pref_loss values that TRL's DPOTrainer has as a loss_type, and those it trains elsewhere.
+_TRL_DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+                   "aot_pair", "discopop", "apo_zero", "apo_down", "sft")  # fmt: skip
+_SFT_LOSS_TYPES = {"nll": "sft", "dft": "dft"}  # TRL SFTConfig.loss_type -> our loss
+
+
+def _pref_loss(value: Any) -> Translation:
+    names = [name.strip() for name in str(value).split(",") if name.strip()]
+    unknown = [name for name in names if name not in _TRL_DPO_LOSSES]
+    if unknown:
+        raise DftuneError(f"pref_loss: {', '.join(unknown)} is not a loss of TRL's DPOTrainer (dftune's stage dpo); "
+                          f"use one of {', '.join(_TRL_DPO_LOSSES)} (orpo, simpo and kto_pair are other trainers)")
+    return Translation(keys={"loss_type": names}, note="mapped to loss_type (LLaMA-Factory's name; TRL's losses)")
+
+
+def _always(key: str, value: Any) -> Translation:
+    """TRL's label switches: dftune labels the assistant replies (the completion) only, always."""
+    if not _truthy(value):
+        raise DftuneError(f"{key}: false would train on the prompt too; dftune trains on the assistant replies only "
+                          "(mask_history: true for the last reply only)")
+    return Translation(note="accepted (dftune labels only the assistant replies)")
+
+
+def stage_aliases(values: dict[str, Any], notes: list[str]) -> dict[str, Any]:
+    """Keys whose meaning depends on the stage. `loss_type` is TRL's DPO loss under stage dpo (a key of its own);
+    under stage sft it is TRL SFTConfig's `loss_type: nll | dft`, our `loss: sft | dft`. `values` maps keys to
+    parse's values (with `.value` and `.origin`)."""
+    stage = values.get("stage")
+    item = values.get("loss_type")
+    if item is None or (stage is not None and str(stage.value) != "sft"):
+        return values
+    loss = _SFT_LOSS_TYPES.get(str(item.value).lower())
+    if loss is None:
+        raise DftuneError(f"{item.origin}: loss_type {item.value!r} under stage sft is TRL SFTConfig's: nll or dft "
+                          "(or use loss: sft, dft, ...)")  # fmt: skip
+    notes.append(f"{item.origin}: loss_type {item.value} mapped to loss: {loss} (TRL SFTConfig's name under stage sft)")
+    renamed = {("loss" if key == "loss_type" else key): v for key, v in values.items()}
+    renamed["loss"] = replace(item, value=loss)
+    return renamed
 
 
 def _truthy(value: Any) -> bool:

@@ -26,7 +26,8 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
 from dftune.config.data_args import DataArguments
-from dftune.config.legacy import translate
+from dftune.config.legacy import stage_aliases, translate
+from dftune.config.machine import needs_cpu
 from dftune.config.method_args import MethodArguments
 from dftune.config.model_args import ModelArguments
 from dftune.config.reliability_args import ReliabilityArguments
@@ -103,6 +104,7 @@ def parse_config(argv: list[str], stages: StageSections) -> RunConfig:
     notes: list[str] = []
     env: dict[str, str] = {}
     known = known_keys(stages)
+    values = stage_aliases(values, notes)  # TRL SFTConfig's loss_type under stage sft (config/legacy.py)
     resolved: dict[str, _Value] = {}
     for key, item in values.items():
         translation = translate(key, item.value) if key not in known else None
@@ -125,6 +127,8 @@ def parse_config(argv: list[str], stages: StageSections) -> RunConfig:
             start_deepspeed_on_cpu()
             resolved["use_cpu"] = _Value(True, "dftune")
             notes.append("DeepSpeed processes on a machine without CUDA: DeepSpeed started on gloo, use_cpu: true")
+        if needs_cpu(resolved):  # no accelerator here: bf16 flags and torchrun DDP on CPU (dftune.config.machine)
+            resolved["use_cpu"] = _Value(True, "dftune")
         argv = to_argv(resolved, multi_word=multi_word_keys(parser))
         model, data, method, reliability, *per_stage, training = parser.parse_args_into_dataclasses(args=argv)
         stage_args = stage_keys(method.stage, dict(zip(stages, per_stage)), given=set(resolved))

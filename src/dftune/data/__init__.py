@@ -1,7 +1,8 @@
 """Data layer: read and validate conversation and preference files, tokenise with assistant-only labels, cache,
 and batch. The chat template of tokenizers without one (ChatML) is data's too (`encode.CHATML_TEMPLATE`).
 
-Dependency order: preference > prepare > validate, cache > encode > formats, report > readers; collate > encode.
+Dependency order: preference > prepare > validate, cache, llamafactory > lengths, sources > encode > formats, report >
+readers; collate > encode. `sources` names what is trained together (files, LLaMA-Factory registry entries).
 """
 
 from dftune.data.collate import DataCollatorForChat, configure_packing

@@ -14,6 +14,7 @@ import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from datasets import Dataset, load_from_disk
 from transformers import PreTrainedTokenizerBase
@@ -21,8 +22,9 @@ from transformers import PreTrainedTokenizerBase
 from dftune.data.encode import chat_template, require_fast
 from dftune.data.readers import is_local, load_hub_dataset
 from dftune.data.report import ValidationReport
+from dftune.data.sources import Source, as_sources
 
-CODE_VERSION = "dftune-data-1"
+CODE_VERSION = "dftune-data-2"  # 2: long conversations split, source_id, per-source length counts
 _REPORT = "report.json"
 
 
@@ -32,17 +34,23 @@ def cache_root(configured: str | None) -> Path:
 
 
 def fingerprint(
-    splits: dict[str, Sequence[str]], tokenizer: PreTrainedTokenizerBase, *, max_length: int, mask_history: bool
+    splits: dict[str, Sequence[str | Source]],
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    max_length: int,
+    mask_history: bool,
+    **settings: Any,
 ) -> str:
-    """A hex digest naming the tokenised result of `splits` ({"train": sources, "eval": sources})."""
+    """A hex digest naming the tokenised result of `splits` ({"train": sources, "eval": sources}); `settings` are
+    further keys that change it (e.g. long_conversations)."""
     digest = hashlib.sha256()
-    settings = {"code": CODE_VERSION, "max_length": max_length, "mask_history": mask_history}
+    settings = {"code": CODE_VERSION, "max_length": max_length, "mask_history": mask_history, **settings}
     digest.update(json.dumps(settings, sort_keys=True).encode())
     for split, sources in splits.items():
         digest.update(f"\0split {split}\0".encode())
-        for source in sources:
-            digest.update(f"\0source {source}\0".encode())
-            digest.update(_content_hash(source).encode())
+        for source in as_sources(sources):
+            digest.update(f"\0source {source.name}\0".encode())
+            digest.update(source.digest(_content_hash).encode())
     digest.update(_tokenizer_hash(tokenizer).encode())
     return digest.hexdigest()[:32]
 

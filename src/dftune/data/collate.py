@@ -34,13 +34,33 @@ PACKING_ATTENTION = ("eager", "sdpa", "flex_attention", "flash_attention_2", "fl
 
 @dataclass
 class DataCollatorForChat:
-    """`collator(features) -> dict[str, Tensor]` for features holding `input_ids` and `labels` lists."""
+    """`collator(features) -> dict[str, Tensor]` for features holding `input_ids` and `labels` lists (and, from
+    `prepare_datasets`, `source_id`, which becomes `source_ids` [B, T])."""
 
     pad_token_id: int
     packing: bool = False
 
     def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        return self._pack(features) if self.packing else self._pad(features)
+        batch = self._pack(features) if self.packing else self._pad(features)
+        if features and "source_id" in features[0]:
+            batch["source_ids"] = self._source_ids(features, batch)
+        return batch
+
+    def _source_ids(self, features: Sequence[dict[str, Any]], batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """[B, T] the `source_id` of the sample at each position (-1 on padding): for ce/<source> in the logs. The
+        trainer pops it before the model call; packed rows take each position's sample by the same placement."""
+        ids = torch.full_like(batch["input_ids"], -1)
+        if not self.packing:
+            for row, feature in enumerate(features):
+                ids[row, : len(feature["input_ids"])] = int(feature["source_id"])
+            return ids
+        for r, row in enumerate(pack_rows([len(f["input_ids"]) for f in features])):
+            start = 0
+            for i in row:
+                n = len(features[i]["input_ids"])
+                ids[r, start : start + n] = int(features[i]["source_id"])
+                start += n
+        return ids
 
     def _pad(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         longest = max(len(f["input_ids"]) for f in features)

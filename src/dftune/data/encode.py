@@ -9,10 +9,10 @@ rendering, not by `{% generation %}` markers, so any template that renders conve
 from __future__ import annotations
 
 import logging
+from bisect import bisect_left
+from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
 
-from jinja2 import TemplateError
 from transformers import PreTrainedTokenizerBase
 
 from dftune.data.formats import Messages
@@ -47,32 +47,6 @@ def encode_messages(
     return {"input_ids": input_ids, "labels": labels}
 
 
-def encode_batch(
-    batch: dict[str, list[Any]],
-    *,
-    tokenizer: PreTrainedTokenizerBase,
-    max_length: int | None,
-    mask_history: bool,
-) -> dict[str, list[Any]]:
-    """`datasets.map` function: adds input_ids, labels, num_tokens (before truncation), num_labels (after),
-    and template_error (a record the template itself rejects, e.g. "roles must alternate"; else "")."""
-    out: dict[str, list[Any]] = {k: [] for k in ("input_ids", "labels", "num_tokens", "num_labels", "template_error")}
-    for messages in batch["messages"]:
-        try:
-            input_ids, labels = _encode_full(tokenizer, messages, mask_history)
-            error = ""
-        except TemplateError as exc:
-            input_ids, labels, error = [], [], str(exc) or type(exc).__name__
-        out["num_tokens"].append(len(input_ids))
-        if max_length is not None:
-            input_ids, labels = input_ids[:max_length], labels[:max_length]
-        out["input_ids"].append(input_ids)
-        out["labels"].append(labels)
-        out["num_labels"].append(sum(label != IGNORE_INDEX for label in labels))
-        out["template_error"].append(error)
-    return out
-
-
 def chat_template(tokenizer: PreTrainedTokenizerBase) -> str:
     """The tokenizer's chat template, or ChatML (with a warning) when it has none."""
     if tokenizer.chat_template:
@@ -91,6 +65,23 @@ def require_fast(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
 def _encode_full(
     tokenizer: PreTrainedTokenizerBase, messages: Messages, mask_history: bool
 ) -> tuple[list[int], list[int]]:
+    encoded = encode_turns(tokenizer, messages, mask_history)
+    return encoded.input_ids, encoded.labels
+
+
+@dataclass
+class Turns:
+    """A tokenised conversation with where it may be split: `boundaries` are the token positions where a turn starts
+    (0, and after every assistant reply), `replies` the (first, end) token range of each labelled reply."""
+
+    input_ids: list[int]
+    labels: list[int]
+    boundaries: list[int] = field(default_factory=list)
+    replies: list[tuple[int, int]] = field(default_factory=list)
+
+
+def encode_turns(tokenizer: PreTrainedTokenizerBase, messages: Messages, mask_history: bool) -> Turns:
+    """The whole conversation tokenised once, labels on the assistant replies, and its turn boundaries."""
     template = chat_template(require_fast(tokenizer))
 
     def render(part: Messages, generation_prompt: bool) -> str:
@@ -102,9 +93,14 @@ def _encode_full(
     # A reply at position 0 has no prompt to render a generation header after (transformers refuses empty
     # conversations), so it stays context only.
     turns = [i for i, message in enumerate(messages) if message["role"] == "assistant" and i > 0]
-    spans = []
-    for i in turns[-1:] if mask_history else turns:
-        before, through = render(messages[:i], True), render(messages[:i + 1], False)
+    labelled = set(turns[-1:] if mask_history else turns)
+    spans, cuts = [], [0]
+    for i in turns:
+        through = render(messages[:i + 1], False)
+        if i not in labelled:  # mask_history: an earlier reply is context only; it marks a boundary where it can
+            cuts += [len(through)] if text.startswith(through) else []
+            continue
+        before = render(messages[:i], True)
         if not (through.startswith(before) and text.startswith(through)):
             raise DftuneError(
                 "the chat template does not render conversations incrementally: the text of the first "
@@ -114,19 +110,24 @@ def _encode_full(
                 "behaviour"
             )
         spans.append((len(before), len(through.rstrip())))
+        cuts.append(len(through))  # the next turn starts here (after the reply's end-of-turn text)
 
     encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
     input_ids: list[int] = encoding["input_ids"]
+    offsets = [start for start, _end in encoding["offset_mapping"]]
     labels = [IGNORE_INDEX] * len(input_ids)
+    ranges: dict[int, tuple[int, int]] = {}  # span -> (first, end) of its labelled tokens
     span = 0
-    for position, (start, _end) in enumerate(encoding["offset_mapping"]):
+    for position, start in enumerate(offsets):
         while span < len(spans) and start >= spans[span][1]:
             span += 1
         if span == len(spans):
             break
         if position > 0 and start >= spans[span][0]:
             labels[position] = input_ids[position]
-    return input_ids, labels
+            ranges[span] = (ranges.get(span, (position, 0))[0], position + 1)
+    boundaries = sorted({bisect_left(offsets, cut) for cut in cuts if bisect_left(offsets, cut) < len(offsets)})
+    return Turns(input_ids, labels, boundaries, [ranges[k] for k in sorted(ranges)])
 
 
 @lru_cache(maxsize=None)

@@ -28,14 +28,13 @@ from dftune.data import InvalidRecord, ValidationReport, normalize_preference
 from dftune.data import cache
 from dftune.data.encode import chat_template
 from dftune.data.formats import Messages
-from dftune.data.prepare import PreparedData, finish
-from dftune.data.readers import resolve_sources
+from dftune.data.prepare import PreparedData, finish, resolve_splits
+from dftune.data.sources import Source
 from dftune.data.validate import normalized_records
-from dftune.errors import DftuneError
 
 logger = logging.getLogger(__name__)
 
-CODE_VERSION = "dftune-preference-1"  # bump when validation or the stored form changes
+CODE_VERSION = "dftune-preference-2"  # bump when validation or the stored form changes
 _MESSAGES = List({"role": Value("string"), "content": Value("string")})
 PREFERENCE = Features({"prompt": _MESSAGES, "chosen": _MESSAGES, "rejected": _MESSAGES})
 
@@ -53,11 +52,7 @@ def prepare_preference_datasets(
     Same contract as `dftune.data.prepare_datasets`: on_bad_record error raises a DftuneError listing the bad
     records; skip logs per-file counts and goes on; the report is written to `report_path` in both cases.
     """
-    if data_args.eval_files and data_args.validation_split_percentage > 0:
-        raise DftuneError("set either eval_files or validation_split_percentage, not both")
-    splits = {"train": resolve_sources(data_args.data_files)}
-    if data_args.eval_files:
-        splits["eval"] = resolve_sources(data_args.eval_files)
+    splits = resolve_splits(data_args, ranking=True)
 
     data_key = cache.fingerprint(splits, tokenizer, max_length=data_args.max_length, mask_history=False)
     key = hashlib.sha256(f"{CODE_VERSION}\0{data_key}\0{max_prompt_length}".encode()).hexdigest()[:32]
@@ -82,7 +77,7 @@ def prepare_preference_datasets(
 
 
 def collect_preferences(
-    sources: Sequence[str],
+    sources: Sequence[str | Source],
     tokenizer: PreTrainedTokenizerBase | None,
     max_length: int | None,
     max_prompt_length: int | None,

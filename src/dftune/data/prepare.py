@@ -8,7 +8,7 @@ stops a run before any model is loaded.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from datasets import Dataset
@@ -16,23 +16,27 @@ from transformers import PreTrainedTokenizerBase
 
 from dftune.config.data_args import DataArguments
 from dftune.data import cache
-from dftune.data.readers import resolve_sources
+from dftune.data.llamafactory import registry_sources
 from dftune.data.report import ValidationReport
+from dftune.data.sources import Source, file_sources, name_table, unique_names
 from dftune.data.validate import validate_and_encode
 from dftune.errors import DftuneError
 
 logger = logging.getLogger(__name__)
-COLUMNS = ("input_ids", "labels", "source")
+COLUMNS = ("input_ids", "labels", "source", "source_id")
 
 
 @dataclass
 class PreparedData:
-    """Tokenised datasets (columns input_ids, labels, source), the validation report, and whether it was cached."""
+    """Tokenised datasets (columns input_ids, labels, source, source_id), the validation report, and whether it was
+    cached."""
 
     train: Dataset
     eval: Dataset | None
     report: ValidationReport
     cache_hit: bool
+    source_names: list[str] = field(default_factory=list)
+    """The run's source names: `source_id` of a sample indexes this list (ce/<name> in the logs)."""
 
 
 def prepare_datasets(
@@ -48,17 +52,11 @@ def prepare_datasets(
     on_bad_record="skip": log counts per file and reason and go on with the rest.
     The report is written to `report_path` when given, in both policies.
     """
-    if not data_args.data_files:
-        raise DftuneError("no training data: set data_files")
-    if data_args.eval_files and data_args.validation_split_percentage > 0:
-        raise DftuneError("set either eval_files or validation_split_percentage, not both")
-    splits = {"train": resolve_sources(data_args.data_files)}
-    if data_args.eval_files:
-        splits["eval"] = resolve_sources(data_args.eval_files)
-
+    splits = resolve_splits(data_args, ranking=False)
     key = cache.fingerprint(
-        splits, tokenizer, max_length=data_args.max_length, mask_history=data_args.mask_history
-    )
+        splits, tokenizer, max_length=data_args.max_length, mask_history=data_args.mask_history,
+        long_conversations=data_args.long_conversations, reply_share=data_args.reply_share,
+    )  # fmt: skip
     entry = cache.cache_root(data_args.dataset_cache_dir) / "prepared" / key
     cached = cache.load_entry(entry)
     if cached is not None:
@@ -68,7 +66,27 @@ def prepare_datasets(
         datasets, report = _build(splits, tokenizer, data_args, key)
         cache.save_entry(entry, datasets, report)
 
-    return finish(datasets, report, data_args, seed, cache_hit=cached is not None, entry=entry, report_path=report_path)
+    return finish(datasets, report, data_args, seed, cache_hit=cached is not None, entry=entry, report_path=report_path,
+                  source_names=name_table(splits))
+
+
+def resolve_splits(data_args: DataArguments, *, ranking: bool) -> dict[str, list[Source]]:
+    """{"train": sources, "eval": sources}: data_files then registry entries (dataset), names unique across both."""
+    if not data_args.has_training_data():
+        raise DftuneError("no training data: set data_files (or dataset, LLaMA-Factory's registry)")
+    if (data_args.eval_files or data_args.eval_dataset) and data_args.validation_split_percentage > 0:
+        raise DftuneError("set either eval_files or validation_split_percentage, not both "
+                          "(eval_dataset counts as eval_files)")
+    cap = data_args.max_samples
+    registry = data_args.dataset_dir
+    splits = {"train": file_sources(data_args.data_files, cap)
+              + registry_sources(data_args.dataset, registry, ranking=ranking, max_samples=cap)}  # fmt: skip
+    if data_args.eval_files or data_args.eval_dataset:
+        splits["eval"] = file_sources(data_args.eval_files, cap) + registry_sources(
+            data_args.eval_dataset, registry, ranking=ranking, max_samples=cap)  # fmt: skip
+    named = unique_names([s for sources in splits.values() for s in sources])
+    train = len(splits["train"])
+    return {"train": named[:train], **({"eval": named[train:]} if "eval" in splits else {})}
 
 
 def finish(
@@ -80,6 +98,7 @@ def finish(
     cache_hit: bool,
     entry: Path,
     report_path: str | Path | None,
+    source_names: list[str] | None = None,
 ) -> PreparedData:
     """Shared by every kind of data: save the report, apply the bad-record policy, split off eval data."""
     full_report = Path(report_path) if report_path is not None else cache.report_file(entry)
@@ -91,11 +110,15 @@ def finish(
         raise DftuneError(f"no valid training records left (see {full_report})")
     if data_args.validation_split_percentage > 0:
         train, evaluation = _split_off(train, data_args.validation_split_percentage, seed)
-    return PreparedData(train, evaluation, report, cache_hit=cache_hit)
+    lengths = report.format_lengths()
+    if lengths:
+        logger.info("conversations over max_length %d (long_conversations: %s):\n%s", data_args.max_length,
+                    data_args.long_conversations, lengths)  # fmt: skip
+    return PreparedData(train, evaluation, report, cache_hit=cache_hit, source_names=source_names or [])
 
 
 def _build(
-    splits: dict[str, list[str]], tokenizer: PreTrainedTokenizerBase, data_args: DataArguments, key: str
+    splits: dict[str, list[Source]], tokenizer: PreTrainedTokenizerBase, data_args: DataArguments, key: str
 ) -> tuple[dict[str, Dataset], ValidationReport]:
     report = ValidationReport()
     datasets = {}
@@ -107,6 +130,9 @@ def _build(
             mask_history=data_args.mask_history,
             num_proc=data_args.preprocessing_num_workers,
             fingerprint=f"{key}-{split}",
+            long_conversations=data_args.long_conversations,
+            reply_share=data_args.reply_share,
+            source_names=name_table(splits),
         )
         datasets[split] = dataset.select_columns(list(COLUMNS))
         report.merge(split_report)

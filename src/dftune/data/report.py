@@ -1,7 +1,10 @@
 """The validation report: per-file counts, every rejected record with its location and reason, and its JSON form.
 
 JSON schema: {"total", "kept", "rejected", "files": {path: {"total", "kept", "rejected", "reasons"}},
-"errors": [{"file", "line" (1-based) or "index" (0-based), "reason", "detail"?}]}.
+"errors": [{"file", "line" (1-based) or "index" (0-based), "reason", "detail"?}],
+"lengths": {source: {"over_length", "split", "samples", "tokens_cut", "chars_clipped"}}} (lengths: what
+max_length did to the kept records of each source that had records over it, see `dftune.data.lengths`; absent
+when none had).
 """
 
 from __future__ import annotations
@@ -40,6 +43,16 @@ class ValidationReport:
 
     totals: dict[str, int] = field(default_factory=dict)
     errors: list[RecordIssue] = field(default_factory=list)
+    lengths: dict[str, Counter[str]] = field(default_factory=dict)
+    """Per source name: records over max_length, records split into several samples, samples made, tokens cut."""
+
+    def count_lengths(self, source: str, **counts: int) -> None:
+        self.lengths.setdefault(source, Counter()).update(counts)
+
+    def over_length(self) -> dict[str, dict[str, int]]:
+        """The length counts of the sources that had records over max_length (what the JSON report lists)."""
+        keys = ("over_length", "split", "samples", "tokens_cut", "chars_clipped")
+        return {s: {k: c[k] for k in keys} for s, c in self.lengths.items() if c["over_length"]}
 
     def add_file(self, file: str, total: int) -> None:
         self.totals[file] = self.totals.get(file, 0) + total
@@ -51,6 +64,8 @@ class ValidationReport:
         for file, total in other.totals.items():
             self.add_file(file, total)
         self.errors.extend(other.errors)
+        for source, counts in other.lengths.items():
+            self.count_lengths(source, **counts)
 
     @property
     def total(self) -> int:
@@ -89,6 +104,7 @@ class ValidationReport:
             "rejected": self.rejected,
             "files": files,
             "errors": [issue.to_dict() for issue in self.sorted_errors()],
+            **({"lengths": self.over_length()} if self.over_length() else {}),
         }
 
     @classmethod
@@ -97,6 +113,8 @@ class ValidationReport:
         for err in data["errors"]:
             location = Location(err["file"], line=err.get("line"), index=err.get("index"))
             report.reject(location, err["reason"], err.get("detail", ""))
+        for source, counts in data.get("lengths", {}).items():
+            report.count_lengths(source, **counts)
         return report
 
     def save(self, path: str | Path) -> Path:
@@ -115,6 +133,15 @@ class ValidationReport:
             rows.append(f"| {file} | {total} | {total - rejected} | {rejected} | {why} |")
         rows.append(f"| **all** | {self.total} | {self.kept} | {self.rejected} | |")
         return "\n".join(rows)
+
+    def format_lengths(self) -> str:
+        """One line per source that had records over max_length: how many, split into how many samples, cut."""
+        return "\n".join(
+            f"{source}: {c['over_length']} records over max_length, {c['split']} split, {c['samples']} samples, "
+            f"{c['tokens_cut']} tokens cut"
+            + (f", {c['chars_clipped']} characters clipped" if c["chars_clipped"] else "")
+            for source, c in self.lengths.items() if c["over_length"]
+        )
 
     def format_errors(self, limit: int = 20, full_report: str | Path | None = None) -> str:
         """The first `limit` bad records, one per line, then how many more and where the full list is."""

@@ -106,6 +106,13 @@ def check_parallelism(trainer: Trainer) -> Parallelism:
         )
     if (args.deepspeed or requested_by_accelerate("DEEPSPEED")) and not trainer.is_deepspeed_enabled:
         problems.append(f"deepspeed was requested but did not engage: training {actual.sharding} instead")
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > actual.world_size:  # every process would train alone on all the data, into the same output_dir
+        raise DftuneError(
+            f"{launched} processes were launched (WORLD_SIZE={launched}) but this one trains as world size "
+            f"{actual.world_size}, independently of the others; on a machine without an accelerator set use_cpu: true "
+            "(dftune does when it is not given) so that they join one gloo process group"
+        )
     requested = accelerate_requested_processes()
     if requested is not None and requested > actual.world_size:
         problems.append(

@@ -9,12 +9,39 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from dftune.config.parse import RunConfig
 from dftune.data import PreparedData, configure_packing, prepare_datasets
+from dftune.data.encode import chat_template
+from dftune.errors import DftuneError
 from dftune.losses import OBJECTIVES, REF_KL
-from dftune.models.loading import apply_lora, load_trainable_model
+from dftune.models.loading import apply_lora, load_tokenizer, load_trainable_model
 from dftune.models.reference import frozen_reference
-from dftune.runtime.preflight import require_eval_data
+from dftune.runtime.preflight import check_max_length, require_eval_data
 
 logger = logging.getLogger(__name__)
+
+
+def chat_tokenizer(config: RunConfig) -> PreTrainedTokenizerBase:
+    """The run's tokenizer with the chat template the data is rendered with: `chat_template` when given, else the
+    tokenizer's own, else ChatML; `max_length` checked to leave room for a reply (as `load_checked_tokenizer`).
+
+    LLaMA-Factory's `template: <name>` picks one of its built-in templates; dftune renders with the tokenizer's own,
+    so the key is accepted with one log line, and is an error when the tokenizer has none and no chat_template is
+    given (silently training with ChatML instead of what the user named would not be what they asked for)."""
+    tokenizer = load_tokenizer(config.model)
+    data = config.data
+    if data.chat_template:
+        path = Path(data.chat_template).expanduser()
+        tokenizer.chat_template = path.read_text(encoding="utf-8") if path.is_file() else data.chat_template
+    if data.template is not None:
+        name = config.model.model_name_or_path
+        if not tokenizer.chat_template:
+            raise DftuneError(f"template: {data.template} names one of LLaMA-Factory's templates; dftune renders with "
+                              f"the tokenizer's own chat template and {name} has none: set chat_template (Jinja text "
+                              "or a .jinja file), or add one to the model folder")  # fmt: skip
+        source = "chat_template" if data.chat_template else f"the tokenizer's own ({name})"
+        logger.info("template: %s is LLaMA-Factory's name; dftune renders with %s chat template", data.template, source)
+    tokenizer.chat_template = chat_template(tokenizer)
+    check_max_length(tokenizer, data.max_length)
+    return tokenizer
 
 
 def chat_data(config: RunConfig, tokenizer: PreTrainedTokenizerBase) -> PreparedData:

@@ -34,7 +34,8 @@ from dftune.data.encode import chat_template
 from dftune.data.preference import prepare_preference_datasets
 from dftune.models.reference import check_reference, load_policy_and_reference
 from dftune.runtime.guards import GuardedUpdates
-from dftune.runtime.preflight import load_checked_tokenizer, require_eval_data
+from dftune.runtime.preflight import require_eval_data
+from dftune.stages.common import chat_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +145,7 @@ def uses_fsdp(training: TrainingArguments) -> bool:
 def build_trainer(config: RunConfig, callbacks: list[TrainerCallback]) -> PreferenceTrainer:
     """Data first (bad records stop the run before any model loads), then policy and reference, then TRL."""
     keys = dpo_keys(config)
-    tokenizer = load_checked_tokenizer(config.model, config.data.max_length)
+    tokenizer = chat_tokenizer(config)
     tokenizer.chat_template = chat_template(tokenizer)  # TRL renders the messages itself: ChatML when none
     with config.training.main_process_first(desc="preference data"):
         prepared = prepare_preference_datasets(

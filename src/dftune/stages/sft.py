@@ -13,8 +13,7 @@ from transformers import TrainerCallback
 from dftune.config.parse import RunConfig, StageArguments
 from dftune.data import DataCollatorForChat
 from dftune.runtime.objective_trainer import ObjectiveTrainer
-from dftune.runtime.preflight import load_checked_tokenizer
-from dftune.stages.common import chat_data, check_reference_keys, objective_reference, trainable_model
+from dftune.stages.common import chat_data, chat_tokenizer, check_reference_keys, objective_reference, trainable_model
 
 
 @dataclass
@@ -27,7 +26,7 @@ class SftArguments(StageArguments):
 
 def build_trainer(config: RunConfig, callbacks: list[TrainerCallback]) -> ObjectiveTrainer:
     """Data first (bad records stop the run before any model loads), then model, LoRA and Trainer."""
-    tokenizer = load_checked_tokenizer(config.model, config.data.max_length)
+    tokenizer = chat_tokenizer(config)
     prepared = chat_data(config, tokenizer)
     model = trainable_model(config, diffusion=False)
     return ObjectiveTrainer(

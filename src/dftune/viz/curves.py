@@ -62,6 +62,7 @@ def plot_runs(
     Panels fill a grid `columns` wide (default: one row); a key no run logged says so in its panel. One legend
     for the figure, under the panels, so that no panel's curves hide behind it.
     """
+    panels = (*panels, *source_panels(runs, panels))
     columns = columns or len(panels)
     rows = math.ceil(len(panels) / columns)
     fig, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.8 * rows), squeeze=False)
@@ -90,6 +91,13 @@ def plot_runs(
     if title:
         fig.suptitle(title)
     return save_figure(fig, path, bottom=(0.3 * legend_rows + 0.1) / fig.get_figheight() if legend else 0.0)
+
+
+def source_panels(runs: Mapping[str, LogHistory], panels: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """One panel per `ce/<source>` some run logged (several data sources: dftune.runtime.metrics.source_sums)."""
+    shown = {key for key, _ in panels}
+    keys = sorted({k for history in runs.values() for e in history for k in e if k.startswith("ce/")} - shown)
+    return [(key, f"cross-entropy of {key[3:]}") for key in keys]
 
 
 def save_figure(fig: plt.Figure, path: str | Path, *, bottom: float = 0.0) -> Path:

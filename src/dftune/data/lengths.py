@@ -1,0 +1,142 @@
+"""Conversations longer than `max_length`: split at turn boundaries (default) or keep the first tokens (the old way).
+
+`split` (no conversation with a reply is lost to its length): samples are made greedily, in order. Each sample
+ends with an assistant reply (its end-of-turn token) and starts at the earliest turn boundary that lets it fit, so it
+keeps as much preceding context as fits; it holds as many following replies as still fit. Replies already trained
+in an earlier sample are context only (labels -100) in later ones, so no reply is trained twice. When even the
+reply's own turn does not fit, its prompt is cut from the left: the reply keeps its whole length when the prompt
+can shrink to make room, and never less than `reply_share` of the budget otherwise (its end is then cut).
+
+`truncate`: the first `max_length` tokens, as before (a conversation whose first reply starts later has none).
+
+Huge messages are clipped before they are rendered (`clip_messages`), so tokenising a 50 MB reply costs the budget,
+not the record: a message longer than `CHARS_PER_TOKEN * max_length` characters cannot fit in a sample anyway.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from jinja2 import TemplateError
+from transformers import PreTrainedTokenizerBase
+
+from dftune.data.encode import IGNORE_INDEX, Turns, encode_turns
+from dftune.data.formats import Messages
+
+# A token spans at most this many characters in the clipped part (generous: byte-level and BPE tokens of natural
+# text average 1-5); a message longer than this many characters per budget token is clipped before rendering.
+CHARS_PER_TOKEN = 32
+
+
+@dataclass
+class Pieces:
+    """The samples of one conversation, and the tokens it lost to the budget (prompt cut + reply cut)."""
+
+    samples: list[tuple[list[int], list[int]]]
+    tokens_cut: int = 0
+
+
+def clip_messages(messages: Messages, max_length: int, mode: str) -> tuple[Messages, int]:
+    """Messages whose content is at most CHARS_PER_TOKEN * max_length characters, and how many characters were
+    dropped. split keeps the end of a prompt (what precedes the reply) and the start of a reply; truncate the start."""
+    limit = CHARS_PER_TOKEN * max_length
+    clipped, dropped = [], 0
+    for message in messages:
+        content = message["content"]
+        if len(content) > limit:
+            dropped += len(content) - limit
+            keep_end = mode == "split" and message["role"] != "assistant"
+            content = content[-limit:] if keep_end else content[:limit]
+            message = {**message, "content": content}
+        clipped.append(message)
+    return clipped, dropped
+
+
+def fit(turns: Turns, max_length: int, *, mode: str = "split", reply_share: float = 0.5) -> Pieces:
+    """The samples of one tokenised conversation within `max_length` tokens (see the module docstring)."""
+    ids, labels = turns.input_ids, turns.labels
+    if len(ids) <= max_length:
+        return Pieces([(ids, labels)])
+    if mode == "truncate" or not turns.replies:
+        return Pieces([(ids[:max_length], labels[:max_length])], tokens_cut=len(ids) - max_length)
+    pieces = Pieces([])
+    trained = 0  # replies before this token position are in an earlier sample: context only from now on
+    i = 0
+    while i < len(turns.replies):
+        first, end = turns.replies[i]
+        own = max([b for b in turns.boundaries if b < first], default=0)  # where the reply's own turn starts
+        if end - own <= max_length:
+            start = min(b for b in turns.boundaries if end - b <= max_length and b <= own)
+            while i + 1 < len(turns.replies) and turns.replies[i + 1][1] - start <= max_length:
+                i += 1
+            stop = turns.replies[i][1]
+        else:
+            start, stop = _cut(first - own, end - first, first, max_length, reply_share)
+            pieces.tokens_cut += (first - own) - (first - start) + (end - stop)
+        piece = labels[start:stop]
+        if trained > start:
+            piece[: trained - start] = [IGNORE_INDEX] * (trained - start)
+        piece[0] = IGNORE_INDEX  # a sample's first token has nothing before it to be predicted from
+        pieces.samples.append((ids[start:stop], piece))
+        trained = stop
+        i += 1
+    return pieces
+
+
+def _cut(prompt: int, reply: int, first: int, max_length: int, reply_share: float) -> tuple[int, int]:
+    """(start, stop) of a reply whose turn does not fit: its prompt cut from the left to `room` tokens (at least 1),
+    the reply whole when that leaves room for it, else cut at the end; the reply gets at least `reply_share`."""
+    most_for_prompt = max_length - math.ceil(reply_share * max_length)
+    room = max(max_length - reply, min(prompt, most_for_prompt))
+    room = max(1, min(room, prompt, max_length - 1))
+    return first - room, first + min(reply, max_length - room)
+
+
+ENCODED_COLUMNS = ("source", "source_id", "record", "input_ids", "labels", "num_tokens", "num_labels",
+                   "template_error", "pieces", "tokens_cut", "chars_clipped")
+
+
+def encode_batch(
+    batch: dict[str, list[Any]],
+    *,
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int | None,
+    mask_history: bool,
+    long_conversations: str = "split",
+    reply_share: float = 0.5,
+) -> dict[str, list[Any]]:
+    """`datasets.map` function (batched, one record -> one or more rows): per sample input_ids, labels, and of its
+    record: source, source_id, record (its row in the input), num_tokens (before fitting to max_length),
+    num_labels (of this sample), template_error (a record the template itself rejects, e.g. "roles must
+    alternate"; else ""), pieces (samples the record became), tokens_cut (tokens it lost to max_length) and
+    chars_clipped (characters of huge messages dropped before tokenising, see `clip_messages`)."""
+    out: dict[str, list[Any]] = {k: [] for k in ENCODED_COLUMNS}
+    for row, messages in enumerate(batch["messages"]):
+        dropped = 0
+        if max_length is not None:
+            messages, dropped = clip_messages(messages, max_length, long_conversations)
+        try:
+            turns = encode_turns(tokenizer, messages, mask_history)
+            error = ""
+        except TemplateError as exc:
+            turns, error = Turns([], []), str(exc) or type(exc).__name__
+        num_tokens = len(turns.input_ids)
+        if max_length is None:
+            samples, cut = [(turns.input_ids, turns.labels)], 0
+        else:
+            pieces = fit(turns, max_length, mode=long_conversations, reply_share=reply_share)
+            samples, cut = pieces.samples, pieces.tokens_cut
+        for input_ids, labels in samples:
+            for key in ("source", "source_id", "record"):
+                out[key].append(batch[key][row])
+            out["input_ids"].append(input_ids)
+            out["labels"].append(labels)
+            out["num_tokens"].append(num_tokens)
+            out["num_labels"].append(sum(label != IGNORE_INDEX for label in labels))
+            out["template_error"].append(error)
+            out["pieces"].append(len(samples))
+            out["tokens_cut"].append(cut)
+            out["chars_clipped"].append(dropped + batch.get("chars_clipped", [0] * (row + 1))[row])
+    return out
