@@ -76,11 +76,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         head = bench("bench_loss_head", ["--device", args.device], Path(tmp) / "head.json")
         objectives = bench("bench_objective_heads", ["--device", args.device], Path(tmp) / "objectives.json")
+        reference = bench("bench_reference_memory", [], Path(tmp) / "reference.json")
         throughput = bench("bench_throughput", ["--device", args.device, "--steps", str(args.steps)],
                            Path(tmp) / "throughput.json")
         preprocess = bench("bench_preprocess", ["--long"], Path(tmp) / "preprocess.json")
-    (ROOT / "benchmarks" / "results.json").write_text(json.dumps({"loss_head": head, "objective_heads": objectives, "throughput": throughput,
-                                                                  "preprocess": preprocess, "started": started}, indent=1))
+    results = {"loss_head": head, "objective_heads": objectives, "reference_memory": reference,
+               "throughput": throughput, "preprocess": preprocess, "started": started}
+    (ROOT / "benchmarks" / "results.json").write_text(json.dumps(results, indent=1))
     machine = f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
     skipped = "".join(f"\n- skipped: {line}" for line in head["skipped"])
     objectives_skipped = "".join(f"\n- skipped: {line}" for line in objectives["skipped"])
@@ -102,17 +104,25 @@ SFTTrainer computes it), "dftune" `fused_linear_loss` with its default chunk for
 
 LLaMA-Factory computes EAFT and ASFT on the whole batch's float32 logits, ASFT with the reference model's full
 logits too; LLaDA-style SFT makes the logits of every position and keeps the masked ones (half of them here).
-dftune's fused head holds one chunk of each, of the masked positions only for stage dllm. Peak memory beyond the inputs (both models' hidden states and output
-layers) and the weight gradient, and seconds for loss + backward; ratios are fused / full.
+dftune's fused head holds one chunk of each, of the masked positions only for stage dllm. Peak memory beyond the
+inputs (both models' hidden states and output layers) and the weight gradient, and seconds for loss + backward;
+ratios are fused / full.
 
 {objectives['table']}
 {objectives_skipped}
 
-## 3. Training throughput ({throughput['device']}, small-llama, {throughput['records']} chat records, batch {throughput['batch']}, {throughput['steps']} steps, DFT)
+## 3. ASFT's reference: no second copy with LoRA (SmolLM2-135M-Instruct, {reference['steps']} steps, cpu)
+
+Peak resident memory of `dftune train` in a fresh process. With LoRA the reference is the policy with its adapters
+disabled; with full fine-tuning it is a frozen copy of the starting model (one more copy of the weights).
+
+{reference['table']}
+
+## 4. Training throughput ({throughput['device']}, small-llama, {throughput['records']} chat records, batch {throughput['batch']}, {throughput['steps']} steps, DFT)
 
 {throughput['table']}
 
-## 4. Preprocessing long conversations (CPU, byte-level tokenizer, one process per case)
+## 5. Preprocessing long conversations (CPU, byte-level tokenizer, one process per case)
 
 Conversations of 2k-15k tokens, a quarter opening with a prompt over the budget, and one 50 MB reply: read, validate,
 tokenise. `split` (the default) keeps every record with a reply, cut at turn boundaries; `truncate` is the old

@@ -2,7 +2,7 @@
 accuracy with its interval, its final eval CE and avg_p_correct, and its accuracy per problem template (where
 each objective's answers go wrong).
 
-    python examples/smollm2_math/summarize.py outputs/smollm2_math compare compare-dft-alpha0.7
+    python examples/smollm2_math/summarize.py outputs/smollm2_math compare compare-dft-alpha0.7 compare-dft-schedule
     # -> outputs/smollm2_math/summary.md and outputs/smollm2_math/accuracy.png
 """
 
@@ -33,11 +33,14 @@ def template_of(prompt: str) -> str:
 
 
 def label(result: RunResult, path: Path) -> str:
-    """The run's name, with DFT's alpha (1 when the config leaves it unset, as the paper)."""
+    """The run's name, with DFT's alpha (1 when the config leaves it unset, as the paper) and its schedule."""
     if result.loss != "dft":
         return path.name
     config = yaml.safe_load((path / "dftune_config.yaml").read_text(encoding="utf-8"))
-    return f"{path.name} (alpha {config.get('dft_alpha') or 1.0:g})"
+    alpha = f"alpha {config.get('dft_alpha') or 1.0:g}"
+    if config.get("dft_alpha_schedule") == "linear":
+        alpha += f", linear from 0 over {config.get('dft_alpha_warmup_steps')} steps"
+    return f"{path.name} ({alpha})"
 
 
 def load_runs(study: Path, folders: list[str]) -> list[tuple[RunResult, Path, str]]:

@@ -45,10 +45,12 @@ def test_json_array_uses_indexes_and_keeps_good_records_around_bad_bytes(tmp_pat
 
 
 def test_broken_json_array_is_one_located_error(tmp_path):
+    """The elements before the break are records of their own (counted, checked); the break is one located error."""
     path = tmp_path / "a.json"
     path.write_text('[\n{"messages": []},\n{oops}\n]')
-    (record,) = load_records([str(path)])
-    assert (record.location.line, record.reason) == (3, "invalid JSON")
+    first, record = load_records([str(path)])
+    assert (first.location.index, first.reason) == (0, None)
+    assert (record.location.line, record.reason) == (3, "invalid JSON") and "after 1 element:" in record.detail
 
 
 def test_json_lines_saved_as_json(tmp_path):

@@ -117,9 +117,9 @@ def test_learnability_smoke(dllm_dir, tmp_path):
     out = tmp_path / "copy"
     data = write_records(tmp_path / "train.json", 256)
     config = seed_003_yaml(tmp_path, dllm_dir, data, out,
-                           extra="max_steps: 120\nlogging_steps: 20\nreport_to: none\nlocal_batch_size: 16\n")
+                           extra="max_steps: 120\nlogging_steps: 20\nreport_to: none\n")
     assert main(["train", config, "--stage", "dllm", "--use_cpu", "true", "--save_strategy", "no",
-                 "--grad_accum_steps", "1", "--warmup_steps", "10"]) == 0
+                 "--grad_accum_steps", "1", "--warmup_steps", "10", "--local_batch_size", "16"]) == 0
     logs = history(out)
     assert logs[-1]["loss"] < 0.5 * logs[0]["loss"]
     assert logs[-1]["token_accuracy"] > 0.6
@@ -192,3 +192,16 @@ def test_masked_lm_trains_with_lora_unfused_and_generates_from_the_adapter(bert_
     capsys.readouterr()
     assert main(["generate", "--model", str(out), "--prompt", "copy abc", "--max_new_tokens", "4"]) == 0
     assert "<|mask|>" not in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_every_evaluation_writes_samples(dllm_dir, tmp_path):
+    """After each evaluation: a few held-out prompts decoded, with their references, in eval_samples.jsonl."""
+    out = tmp_path / "out"
+    data = write_records(tmp_path / "train.json", 16)
+    yaml_path = seed_003_yaml(tmp_path, dllm_dir, data, out, extra="max_steps: 2\nreport_to: none\n")
+    assert main(["train", yaml_path, "--stage", "dllm", "--use_cpu", "true", "--save_strategy", "no",
+                 "--validation_split_percentage", "25", "--eval_strategy", "steps", "--eval_steps", "1"]) == 0
+    rows = [json.loads(line) for line in (out / "eval_samples.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 1, 1, 2, 2, 2, 2, 2, 2]  # 3 per evaluation: steps 1, 2 and the final one
+    assert all(r["prompt"] and r["reference"] and "<|mask|>" not in r["sample"] for r in rows)

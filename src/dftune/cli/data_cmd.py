@@ -1,13 +1,17 @@
-"""`dftune data check FILES...`: validate data without training; exit 0 when every record is valid, else 1."""
+"""`dftune data check FILES...`: validate data without training; exit 0 when every record is valid, else 1 (as
+`train` would stop on them): invalid records, or no record at all (empty or blank-only files)."""
 
 from __future__ import annotations
 
 import argparse
 import statistics
+from pathlib import Path
 
+from dftune.cli.checks import NoValidRecords, output_file, positive_int
 from dftune.data.readers import resolve_sources
 from dftune.data.validate import collect_conversations, validate_and_encode
 from dftune.errors import DftuneError
+from dftune.runtime.disk import disk_full_guard
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     check.add_argument("files", nargs="+", help=".jsonl/.json/.parquet files, globs or directories")
     check.add_argument("--tokenizer", help="tokenizer directory: adds token length statistics")
-    check.add_argument("--max_length", type=int, help="reject records with no assistant token within N tokens")
+    check.add_argument("--max_length", type=positive_int, help="reject records with no assistant token within N tokens")
     check.add_argument("--report", help="write the full JSON report here")
     check.add_argument("--stage", choices=("sft", "dpo"), default="sft",
                        help="sft: conversations (also dllm); dpo: preference pairs (prompt/chosen/rejected)")
@@ -31,6 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_check(args: argparse.Namespace) -> int:
     if args.max_length is not None and args.tokenizer is None:
         raise DftuneError("--max_length needs --tokenizer")
+    if args.report:
+        output_file(args.report, "--report", "data_report.json")
     sources = resolve_sources(args.files)
     lengths: list[int] = []
     if args.stage == "dpo":
@@ -48,10 +54,15 @@ def run_check(args: argparse.Namespace) -> int:
     if lengths:
         print(_length_stats(lengths, args.max_length))
     if args.report:
-        report.save(args.report)
+        with disk_full_guard(Path(args.report), what="the report", kept="The data is untouched.",
+                             fix="Free space or write the report elsewhere."):
+            report.save(args.report)
     if report.rejected:
         print(f"\n{report.rejected} invalid records:\n{report.format_errors(20, args.report)}")
         return 1
+    if report.total == 0:
+        raise NoValidRecords(f"no records in {', '.join(sources)}: the files are empty or blank (train would stop "
+                             "with \"no valid training records\"); add records, one JSON object per line")
     return 0
 
 

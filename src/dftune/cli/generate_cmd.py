@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from dftune.cli.checks import non_negative_float, positive_int
 from dftune.errors import DftuneError
 
 
@@ -23,13 +24,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--prompt", required=True)
     gen.add_argument("--system", help="optional system message")
     gen.add_argument("--kind", choices=["auto", "causal", "diffusion"], default="auto")
-    gen.add_argument("--max_new_tokens", type=int, default=64)
-    gen.add_argument("--temperature", type=float, default=0.0, help="0: greedy / argmax")
-    gen.add_argument("--steps", type=int, help="diffusion: denoising steps (default max_new_tokens)")
-    gen.add_argument("--block_length", type=int, help="diffusion: semi-autoregressive block (default: one block)")
+    gen.add_argument("--max_new_tokens", type=positive_int, default=64)
+    gen.add_argument("--temperature", type=non_negative_float, default=0.0, help="0: greedy / argmax")
+    gen.add_argument("--steps", type=positive_int, help="diffusion: denoising steps (default max_new_tokens)")
+    gen.add_argument("--block_length", type=positive_int, help="diffusion: semi-autoregressive block (default: one block)")
     gen.add_argument("--remasking", choices=["low_confidence", "random"], default="low_confidence")
     gen.add_argument("--cfg_scale", type=float, default=0.0, help="diffusion: classifier-free guidance (0: off)")
     gen.add_argument("--mask_token_id", type=int, help="diffusion: default from the config or tokenizer")
+    gen.add_argument("--threshold", type=float, help="diffusion: confidence-threshold parallel unmasking (Fast-dLLM): "
+                     "each step keeps every masked token of the block above it (at least one); replaces --steps")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--trust_remote_code", action="store_true")
     gen.set_defaults(func=run_generate)
@@ -40,9 +43,15 @@ def run_generate(args: argparse.Namespace) -> int:
 
     from dftune.config.model_args import ModelArguments
     from dftune.diffusion.sampler import sample_replies
+    from dftune.models.integrity import check_local_model
     from dftune.models.loading import is_diffusion_config, load_diffusion_model, resolve_mask_token_id
 
+    if args.threshold is not None and not (0.0 < args.threshold <= 1.0 and args.steps is None
+                                           and args.remasking == "low_confidence"):  # fmt: skip
+        raise DftuneError("--threshold must be in (0, 1], with --remasking low_confidence and without --steps "
+                          "(it decides the steps itself)")
     torch.manual_seed(args.seed)
+    check_local_model(args.model, "--model")  # a missing folder, no weights or a truncated file: said so, no Hub call
     base = _base_model(args.model)
     try:
         tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
@@ -63,6 +72,7 @@ def run_generate(args: argparse.Namespace) -> int:
             mask_token_id=resolve_mask_token_id(args.mask_token_id, config, tokenizer),
             max_new_tokens=args.max_new_tokens, steps=args.steps, block_length=args.block_length,
             temperature=args.temperature, remasking=args.remasking, cfg_scale=args.cfg_scale,
+            threshold=args.threshold, shift_logits=bool(getattr(config, "diffusion_shift_logits", False)),
         )[0]  # fmt: skip
     else:
         reply = _causal_reply(args, base, tokenizer, messages)
@@ -88,7 +98,10 @@ def _base_model(path: str) -> str:
     if (Path(path) / "adapter_config.json").is_file():
         from peft import PeftConfig
 
-        return PeftConfig.from_pretrained(path).base_model_name_or_path
+        try:
+            return PeftConfig.from_pretrained(path).base_model_name_or_path
+        except (OSError, ValueError, TypeError) as err:  # a damaged adapter_config.json
+            raise DftuneError(f"--model {path}: cannot read adapter_config.json ({err}); save the adapter again") from None
     return path
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 
@@ -27,6 +28,10 @@ def _init_model(args: argparse.Namespace) -> int:
     from dftune.models.presets import init_model
 
     path = init_model(args.preset, args.output_dir, seed=args.seed, dtype=getattr(torch, args.torch_dtype))
+    if args.diffusion:
+        from dftune.models.diffusion_conversion import to_diffusion
+
+        to_diffusion(path)
     print(f"wrote {args.preset} to {path}")
     return 0
 
@@ -56,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help=f"weights dtype of the {SMOLLM2} conversion")
     init.add_argument("--output_dir", required=True)
     init.add_argument("--seed", type=int, default=0)
+    init.add_argument("--diffusion", action="store_true",
+                      help="turn the model into a masked-diffusion LM (bidirectional, a mask token, Dream-style "
+                      "shifted logits) for stage dllm")
     init.set_defaults(func=_init_model)
 
     demo = sub.add_parser("demo", help="the quickstart: DFT on a bundled task, accuracy before/after, curves PNG")
@@ -86,6 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     except DftuneError as err:
         print(f"dftune: error: {err}", file=sys.stderr)
         return err.exit_code
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # The savers that know what is kept say so themselves (dftune.runtime.disk); this is every other write.
+        print(f"dftune: error: disk full writing {err.filename or 'a file'}: free space and run again", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
 

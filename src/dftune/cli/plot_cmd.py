@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from dftune.cli.checks import output_file
 from dftune.errors import DftuneError
+from dftune.runtime.disk import disk_full_guard
 from dftune.viz.curves import RUN_PANELS, load_log_history, plot_runs
 
 
@@ -33,7 +35,10 @@ def run_plot(args: argparse.Namespace) -> int:
     labels = run_labels(args.runs) if args.labels is None else [name.strip() for name in args.labels.split(",")]
     if len(labels) != len(args.runs) or len(set(labels)) != len(labels):
         raise DftuneError(f"--labels needs {len(args.runs)} different names, one per run; got {args.labels!r}")
+    output_file(args.output, "--output", "curves.png")
     histories = {label: load_log_history(d) for label, d in zip(labels, args.runs)}
-    path = plot_runs(histories, args.output, panels=RUN_PANELS, title=args.title, columns=3)
+    with disk_full_guard(Path(args.output), what="the plot", kept="The runs are untouched.",
+                         fix="Free space or write the plot elsewhere."):
+        path = plot_runs(histories, args.output, panels=RUN_PANELS, title=args.title, columns=3)
     print(f"wrote {path}")
     return 0

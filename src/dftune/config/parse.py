@@ -30,7 +30,9 @@ from dftune.config.legacy import stage_aliases, translate
 from dftune.config.machine import needs_cpu
 from dftune.config.method_args import MethodArguments
 from dftune.config.model_args import ModelArguments
-from dftune.config.reliability_args import ReliabilityArguments
+from dftune.config.reliability_args import ReliabilityArguments, check_training_numbers
+from dftune.config.yaml_source import Sourced as _Value
+from dftune.config.yaml_source import read_yaml
 from dftune.errors import DftuneError
 
 CONFIG_FILE_NAME = "dftune_config.yaml"
@@ -75,16 +77,22 @@ def sections(stages: StageSections) -> tuple[type, ...]:
 
 
 class ConfigArgumentParser(HfArgumentParser):
-    """argparse exits the process on a bad value; we want a DftuneError the CLI prints cleanly."""
+    """argparse exits the process on a bad value; we want a DftuneError the CLI prints cleanly, starting with the
+    `file:line` (or "command line") of the key it names when `origins` knows it."""
+
+    origins: dict[str, str] = {}
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise DftuneError(re.sub(r"argument --(\w+)(/--[\w-]+)?", r"key \1", message))
+        message = re.sub(r"argument --(\w+)(/--[\w-]+)?", r"key \1", message)
+        key = re.search(r"key (\w+)", message)
+        origin = self.origins.get(key.group(1)) if key else None
+        raise DftuneError(f"{origin}: {message}" if origin else message)
 
 
-@dataclass
-class _Value:
-    value: Any
-    origin: str  # "config.yaml:7" or "command line"
+def with_origin(message: str, values: dict[str, _Value]) -> str:
+    """`message` (a ValueError of a section's checks) led by the origin of the first key it names, if any."""
+    named = [(match.start(), key) for key in values if (match := re.search(rf"\b{key}\b", message))]
+    return f"{values[min(named)[1]].origin}: {message}" if named else message
 
 
 def known_keys(stages: StageSections) -> set[str]:
@@ -121,6 +129,7 @@ def parse_config(argv: list[str], stages: StageSections) -> RunConfig:
 
     check_stage(resolved.get("stage"), stages)
     parser = ConfigArgumentParser(sections(stages))
+    parser.origins = {key: item.origin for key, item in resolved.items()}
     try:
         check_engines(resolved)
         if deepspeed_on_cpu_processes(resolved):
@@ -133,9 +142,10 @@ def parse_config(argv: list[str], stages: StageSections) -> RunConfig:
         model, data, method, reliability, *per_stage, training = parser.parse_args_into_dataclasses(args=argv)
         stage_args = stage_keys(method.stage, dict(zip(stages, per_stage)), given=set(resolved))
         config = RunConfig(model, data, method, training, notes, env, reliability, stage_args)
+        check_training_numbers(training, reliability, given=set(resolved))
         stage_args.check(config)
     except ValueError as err:  # __post_init__ and stage checks: contradictions and out-of-range values
-        raise DftuneError(f"invalid configuration: {err}") from None
+        raise DftuneError(with_origin(f"invalid configuration: {err}", resolved)) from None
     # transformers reads --report_to as one word: `tensorboard,wandb` (or a YAML list) names several trackers.
     training.report_to = [name.strip() for item in training.report_to for name in item.split(",") if name.strip()]
     return config
@@ -161,26 +171,6 @@ def stage_keys(stage: str, per_stage: dict[str, StageArguments], *, given: set[s
         if changed:
             raise ValueError(f"{', '.join(changed)} apply to stage: {name} only, but the stage is {stage}")
     return per_stage[stage]
-
-
-def read_yaml(path: Path) -> dict[str, _Value]:
-    """Top-level keys of a YAML mapping, each with `file:line` for error messages."""
-    if path.is_dir():
-        raise DftuneError(f"config file {path} is a directory; give the YAML file itself")
-    if not path.is_file():
-        raise DftuneError(f"config file not found: {path} (the first argument, when not a --flag, is a YAML file)")
-    text = path.read_text(encoding="utf-8-sig")
-    try:
-        node = yaml.compose(text)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise DftuneError(f"{path}: not valid YAML: {err}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise DftuneError(f"{path}: the config must be a mapping of key: value, got {type(data).__name__}")
-    lines = {key.value: key.start_mark.line + 1 for key, _ in node.value}
-    return {str(k): _Value(v, f"{path}:{lines.get(k, '?')}") for k, v in data.items() if v is not None}
 
 
 def parse_flags(argv: list[str]) -> dict[str, _Value]:

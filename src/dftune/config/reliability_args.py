@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from transformers import TrainingArguments
+
 
 @dataclass
 class ReliabilityArguments:
@@ -27,3 +29,27 @@ class ReliabilityArguments:
     def __post_init__(self) -> None:
         if self.max_nonfinite_steps < 0:
             raise ValueError(f"max_nonfinite_steps must be 0 (never stop) or more, got {self.max_nonfinite_steps}")
+
+
+def check_training_numbers(training: TrainingArguments, reliability: ReliabilityArguments, *, given: set[str]) -> None:
+    """Numbers transformers accepts but that make no sense (a ValueError naming the key; parse adds file:line).
+
+    transformers 5 treats any `max_steps` <= 0 as "use num_train_epochs", and trains 0 steps (saving the untrained
+    model, exit 0) when that is 0: both are mistakes to stop before any model loads.
+    """
+    if training.max_steps < -1 or (training.max_steps == 0 and "max_steps" in given):
+        raise ValueError(f"max_steps must be a positive number of optimizer steps, or -1 to train "
+                         f"num_train_epochs epochs; got {training.max_steps}")
+    if training.max_steps <= 0 and training.num_train_epochs <= 0:
+        raise ValueError(f"num_train_epochs {training.num_train_epochs} with no max_steps would train zero steps; "
+                         "set num_train_epochs above 0 or max_steps")
+    for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        if getattr(training, key) < 1:
+            raise ValueError(f"{key} must be 1 or more, got {getattr(training, key)}")
+    if training.learning_rate < 0:
+        raise ValueError(f"learning_rate must be 0 or more, got {training.learning_rate}")
+    resume = str(training.resume_from_checkpoint or "").strip().lower()
+    if reliability.overwrite_output_dir and resume not in ("", "false", "none", "auto"):
+        raise ValueError(f"overwrite_output_dir: true removes the checkpoints that resume_from_checkpoint: "
+                         f"{training.resume_from_checkpoint} asks to continue from; drop one of the two (auto "
+                         "resumes when there is a checkpoint and starts fresh when there is none)")

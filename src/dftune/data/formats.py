@@ -5,7 +5,8 @@ Accepted SFT layouts, tried in this order:
   prompt + completion        (strings, or lists of messages)
   instruction (+ input) + output   (alpaca)
   input + output
-A top-level `system` string is prepended as a system message when the conversation has none.
+A top-level `system` string is prepended as a system message when the conversation has none. Role names are
+read in any case and without surrounding spaces (`User`, `ASSISTANT`, `Human`).
 """
 
 from __future__ import annotations
@@ -125,14 +126,14 @@ def _message(item: Any, position: int) -> dict[str, str]:
     role = item.get("role", item.get("from"))
     if role is None:
         raise InvalidRecord("missing role", f"message {position}")
-    if not isinstance(role, str) or role.lower() not in ROLES:
+    if not isinstance(role, str) or role.strip().lower() not in ROLES:
         raise InvalidRecord("unknown role", f"{role!r} in message {position}")
     content = item.get("content", item.get("value"))
     try:
         text = _text(content)
     except InvalidRecord as exc:
         raise InvalidRecord(exc.reason, f"{exc.detail} in message {position}") from None
-    return {"role": ROLES[role.lower()], "content": text}
+    return {"role": ROLES[role.strip().lower()], "content": text}
 
 
 def _text(content: Any) -> str:

@@ -1,13 +1,19 @@
 """Find data files and read their records, each tagged with where it came from (file:line or file[index]).
 
 Reading never raises for a bad record: undecodable lines come back as `RawRecord`s carrying a reason, so the
-caller can count and report them. Only a missing or unreadable *source* is a `DftuneError`.
+caller can count and report them. Only a missing or unreadable *source* is a `DftuneError`, called what it is (a
+FIFO, a device, a dangling link, a link loop, UTF-16 without a byte-order mark), not "not found". UTF-16 and UTF-32
+files with a byte-order mark are read; a folder logs what it skipped.
 """
 
 from __future__ import annotations
 
+import codecs
 import glob
 import json
+import logging
+import os
+import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -18,6 +24,10 @@ from dftune.errors import DftuneError
 
 SUFFIXES = (".jsonl", ".json", ".parquet")
 _BOM = b"\xef\xbb\xbf"
+# Longest first: the UTF-32 LE mark starts with the UTF-16 LE one.
+_WIDE_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+              (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))  # fmt: skip
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -48,9 +58,7 @@ def resolve_sources(specs: Sequence[str]) -> list[str]:
     for spec in specs:
         path = Path(spec).expanduser()
         if path.is_dir():
-            found = sorted(str(p) for p in path.rglob("*") if p.is_file() and p.suffix in SUFFIXES)
-            if not found:
-                raise DftuneError(f"directory {spec} holds no {'/'.join(SUFFIXES)} files")
+            found = _folder_files(spec, path)
         elif path.is_file():
             if path.suffix not in SUFFIXES:
                 raise DftuneError(f"{spec}: unsupported file type {path.suffix!r}; use {', '.join(SUFFIXES)}")
@@ -59,12 +67,75 @@ def resolve_sources(specs: Sequence[str]) -> list[str]:
             found = sorted(p for p in glob.glob(str(path), recursive=True) if Path(p).suffix in SUFFIXES)
             if not found:
                 raise DftuneError(f"no {'/'.join(SUFFIXES)} files match {spec}")
+        elif (kind := special_kind(path)) is not None:
+            raise DftuneError(f"{spec} is {kind}, not a regular file; give a .jsonl/.json/.parquet file (save piped "
+                              "data to a file first: dftune reads the data more than once)")
         elif _looks_like_hub_name(spec):
             found = [spec]
         else:
             raise DftuneError(f"data file not found: {spec}")
         sources.extend(s for s in found if s not in sources)
     return sources
+
+
+def special_kind(path: Path) -> str | None:
+    """What `path` is when it exists but is neither a file nor a folder ("a FIFO (named pipe)", "a dangling
+    symbolic link to X", "a symbolic link loop"), else None. Never opens it: opening a FIFO blocks."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISLNK(mode):
+        try:
+            path.stat()
+        except OSError as err:
+            if "loop" in str(err).lower() or getattr(err, "errno", None) == 40:
+                return "a symbolic link loop"
+            return f"a dangling symbolic link (to {os.readlink(path)}, which does not exist)"
+        mode = path.stat().st_mode
+    kinds = {stat.S_ISFIFO: "a FIFO (named pipe)",
+             stat.S_ISCHR: "a character device", stat.S_ISBLK: "a block device", stat.S_ISSOCK: "a socket"}
+    return next((name for test, name in kinds.items() if test(mode)), None)
+
+
+def _folder_files(spec: str, folder: Path) -> list[str]:
+    """The data files under `folder` (sorted); what else it holds is logged, by kind, once."""
+    found, skipped = [], []
+    for entry in sorted(folder.rglob("*")):
+        kind = special_kind(entry)
+        if kind is not None:
+            skipped.append(f"{entry.name} ({kind})")
+        elif entry.is_file() and entry.suffix in SUFFIXES:
+            found.append(str(entry))
+        elif entry.is_file():
+            skipped.append(f"{entry.name} (not {'/'.join(SUFFIXES)})")
+    if skipped:
+        logger.warning("%s: skipped %d entries: %s", spec, len(skipped), ", ".join(skipped[:10])
+                       + (f", ... and {len(skipped) - 10} more" if len(skipped) > 10 else ""))
+    if not found:
+        raise DftuneError(f"directory {spec} holds no {'/'.join(SUFFIXES)} files"
+                          + (f" (skipped: {', '.join(skipped[:5])})" if skipped else ""))
+    return found
+
+
+def read_text_bytes(source: str) -> bytes:
+    """The bytes of a JSON(L) file as UTF-8: a UTF-8 BOM dropped, UTF-16/32 with a BOM converted; a DftuneError for
+    a file that cannot be read or is wide text without a BOM (NUL bytes: every line would be "invalid JSON")."""
+    try:
+        data = Path(source).read_bytes()
+    except OSError as err:
+        raise DftuneError(f"cannot read {source}: {err.strerror or err}") from None
+    for bom, encoding in _WIDE_BOMS:
+        if data.startswith(bom):
+            try:
+                return data.decode(encoding).encode("utf-8")
+            except UnicodeDecodeError as err:
+                raise DftuneError(f"{source}: starts with a {encoding.upper()} byte-order mark but is not valid "
+                                  f"{encoding.upper()} (byte {err.start}); save it as UTF-8") from None
+    if b"\x00" in data[:4096]:
+        raise DftuneError(f"{source}: holds NUL bytes, as UTF-16 or UTF-32 text without a byte-order mark does; "
+                          "save it as UTF-8 (e.g. `iconv -f UTF-16LE -t UTF-8`)")
+    return data[len(_BOM):] if data.startswith(_BOM) else data
 
 
 def load_records(paths: Sequence[str]) -> Iterator[RawRecord]:
@@ -121,9 +192,7 @@ def _looks_like_hub_name(spec: str) -> bool:
 def _read_json_lines(source: str, data: bytes | None = None) -> Iterator[RawRecord]:
     """One record per non-blank line; BOM, CRLF and surrounding whitespace are tolerated."""
     if data is None:
-        data = Path(source).read_bytes()
-    if data.startswith(_BOM):
-        data = data[len(_BOM) :]
+        data = read_text_bytes(source)
     for number, raw in enumerate(data.split(b"\n"), start=1):
         raw = raw.strip()
         if not raw:
@@ -142,7 +211,7 @@ def _read_json_lines(source: str, data: bytes | None = None) -> Iterator[RawReco
 
 def _read_json(source: str) -> Iterator[RawRecord]:
     """A JSON array (records located by index), one JSON object, or JSON lines saved under a .json name."""
-    data = Path(source).read_bytes()
+    data = read_text_bytes(source)
     try:
         text = data.decode("utf-8-sig")
         valid_utf8 = True
@@ -152,9 +221,9 @@ def _read_json(source: str) -> Iterator[RawRecord]:
         valid_utf8 = False
     try:
         value = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except json.JSONDecodeError:
         if text.lstrip().startswith("["):
-            yield RawRecord(Location(source, line=exc.lineno), reason="invalid JSON", detail=exc.msg)
+            yield from _read_broken_array(source, text)
         else:
             yield from _read_json_lines(source, data)
         return
@@ -167,6 +236,40 @@ def _read_json(source: str) -> Iterator[RawRecord]:
             yield RawRecord(location, reason="non-UTF-8 bytes")
         else:
             yield RawRecord(location, item)
+
+
+def _read_broken_array(source: str, text: str) -> Iterator[RawRecord]:
+    """A JSON array that does not parse: its elements before the error, each a record (so they are counted and
+    checked), then one record for the error at its line, saying the rest cannot be read."""
+    decoder, index = json.JSONDecoder(), 0
+    position = _skip_space(text, text.index("[") + 1)
+    message = "text after the closing ]" if text.startswith("]", position) else ""
+    while not message:
+        try:
+            item, position = decoder.raw_decode(text, position)
+        except json.JSONDecodeError as exc:
+            message = f"{exc.msg} at line {exc.lineno} column {exc.colno}"
+            break
+        yield RawRecord(Location(source, index=index), item)
+        index += 1
+        position = _skip_space(text, position)
+        if text.startswith(",", position):
+            position = _skip_space(text, position + 1)
+        elif text.startswith("]", position):
+            message = "text after the closing ]"
+        else:
+            message = "expected , or ] after an element"
+    line = text.count("\n", 0, position) + 1
+    yield RawRecord(Location(source, line=line), reason="invalid JSON",
+                    detail=f"the array breaks after {index} element{'' if index == 1 else 's'}: {message}; the rest "
+                    "is not read")
+
+
+def _skip_space(text: str, position: int) -> int:
+    """The first position at or after `position` that is not whitespace."""
+    while position < len(text) and text[position].isspace():
+        position += 1
+    return position
 
 
 def _read_parquet(source: str) -> Iterator[RawRecord]:

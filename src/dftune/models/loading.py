@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from safetensors import SafetensorError
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -29,6 +31,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING
 from dftune.config.method_args import MethodArguments
 from dftune.config.model_args import ModelArguments
 from dftune.errors import DftuneError
+from dftune.models.integrity import check_local_model, file_problem, looks_like_path
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +52,8 @@ def check_attention(attn_implementation: str | None) -> None:
 def load_tokenizer(args: ModelArguments) -> PreTrainedTokenizerBase:
     if not args.model_name_or_path:
         raise DftuneError("model_name_or_path is required (a local folder, e.g. from `dftune init-model`)")
+    if looks_like_path(args.model_name_or_path) and not Path(args.model_name_or_path).expanduser().exists():
+        raise DftuneError(f"model_name_or_path {args.model_name_or_path}: no such folder")  # not a Hub error
     try:
         tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
     except OSError as err:
@@ -82,7 +87,9 @@ def quantization_config(args: ModelArguments) -> BitsAndBytesConfig | None:
 
 
 def _from_pretrained(auto: type, args: ModelArguments, what: str) -> PreTrainedModel:
-    """The one `from_pretrained` that loads weights: the kernel checked, quantised as asked, safetensors only."""
+    """The one `from_pretrained` that loads weights: the kernel checked, quantised as asked, safetensors only; a
+    local folder's weights checked whole first (a truncated file is named, not a raw `SafetensorError`)."""
+    check_local_model(args.model_name_or_path, what)
     check_attention(args.attn_implementation)
     quantization = quantization_config(args)
     dtype = args.torch_dtype if args.torch_dtype == "auto" else getattr(torch, args.torch_dtype)
@@ -95,7 +102,7 @@ def _from_pretrained(auto: type, args: ModelArguments, what: str) -> PreTrainedM
             quantization_config=quantization,
             use_safetensors=True,  # never unpickle weights (docs/reliability.md)
         )
-    except OSError as err:
+    except (OSError, SafetensorError) as err:
         raise DftuneError(f"cannot load {what} {args.model_name_or_path!r}: {err}") from None
 
 
@@ -161,20 +168,21 @@ def load_trainable_model(
     return model
 
 
-def lora_config(method: MethodArguments) -> LoraConfig:
-    """LoRA on `lora_target` modules; 'all' means every linear layer but the output head (peft's all-linear)."""
+def lora_config(method: MethodArguments, *, causal: bool = True) -> LoraConfig:
+    """LoRA on `lora_target` modules; 'all' means every linear layer but the output head (peft's all-linear).
+    `causal`: peft's causal-LM wrapper (generation); a masked LM gets the plain one, which has no generate."""
     targets: str | list[str] = "all-linear" if method.lora_target == ["all"] else method.lora_target
     return LoraConfig(
         r=method.lora_rank,
         lora_alpha=method.lora_alpha if method.lora_alpha is not None else 2 * method.lora_rank,
         lora_dropout=method.lora_dropout,
         target_modules=targets,
-        task_type="CAUSAL_LM",
+        task_type="CAUSAL_LM" if causal else None,
     )
 
 
 def apply_lora(model: PreTrainedModel, method: MethodArguments) -> PreTrainedModel:
-    config = lora_config(method)
+    config = lora_config(method, causal=hasattr(model, "prepare_inputs_for_generation"))
     try:
         model = get_peft_model(model, config)
     except ValueError as err:
@@ -188,4 +196,14 @@ def apply_lora(model: PreTrainedModel, method: MethodArguments) -> PreTrainedMod
 def load_adapter(model: PreTrainedModel, path: str, *, trainable: bool = False) -> PeftModel:
     """`model` with the saved LoRA adapter in `path` applied. peft reads `adapter_model.safetensors` (dftune saves
     no other kind); an older `.bin` only through `torch.load(weights_only=True)`, which runs no code."""
-    return PeftModel.from_pretrained(model, path, is_trainable=trainable)
+    folder = Path(path).expanduser()
+    if not (folder / "adapter_config.json").is_file():
+        raise DftuneError(f"{path} holds no LoRA adapter (no adapter_config.json): give a LoRA run's output_dir")
+    for weights in sorted(folder.glob("adapter_model*.safetensors")):
+        problem = file_problem(weights)
+        if problem:
+            raise DftuneError(f"adapter {weights} {problem}; copy or save the adapter again")
+    try:
+        return PeftModel.from_pretrained(model, path, is_trainable=trainable)
+    except (OSError, SafetensorError) as err:
+        raise DftuneError(f"cannot load the adapter in {path}: {err}") from None

@@ -3,8 +3,10 @@ that is checked before anything is written to it.
 
 The Trainer writes `checkpoint-N/` file by file; a crash (SIGKILL, preemption, full disk) can leave it half
 written. So a checkpoint counts only once `dftune_complete` is in it: written last, after the Trainer's save has
-returned and every file is flushed to disk. Resume reads only complete checkpoints; rotation
-(`save_total_limit`) counts and deletes only complete ones, so it can never leave a run without one.
+returned and every file is flushed to disk; it records each file's size. Resume reads only complete checkpoints
+whose files pass cheap checks (sizes as recorded, safetensors headers, torch.save archives, JSON), falling back to
+an older one when the newest is damaged; rotation (`save_total_limit`) counts and deletes only complete ones, so it
+can never leave a run without one.
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from dftune.config.reliability_args import ReliabilityArguments
 from dftune.errors import DftuneError
+from dftune.models.integrity import file_problem
 
 logger = logging.getLogger(__name__)
 
 COMPLETE_MARKER = "dftune_complete"
+FINAL_SAVE_MARKER = "dftune_final_save"  # in output_dir while the final model and state are being written
 CHECKPOINT_RE = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 # Files that show a folder holds a run's results (data_report.json alone does not: data checks write it first).
 RUN_FILES = ("trainer_state.json", "dftune_config.yaml", "config.json", "adapter_config.json", "model.safetensors")
@@ -44,8 +48,9 @@ def mark_complete(checkpoint: Path, global_step: int) -> None:
     for path in sorted(checkpoint.rglob("*")):
         if path.is_file():
             _fsync(path)
+    sizes = {str(p.relative_to(checkpoint)): p.stat().st_size for p in sorted(checkpoint.rglob("*")) if p.is_file()}
     tmp = checkpoint / f".{COMPLETE_MARKER}.tmp"
-    tmp.write_text(json.dumps({"global_step": global_step}) + "\n", encoding="utf-8")
+    tmp.write_text(json.dumps({"global_step": global_step, "files": sizes}) + "\n", encoding="utf-8")
     _fsync(tmp)
     os.replace(tmp, checkpoint / COMPLETE_MARKER)
     _fsync(checkpoint)  # the rename itself
@@ -53,6 +58,27 @@ def mark_complete(checkpoint: Path, global_step: int) -> None:
 
 def is_complete(checkpoint: Path) -> bool:
     return (checkpoint / COMPLETE_MARKER).is_file()
+
+
+def checkpoint_problem(checkpoint: Path) -> str | None:
+    """What makes a complete checkpoint unreadable ("optimizer.pt is truncated: ..."), or None when it looks whole.
+
+    Cheap: sizes against the marker's record (older markers have none), then each file's own check."""
+    try:
+        recorded = json.loads((checkpoint / COMPLETE_MARKER).read_text(encoding="utf-8")).get("files", {})
+    except (OSError, ValueError, AttributeError):
+        recorded = {}  # a marker of an older dftune, or one a user wrote by hand: check the files themselves
+    for name, size in recorded.items():
+        path = checkpoint / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} is {path.stat().st_size} bytes, but {size} were written (truncated or overwritten)"
+    for path in sorted(checkpoint.rglob("*")):
+        problem = file_problem(path) if path.is_file() and path.name != COMPLETE_MARKER else None
+        if problem:
+            return f"{path.relative_to(checkpoint)} {problem}"
+    return None
 
 
 def list_checkpoints(output_dir: Path) -> list[Path]:
@@ -64,12 +90,22 @@ def list_checkpoints(output_dir: Path) -> list[Path]:
 
 
 def last_complete_checkpoint(output_dir: Path) -> Path | None:
-    """The newest complete checkpoint; newer incomplete ones are skipped with a warning."""
+    """The newest complete checkpoint whose files can be read; newer incomplete or damaged ones are skipped with a
+    warning. Every complete one damaged is an error: starting fresh would silently throw the run away."""
+    damaged = []
     for checkpoint in reversed(list_checkpoints(output_dir)):
-        if is_complete(checkpoint):
+        if not is_complete(checkpoint):
+            logger.warning("skipping incomplete checkpoint %s (no %s marker: its save was interrupted)",
+                           checkpoint, COMPLETE_MARKER)
+            continue
+        problem = checkpoint_problem(checkpoint)
+        if problem is None:
             return checkpoint
-        logger.warning("skipping incomplete checkpoint %s (no %s marker: its save was interrupted)",
-                       checkpoint, COMPLETE_MARKER)
+        logger.warning("skipping damaged checkpoint %s: %s; falling back to an older one", checkpoint, problem)
+        damaged.append(f"{checkpoint.name}: {problem}")
+    if damaged:
+        raise DftuneError(f"every complete checkpoint in {output_dir} is damaged ({'; '.join(damaged)}); restore "
+                          "them from a copy, or delete them (or set overwrite_output_dir: true) to start fresh")
     return None
 
 
@@ -121,6 +157,10 @@ def resolve_resume(value: str | None, output_dir: Path) -> str | None:
     if not is_complete(path):
         raise DftuneError(f"resume_from_checkpoint: {word} is incomplete (no {COMPLETE_MARKER} marker: its save "
                           "was interrupted); use auto to pick the newest complete one")
+    problem = checkpoint_problem(path)
+    if problem:
+        raise DftuneError(f"resume_from_checkpoint: {word} is damaged: {problem}; resume from an older checkpoint, "
+                          "or use auto, which skips damaged ones")
     return str(path)
 
 
@@ -129,13 +169,16 @@ def prepare_output_dir(output_dir: Path, *, resume: str | None, resume_asked: bo
     """Refuse an output_dir that holds another run (unless resuming or overwriting) or cannot be written.
 
     `resume_asked` (auto/true found nothing to resume): checkpoint folders there are incomplete leftovers of this
-    same run, fine to train over; a finished run's files still need overwrite_output_dir.
+    same run, fine to train over; a finished run's files still need overwrite_output_dir, unless its final save
+    failed (FINAL_SAVE_MARKER still there, e.g. a full disk): then they are this run's leftovers too.
     """
     if output_dir.exists() and not output_dir.is_dir():
         raise DftuneError(f"output_dir {output_dir} is a file; give a folder")
     if resume is None and output_dir.is_dir():
         checkpoints = list_checkpoints(output_dir)
-        held = [n for n in RUN_FILES if (output_dir / n).exists()] + ([] if resume_asked else [p.name for p in checkpoints])
+        leftovers = resume_asked and (output_dir / FINAL_SAVE_MARKER).exists()
+        held = [] if leftovers else [n for n in RUN_FILES if (output_dir / n).exists()]
+        held += [] if resume_asked else [p.name for p in checkpoints]
         if held and not overwrite:
             raise DftuneError(
                 f"output_dir {output_dir} holds another run ({', '.join(held[:4])}); set overwrite_output_dir: true "

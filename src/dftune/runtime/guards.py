@@ -1,7 +1,9 @@
 """Reliability shared by every dftune trainer (objectives, diffusion, DPO): a step whose loss or gradient norm is
 not finite leaves weights, optimizer and scheduler as they were (counted as `nonfinite_steps`;
 `max_nonfinite_steps` in a row save the last good state and stop), and a checkpoint counts only once its
-`dftune_complete` marker is written (see `dftune.runtime.checkpoints`).
+`dftune_complete` marker is written (see `dftune.runtime.checkpoints`); a full disk while saving a checkpoint
+or the final model is one message saying what is kept (`dftune.runtime.disk`), and leaves an output_dir that
+`resume_from_checkpoint: auto` accepts.
 """
 
 from __future__ import annotations
@@ -17,7 +19,14 @@ from accelerate.optimizer import AcceleratedOptimizer
 from torch import nn
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from dftune.runtime.checkpoints import is_complete, mark_complete, rotate_checkpoints
+from dftune.runtime.checkpoints import (
+    FINAL_SAVE_MARKER,
+    is_complete,
+    list_checkpoints,
+    mark_complete,
+    rotate_checkpoints,
+)
+from dftune.runtime.disk import disk_full_guard, folder_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -89,15 +98,40 @@ class GuardedUpdates:
         self.accelerator.wait_for_everyone()
         # transformers' rotation would count the incomplete checkpoints too (and run before our marker): ours does not.
         limit, self.args.save_total_limit = self.args.save_total_limit, None
-        try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            self.args.save_total_limit = limit
-        self.accelerator.wait_for_everyone()  # every process has written its part (RNG states, shards)
+        last = _last_good(run_dir)
+        kept = f"The last complete checkpoint, {last}, is kept." if last else "No complete checkpoint was saved yet."
+        with disk_full_guard(run_dir, what=checkpoint.name, needed=folder_bytes(last), kept=kept, remove=checkpoint):
+            try:
+                super()._save_checkpoint(model, trial)
+            finally:
+                self.args.save_total_limit = limit
+            self.accelerator.wait_for_everyone()  # every process has written its part (RNG states, shards)
+            if self.args.should_save:
+                mark_complete(checkpoint, self.state.global_step)
         if self.args.should_save:
-            mark_complete(checkpoint, self.state.global_step)
             best = self.state.best_model_checkpoint
             rotate_checkpoints(run_dir, limit, keep={Path(best)} if best else set())
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """The final model (a checkpoint's model is `_internal_call`): FINAL_SAVE_MARKER stays in output_dir until
+        `save_state` has returned, so a save cut short (a full disk) leaves files `auto` may train over."""
+        if _internal_call:
+            return super().save_model(output_dir, _internal_call)  # type: ignore[misc]
+        target = Path(output_dir or self.args.output_dir)
+        if self.args.should_save:
+            target.mkdir(parents=True, exist_ok=True)
+            (target / FINAL_SAVE_MARKER).write_text("the final save of this run has not finished\n", encoding="utf-8")
+        needed = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        with disk_full_guard(target, what="the final model", needed=needed, kept=_kept(target)):
+            super().save_model(output_dir, _internal_call)  # type: ignore[misc]
+
+    def save_state(self) -> None:
+        """trainer_state.json, then the final save counts as finished (FINAL_SAVE_MARKER removed)."""
+        target = Path(self.args.output_dir)
+        with disk_full_guard(target, what="trainer_state.json", kept=_kept(target)):
+            super().save_state()  # type: ignore[misc]
+        if self.args.should_save:
+            (target / FINAL_SAVE_MARKER).unlink(missing_ok=True)
 
     def _run_epoch(self, *args: Any, **kwargs: Any) -> None:
         """No step past max_steps: transformers 5.23 runs one more when resumed from the final checkpoint."""
@@ -110,3 +144,15 @@ class GuardedUpdates:
         if "loss" in logs:
             logs["nonfinite_steps"], self._nonfinite_window = self._nonfinite_window, 0
         super().log(logs, start_time)  # type: ignore[misc]
+
+
+def _last_good(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint, for messages (quietly: resume is what checks its files)."""
+    complete = [c for c in list_checkpoints(run_dir) if is_complete(c)]
+    return complete[-1] if complete else None
+
+
+def _kept(output_dir: Path) -> str:
+    last = _last_good(output_dir)
+    return (f"The last complete checkpoint, {last}, is kept." if last
+            else "No checkpoint was saved (save_steps); the run must start again.")

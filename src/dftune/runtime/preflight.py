@@ -3,47 +3,19 @@ or weights load; eval data must exist when an eval_strategy asks for it."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase, TrainingArguments
 
 from dftune.config.model_args import ModelArguments
 from dftune.data.encode import chat_template
 from dftune.errors import DftuneError
+from dftune.models.integrity import check_local_model
 from dftune.models.loading import load_tokenizer
-
-WEIGHT_FILES = ("*.safetensors", "*.safetensors.index.json")
-PICKLED_WEIGHTS = ("pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt")
-
-
-def _looks_like_path(name: str) -> bool:
-    """A Hub name is `org/name` or `name`; anything else that is not on disk is a path that is missing."""
-    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name
 
 
 def check_model_path(name: str | None) -> None:
-    """A local model folder must hold a config and safetensors weights; a Hub name is left to transformers."""
-    if not name:
-        raise DftuneError("model_name_or_path is required (a local folder, e.g. from `dftune init-model`)")
-    path = Path(name).expanduser()
-    if not path.exists():
-        if _looks_like_path(name):
-            raise DftuneError(f"model_name_or_path {name}: no such folder")
-        return
-    if not path.is_dir():
-        raise DftuneError(f"model_name_or_path {name} is a file; give the model's folder (config.json and weights)")
-    if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
-        raise DftuneError(f"model_name_or_path {name} holds no config.json: not a transformers model folder")
-    if not any(next(path.glob(pattern), None) for pattern in WEIGHT_FILES):
-        pickled = sorted(p.name for pattern in PICKLED_WEIGHTS for p in path.glob(pattern))
-        if pickled:
-            raise DftuneError(
-                f"model_name_or_path {name} holds pickled weights ({pickled[0]}) but no .safetensors: dftune reads "
-                "safetensors only, since loading a pickle can run code; convert them once with "
-                "`AutoModelForCausalLM.from_pretrained(dir).save_pretrained(dir)` in a trusted environment"
-            )
-        raise DftuneError(f"model_name_or_path {name} holds no weights (*.safetensors): was the model saved?")
+    """A local model folder must hold a config and whole safetensors weights; a Hub name is left to transformers."""
+    check_local_model(name)
 
 
 def template_overhead(tokenizer: PreTrainedTokenizerBase) -> int:
@@ -67,8 +39,12 @@ def check_max_length(tokenizer: PreTrainedTokenizerBase, max_length: int) -> Non
 
 
 def load_checked_tokenizer(args: ModelArguments, max_length: int) -> PreTrainedTokenizerBase:
-    """The run's tokenizer, once `max_length` is known to leave room for a reply after the chat template."""
+    """The run's tokenizer, with its chat template (ChatML when it had none), once `max_length` is known to leave
+    room for a reply after the template."""
     tokenizer = load_tokenizer(args)
+    # The template the data is rendered with is saved with the tokenizer (the Trainer saves it with the model), so
+    # that `generate` and `eval` prompt the trained model as it was trained, not in whatever format they default to.
+    tokenizer.chat_template = chat_template(tokenizer)
     check_max_length(tokenizer, max_length)
     return tokenizer
 

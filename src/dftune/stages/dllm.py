@@ -18,10 +18,11 @@ What `DiffusionTrainer` changes from stage sft's `ObjectiveTrainer`, and why:
   included) over the accumulation steps and processes, as LLaDA's SFT loss divides by the answer length:
   then batch 1 x accumulation 8 and batch 8 x accumulation 1 give the same gradient;
 - the model sees the noised input_ids only (no attention_mask: attention covers the whole row) and its
-  logits are not shifted;
+  logits are not shifted (unless the model was turned from an autoregressive one: `diffusion_shift_logits`);
 - the fused loss head (`fused_loss`, as in stage sft) runs over the masked positions only, unshifted, each sample's
-  coefficients times 1 / t (`losses.fused_diffusion_objective`); a head it cannot fuse (BERT's output layer has a bias)
-  falls back with one log line.
+  coefficients times 1 / t (`losses.fused_diffusion_objective`); a head it cannot fuse (BERT's output layer has a
+  bias) falls back with one log line;
+- after each evaluation, a few held-out prompts are decoded and logged with their references (`dllm_samples`).
 The metric window, evaluation and everything else are ObjectiveTrainer's.
 """
 
@@ -41,6 +42,7 @@ from dftune.losses import OBJECTIVES, diffusion_objective, fused_diffusion_objec
 from dftune.models.loading import resolve_mask_token_id
 from dftune.runtime.objective_trainer import ObjectiveTrainer
 from dftune.stages.common import chat_data, chat_tokenizer, check_reference_keys, trainable_model
+from dftune.stages.dllm_samples import EvalSamples
 
 
 @dataclass
@@ -201,7 +203,7 @@ def build_trainer(config: RunConfig, callbacks: list[TrainerCallback]) -> Diffus
     shift_logits = stage_args.diffusion_shift_logits
     if shift_logits is None:
         shift_logits = bool(getattr(model.config, "diffusion_shift_logits", False))
-    return DiffusionTrainer(
+    trainer = DiffusionTrainer(
         model=model,
         args=config.training,
         train_dataset=prepared.train,
@@ -217,3 +219,6 @@ def build_trainer(config: RunConfig, callbacks: list[TrainerCallback]) -> Diffus
         shift_logits=shift_logits,
         max_nonfinite_steps=config.reliability.max_nonfinite_steps,
     )
+    if prepared.eval is not None:
+        trainer.add_callback(EvalSamples(tokenizer, mask_token_id, shift_logits=shift_logits).attach(trainer))
+    return trainer

@@ -40,7 +40,14 @@ def load_log_history(run_dir: str | Path) -> list[dict[str, float]]:
             f"{run_dir}: no {STATE_FILE} here; give the output_dir of a finished `dftune train` run "
             "or one of its checkpoint-N folders"
         )
-    return json.loads(path.read_text(encoding="utf-8"))["log_history"]
+    try:
+        history = json.loads(path.read_text(encoding="utf-8"))["log_history"]
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise DftuneError(f"{path} is damaged ({type(err).__name__}: {err}): not a trainer_state.json with a "
+                          "log_history; plot a checkpoint-N folder of the run instead, or rerun it") from None
+    if not isinstance(history, list) or not all(isinstance(e, dict) for e in history):
+        raise DftuneError(f"{path}: log_history is not a list of log entries; plot a checkpoint-N folder instead")
+    return history
 
 
 def series(history: LogHistory, key: str) -> tuple[list[int], list[float]]:
