@@ -3,7 +3,8 @@ its checks), its data, collator and trainer, and ends in `build_trainer(config, 
 the stage from `STAGES` and runs the flow every stage shares.
 
 Module order: sft, dllm > common (what those two share); dllm > dllm_samples; dpo stands alone. Stages import
-the runtime, models and data below them; nothing below imports a stage. A new stage is one module here plus one line in `STAGES`.
+the runtime, models and data below them; nothing below imports a stage. A new stage is one module here plus one
+line in `STAGES`.
 """
 
 from __future__ import annotations

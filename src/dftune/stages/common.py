@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 
 from dftune.config.parse import RunConfig
 from dftune.data import PreparedData, configure_packing, prepare_datasets
@@ -71,7 +72,8 @@ def trainable_model(config: RunConfig, *, diffusion: bool) -> PreTrainedModel:
 
 
 def check_reference_keys(config: RunConfig) -> None:
-    """`ref_model_name_or_path` belongs to stage dpo and to objectives with a KL anchor (ValueError: parse reports it)."""
+    """`ref_model_name_or_path` belongs to stage dpo and to objectives with a KL anchor (a ValueError, which parse
+    reports)."""
     if config.model.ref_model_name_or_path is not None and REF_KL not in OBJECTIVES[config.method.loss].needs:
         anchored = [name for name, objective in OBJECTIVES.items() if REF_KL in objective.needs]
         raise ValueError(f"ref_model_name_or_path applies to stage: dpo and to loss: {', '.join(anchored)} (a KL "
@@ -89,3 +91,20 @@ def objective_reference(config: RunConfig) -> PreTrainedModel | None:
     logger.info("loss %s compares with %s", config.method.loss,
                 description or "the base model with the LoRA adapters disabled")
     return reference
+
+
+def objective_trainer_kwargs(config: RunConfig, prepared: PreparedData, tokenizer: PreTrainedTokenizerBase,
+                             callbacks: list[TrainerCallback]) -> dict[str, Any]:  # fmt: skip
+    """What stage sft's and stage dllm's trainers are both given: data, tokenizer, the objective and its head."""
+    return dict(
+        args=config.training,
+        train_dataset=prepared.train,
+        eval_dataset=prepared.eval,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+        objective=config.method.loss,
+        objective_kwargs=config.method.objective_kwargs(),
+        fused_loss=config.method.fused_loss,
+        fused_chunk_size=config.method.fused_chunk_size,
+        max_nonfinite_steps=config.reliability.max_nonfinite_steps,
+    )

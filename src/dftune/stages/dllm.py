@@ -41,7 +41,13 @@ from dftune.data.encode import IGNORE_INDEX
 from dftune.losses import OBJECTIVES, diffusion_objective, fused_diffusion_objective
 from dftune.models.loading import resolve_mask_token_id
 from dftune.runtime.objective_trainer import ObjectiveTrainer
-from dftune.stages.common import chat_data, chat_tokenizer, check_reference_keys, trainable_model
+from dftune.stages.common import (
+    chat_data,
+    chat_tokenizer,
+    check_reference_keys,
+    objective_trainer_kwargs,
+    trainable_model,
+)
 from dftune.stages.dllm_samples import EvalSamples
 
 
@@ -205,19 +211,10 @@ def build_trainer(config: RunConfig, callbacks: list[TrainerCallback]) -> Diffus
         shift_logits = bool(getattr(model.config, "diffusion_shift_logits", False))
     trainer = DiffusionTrainer(
         model=model,
-        args=config.training,
-        train_dataset=prepared.train,
-        eval_dataset=prepared.eval,
         data_collator=DiffusionCollator(mask_token_id, tokenizer.eos_token_id, eps=stage_args.diffusion_eps,
                                         noise_schedule=stage_args.noise_schedule),
-        processing_class=tokenizer,
-        callbacks=callbacks,
-        objective=config.method.loss,
-        objective_kwargs=config.method.objective_kwargs(),
-        fused_loss=config.method.fused_loss,
-        fused_chunk_size=config.method.fused_chunk_size,
         shift_logits=shift_logits,
-        max_nonfinite_steps=config.reliability.max_nonfinite_steps,
+        **objective_trainer_kwargs(config, prepared, tokenizer, callbacks),
     )
     if prepared.eval is not None:
         trainer.add_callback(EvalSamples(tokenizer, mask_token_id, shift_logits=shift_logits).attach(trainer))

@@ -33,7 +33,8 @@ class EvalSamples(TrainerCallback):
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, mask_token_id: int, *, shift_logits: bool,
                  count: int = 3) -> None:  # fmt: skip
-        self.tokenizer, self.mask_token_id, self.shift_logits, self.count = tokenizer, mask_token_id, shift_logits, count
+        self.tokenizer, self.mask_token_id = tokenizer, mask_token_id
+        self.shift_logits, self.count = shift_logits, count
         self.trainer: Any = None  # set by `attach`
 
     def attach(self, trainer: Any) -> EvalSamples:

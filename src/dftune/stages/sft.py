@@ -13,7 +13,14 @@ from transformers import TrainerCallback
 from dftune.config.parse import RunConfig, StageArguments
 from dftune.data import DataCollatorForChat
 from dftune.runtime.objective_trainer import ObjectiveTrainer
-from dftune.stages.common import chat_data, chat_tokenizer, check_reference_keys, objective_reference, trainable_model
+from dftune.stages.common import (
+    chat_data,
+    chat_tokenizer,
+    check_reference_keys,
+    objective_reference,
+    objective_trainer_kwargs,
+    trainable_model,
+)
 
 
 @dataclass
@@ -31,17 +38,8 @@ def build_trainer(config: RunConfig, callbacks: list[TrainerCallback]) -> Object
     model = trainable_model(config, diffusion=False)
     return ObjectiveTrainer(
         model=model,
-        args=config.training,
-        train_dataset=prepared.train,
-        eval_dataset=prepared.eval,
         data_collator=DataCollatorForChat(tokenizer.pad_token_id, packing=config.data.packing),
-        processing_class=tokenizer,
-        callbacks=callbacks,
-        objective=config.method.loss,
-        objective_kwargs=config.method.objective_kwargs(),
-        fused_loss=config.method.fused_loss,
-        fused_chunk_size=config.method.fused_chunk_size,
-        max_nonfinite_steps=config.reliability.max_nonfinite_steps,
         reference=objective_reference(config),
         source_names=prepared.source_names,
+        **objective_trainer_kwargs(config, prepared, tokenizer, callbacks),
     )
