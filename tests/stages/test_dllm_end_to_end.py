@@ -205,3 +205,19 @@ def test_every_evaluation_writes_samples(dllm_dir, tmp_path):
     rows = [json.loads(line) for line in (out / "eval_samples.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 1, 1, 2, 2, 2, 2, 2, 2]  # 3 per evaluation: steps 1, 2 and the final one
     assert all(r["prompt"] and r["reference"] and "<|mask|>" not in r["sample"] for r in rows)
+
+
+@pytest.mark.slow
+def test_eval_scores_a_diffusion_model_through_its_sampler(dllm_dir, tmp_path, capsys):
+    """`dftune eval` on a stage dllm model: replies come from the masked-diffusion sampler, scored like any model's."""
+    data = tmp_path / "heldout.jsonl"
+    rows = [{"messages": [{"role": "user", "content": f"copy {w}"}, {"role": "assistant", "content": w}]}
+            for w in ("ab", "cd", "ba")]
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    out = tmp_path / "results.jsonl"
+    for extra in ([], ["--threshold", "0.9"]):
+        assert main(["eval", "--model", str(dllm_dir), "--data", str(data), "--max_new_tokens", "4",
+                     "--output", str(out), *extra]) == 0  # fmt: skip
+        results = [json.loads(line) for line in out.read_text().splitlines()]
+        assert len(results) == 3 and all("<|mask|>" not in r["reply"] for r in results)
+    assert "accuracy" in capsys.readouterr().out

@@ -1,8 +1,10 @@
-"""`dftune eval --model DIR --data FILE [--adapter DIR]`: held-out accuracy by greedy generation."""
+"""`dftune eval --model DIR --data FILE [--adapter DIR]`: held-out accuracy by greedy generation (for a
+masked-diffusion LM, by its sampler)."""
 
 from __future__ import annotations
 
 import argparse
+from functools import partial
 from pathlib import Path
 
 from dftune.cli.checks import NoValidRecords, output_file, positive_int
@@ -20,17 +22,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--batch_size", type=positive_int, default=32)
     ev.add_argument("--limit", type=positive_int, help="evaluate the first N records only")
     ev.add_argument("--output", help="per-record results as JSONL (default: eval_results.jsonl beside the model)")
+    ev.add_argument("--threshold", type=float, help="diffusion models: confidence-threshold decoding instead of one "
+                    "token per step")
     ev.set_defaults(func=run_eval)
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from transformers import AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     from dftune.config.model_args import ModelArguments
+    from dftune.diffusion import sample_replies
     from dftune.errors import DftuneError
     from dftune.evaluation import evaluate_records
     from dftune.models.integrity import check_local_model
-    from dftune.models.loading import load_adapter, load_model
+    from dftune.models.loading import (
+        is_diffusion_config,
+        load_adapter,
+        load_diffusion_model,
+        load_model,
+        resolve_mask_token_id,
+    )
 
     conversations = _conversations(args.data)[: args.limit]
     output = output_file(args.output or str(Path(args.adapter or args.model) / "eval_results.jsonl"), "--output",
@@ -38,15 +49,27 @@ def run_eval(args: argparse.Namespace) -> int:
     check_local_model(args.model, "--model")
     if args.adapter:
         check_local_model(args.adapter, "--adapter")
-    model = load_model(ModelArguments(model_name_or_path=args.model, torch_dtype="auto"), what="--model")
+    model_args = ModelArguments(model_name_or_path=args.model, torch_dtype="auto")
+    config = AutoConfig.from_pretrained(args.model)
+    diffusion = is_diffusion_config(config)
+    model = load_diffusion_model(model_args) if diffusion else load_model(model_args, what="--model")
     try:
         tokenizer = AutoTokenizer.from_pretrained(args.adapter or args.model)
     except OSError as err:
         raise DftuneError(f"cannot load {args.model!r}: {err}") from None
     if args.adapter:
         model = load_adapter(model, args.adapter)
+    replies_of = None
+    if diffusion:  # a masked-diffusion LM replies through the sampler, one token per step or by threshold
+        if args.threshold is not None and not 0.0 < args.threshold <= 1.0:
+            raise DftuneError(f"--threshold must be in (0, 1], got {args.threshold}")
+        replies_of = partial(
+            sample_replies, model, tokenizer, mask_token_id=resolve_mask_token_id(None, config, tokenizer),
+            max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, threshold=args.threshold,
+            shift_logits=bool(getattr(config, "diffusion_shift_logits", False)),
+        )  # fmt: skip
     report = evaluate_records(
-        model, tokenizer, conversations, extractor=args.extractor,
+        model, tokenizer, conversations, extractor=args.extractor, replies_of=replies_of,
         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
     )  # fmt: skip
     report.write_jsonl(output)
