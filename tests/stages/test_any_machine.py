@@ -14,6 +14,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from test_sft_end_to_end import write_chat_files
+
 from dftune.cli.main import main
 from dftune.config.machine import accelerator_available
 from dftune.run import parse_config
@@ -21,23 +23,6 @@ from dftune.run import parse_config
 
 
 pytestmark = pytest.mark.skipif(accelerator_available(), reason="checks the machine without an accelerator")
-
-
-def write_chat_files(tmp_path, n_files: int = 3, per_file: int = 16) -> list[str]:
-    """Seed 000's multi-file, multi-turn ChatML (as tests/stages/test_sft_end_to_end.py writes it)."""
-    paths = []
-    for f in range(n_files):
-        lines = []
-        for i in range(per_file):
-            a, b = f * 10 + i, i + 3
-            messages = [{"role": "system", "content": "You add numbers."}, {"role": "user", "content": f"{a} + {b}?"},
-                        {"role": "assistant", "content": str(a + b)}, {"role": "user", "content": "And doubled?"},
-                        {"role": "assistant", "content": str(2 * (a + b))}]  # fmt: skip
-            lines.append(json.dumps({"messages": messages}))
-        path = tmp_path / f"data_part{f}.jsonl"
-        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        paths.append(str(path))
-    return paths
 
 
 def write_data(path) -> None:

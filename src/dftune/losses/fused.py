@@ -142,6 +142,8 @@ def fused_linear_loss(
     if SEGMENTS in spec.needs:
         segment, num_samples = sample_segments(index, labels, sample_ids)
 
+    num_items = (target.numel() if spec.normalise_by == "tokens" else num_samples) if count is None else count
+
     def weigh(ce: Tensor, extra: dict[str, Tensor], part: slice = slice(None)) -> Weights:
         part_segment = None if segment is None else segment[part]
         stats = Statistics(ce=ce, num_samples=num_samples, segment=part_segment, rows=extra)
@@ -156,7 +158,6 @@ def fused_linear_loss(
         factor = target_scale[part].to(weights.coefficients.dtype)
         return dataclasses.replace(weights, coefficients=weights.coefficients * factor)
 
-    num_items = (target.numel() if spec.normalise_by == "tokens" else num_samples) if count is None else count
     chunks = Chunks(rows, weight, chunk_size, list(wanted), reference, logit_transform)
     if spec.per_token and needs_grad:
         loss = FusedLinearObjective.apply(
