@@ -40,11 +40,14 @@ def token_metrics(tokens: list[tuple[Tensor, Tensor, bool]]) -> dict[str, float]
     }
 
 
-def dft(logits: Tensor, labels: Tensor, alpha: float = 1.0, num_items: int | None = None, power: float = 1.0):
-    """sum_i CE_i * (alpha * sg(p_i) ** power + 1 - alpha) / N; alpha = 0 is SFT."""
+def dft(
+    logits: Tensor, labels: Tensor, alpha: float = 1.0, num_items: int | None = None, power: float = 1.0,
+    min_weight: float = 0.0,
+):
+    """sum_i CE_i * max(alpha * sg(p_i) ** power + 1 - alpha, min_weight) / N; alpha = 0 is SFT."""
     tokens = [tok for row in targets_by_row(logits, labels) for tok in row]
     n = len(tokens) if num_items is None else num_items
-    weights = [alpha * math.exp(float(logp.detach())) ** power + 1 - alpha for _, logp, *_ in tokens]
+    weights = [max(alpha * math.exp(float(logp.detach())) ** power + 1 - alpha, min_weight) for _, logp, *_ in tokens]
     loss = sum(ce * w for (ce, *_), w in zip(tokens, weights)) / n
     return loss + 0 * logits.sum(), token_metrics(tokens) | {"mean_token_weight": mean(weights)}
 

@@ -101,3 +101,30 @@ def test_linear_alpha_schedule_rises_from_sft_to_dft():
     logits, labels = ref.make_batch(3, 17, 29)
     at_start = dft_loss(logits, labels, **dft.kwargs_at(kwargs, 0))
     torch.testing.assert_close(at_start.loss, sft_loss(logits, labels).loss, rtol=1e-15, atol=0)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize(("alpha", "min_weight"), [(1.0, 0.1), (0.8, 0.5), (1.0, 1.0)])
+def test_dft_min_weight_matches_reference(shape, scale, alpha, min_weight):
+    logits, labels = ref.make_batch(*shape, scale=scale)
+
+    def reference(x, y):
+        loss, metrics = ref.dft(x, y, alpha=alpha, min_weight=min_weight)
+        return loss, metrics | {"dft_alpha": alpha}
+
+    assert_same_loss_and_grad(lambda x, y: dft_loss(x, y, alpha=alpha, min_weight=min_weight), reference,
+                              logits, labels)
+
+
+def test_dft_min_weight_one_is_sft_and_floors_a_starved_token():
+    """Floor 1 makes every weight 1 (SFT); floor 0.1 gives a token at p = 1e-3 weight 0.1 instead of 1e-3."""
+    logits, labels = ref.make_batch(3, 17, 29)
+    torch.testing.assert_close(dft_loss(logits, labels, min_weight=1.0).loss, sft_loss(logits, labels).loss,
+                               rtol=1e-15, atol=0)
+    starved = torch.full((1, 2, 2), 0.0, dtype=torch.float64)
+    starved[0, 0, 0] = math.log(999.0)  # p(token 1) = 1 / 1000 at position 0
+    labels = torch.tensor([[-100, 1]])
+    out = dft_loss(starved, labels, min_weight=0.1)
+    assert float(out.metrics["mean_token_weight"]) == pytest.approx(0.1, rel=1e-14)
+    assert float(out.loss) == pytest.approx(0.1 * math.log(1000.0), rel=1e-14)
