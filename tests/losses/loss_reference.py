@@ -184,3 +184,12 @@ def asft(logits: Tensor, labels: Tensor, ref_logits: Tensor, alpha: float = 0.1,
     n = len(tokens) if num_items is None else num_items
     metrics = token_metrics(tokens) | {"asft_kl": mean(kls), "mean_token_weight": mean([math.exp(float(lp.detach())) for _, lp, *_ in tokens])}
     return total / max(n, 1), metrics
+
+
+def chord(logits: Tensor, labels: Tensor, num_items: int | None = None):
+    """CHORD-phi: sum_i CE_i * sg(p_i (1 - p_i)) / N."""
+    tokens = [tok for row in targets_by_row(logits, labels) for tok in row]
+    n = len(tokens) if num_items is None else num_items
+    weights = [math.exp(float(logp.detach())) * (1.0 - math.exp(float(logp.detach()))) for _, logp, *_ in tokens]
+    loss = sum(ce * w for (ce, *_), w in zip(tokens, weights)) / max(n, 1)
+    return loss + 0 * logits.sum(), token_metrics(tokens) | {"mean_token_weight": mean(weights)}

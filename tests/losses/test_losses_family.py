@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import loss_reference as ref
-from dftune.losses import asft_loss, dft_loss, fused_linear_loss, sft_loss
+from dftune.losses import asft_loss, chord_loss, dft_loss, fused_linear_loss, sft_loss
 from dftune.losses.objectives.eaft import eaft_loss
 from test_losses_objectives import SCALES, SHAPES, assert_same_loss_and_grad
 
@@ -128,3 +128,21 @@ def test_dft_min_weight_one_is_sft_and_floors_a_starved_token():
     out = dft_loss(starved, labels, min_weight=0.1)
     assert float(out.metrics["mean_token_weight"]) == pytest.approx(0.1, rel=1e-14)
     assert float(out.loss) == pytest.approx(0.1 * math.log(1000.0), rel=1e-14)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("num_items", [None, 40])
+def test_chord_matches_reference(shape, scale, num_items):
+    logits, labels = ref.make_batch(*shape, scale=scale)
+    assert_same_loss_and_grad(lambda x, y: chord_loss(x, y, num_items_in_batch=num_items),
+                              lambda x, y: ref.chord(x, y, num_items=num_items), logits, labels)
+
+
+def test_chord_uniform_logits_closed_form():
+    """Uniform logits over V: p = 1 / V at every target, so CHORD = (1/V)(1 - 1/V) log V."""
+    vocab = 8
+    logits = torch.zeros(2, 5, vocab, dtype=torch.float64)
+    labels = torch.tensor([[-100, 3, 4, -100, 5], [-100, -100, 1, 1, -100]])
+    expected = (1 / vocab) * (1 - 1 / vocab) * math.log(vocab)
+    assert float(chord_loss(logits, labels).loss) == pytest.approx(expected, rel=1e-14)

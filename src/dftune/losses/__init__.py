@@ -15,6 +15,7 @@ from dftune.losses.diffusion import (
 from dftune.losses.fused import default_chunk_size, fused_linear_loss, unfusable_statistics
 from dftune.losses.objectives.asft import asft_loss
 from dftune.losses.objectives.bft import bft_coefficients, bft_loss, lowest_group_confidence
+from dftune.losses.objectives.chord import chord_coefficients, chord_loss
 from dftune.losses.objectives.dft import dft_coefficients, dft_loss
 from dftune.losses.objectives.eaft import eaft_loss
 from dftune.losses.objectives.sft import sft_coefficients, sft_loss
@@ -38,6 +39,8 @@ __all__ = [
     "asft_loss",
     "bft_coefficients",
     "bft_loss",
+    "chord_coefficients",
+    "chord_loss",
     "compute_objective",
     "config_keys",
     "dft_coefficients",
