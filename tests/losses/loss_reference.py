@@ -156,9 +156,9 @@ def reference_model(name: str, hidden: Tensor, vocab: int, seed: int = 11) -> tu
     """For an objective that compares with a reference model (KL term): a random reference's final hidden states
     and output layer, as (unfused keyword arguments: ref_logits, fused ones: ref_hidden and ref_weight);
     ({}, {}) for every other objective."""
-    from dftune.losses import OBJECTIVES, REF_KL
+    from dftune.losses import OBJECTIVES
 
-    if REF_KL not in OBJECTIVES[name].needs:
+    if not OBJECTIVES[name].needs_reference:
         return {}, {}
     gen = torch.Generator().manual_seed(seed)
     ref_hidden = torch.randn(*hidden.shape[:-1], 5, generator=gen, dtype=hidden.dtype)
@@ -193,3 +193,63 @@ def chord(logits: Tensor, labels: Tensor, num_items: int | None = None):
     weights = [math.exp(float(logp.detach())) * (1.0 - math.exp(float(logp.detach()))) for _, logp, *_ in tokens]
     loss = sum(ce * w for (ce, *_), w in zip(tokens, weights)) / max(n, 1)
     return loss + 0 * logits.sum(), token_metrics(tokens) | {"mean_token_weight": mean(weights)}
+
+
+def target_log_probs(logits: Tensor, labels: Tensor) -> list[list[tuple[Tensor, int, int]]]:
+    """Per row, in order, (log p(target) with its gradient, b, t) of each target: logits[b, t] predicts
+    labels[b, t + 1]."""
+    rows = []
+    for b in range(labels.shape[0]):
+        rows.append([(torch.log_softmax(logits[b, t], dim=-1)[int(labels[b, t + 1])], b, t)
+                     for t in range(labels.shape[1] - 1) if int(labels[b, t + 1]) != -100])
+    return rows
+
+
+def psft_clipped(logits: Tensor, labels: Tensor, old_logits: Tensor, eps_low: float, eps_high: float,
+                 num_items: int | None = None) -> Tensor:
+    """The paper's PPO objective with advantage 1: -sum_i min(r_i, clip(r_i, 1 - eps_low, 1 + eps_high)) / N,
+    r_i = p_i / sg(p_old_i). Its value is not the contract's; its gradient is PSFT's."""
+    tokens = [tok for row in target_log_probs(logits, labels) for tok in row]
+    total = 0 * logits.sum()
+    for logp, b, t in tokens:
+        y = int(labels[b, t + 1])
+        r = torch.exp(logp - torch.log_softmax(old_logits[b, t], dim=-1)[y].detach())
+        total = total - torch.minimum(r, r.clamp(1 - eps_low, 1 + eps_high))
+    return total / (len(tokens) if num_items is None else num_items)
+
+
+def psft(logits: Tensor, labels: Tensor, old_logits: Tensor, eps_low: float = 0.2, eps_high: float = 0.28,
+         num_items: int | None = None):
+    """sum_i CE_i * sg(r_i) * 1[r_i <= 1 + eps_high] / N, r_i = p_i / p_old_i, and the PSFT metrics."""
+    tokens = [tok for row in targets_by_row(logits, labels) for tok in row]
+    ratios = [math.exp(float(logp.detach()) - float(torch.log_softmax(old_logits[b, t], -1)[int(labels[b, t + 1])]))
+              for logp, b, t in [tok for row in target_log_probs(logits, labels) for tok in row]]
+    weights = [r if r <= 1 + eps_high else 0.0 for r in ratios]
+    n = len(tokens) if num_items is None else num_items
+    loss = sum(ce * w for (ce, *_), w in zip(tokens, weights)) / max(n, 1)
+    metrics = token_metrics(tokens) | {
+        "mean_token_weight": mean(weights), "psft_ratio": mean(ratios),
+        "psft_clipped_high": mean([float(r > 1 + eps_high) for r in ratios]),
+        "psft_clipped_low": mean([float(r < 1 - eps_low) for r in ratios]),
+    }
+    return loss + 0 * logits.sum(), metrics
+
+
+def iw_sft(logits: Tensor, labels: Tensor, ref_logits: Tensor, temperature: float = 1.0, max_weight: float = 16.0,
+           num_items: int | None = None):
+    """Per row b: w_b = min(exp(temperature * mean_i(log p_i - log p_ref_i)), max_weight); sum_i w_b CE_i / N."""
+    rows = target_log_probs(logits, labels)
+    total, weights, token_weights = 0 * logits.sum(), [], []
+    for row in rows:
+        if not row:
+            continue
+        log_ratios = [float(logp.detach()) - float(torch.log_softmax(ref_logits[b, t], -1)[int(labels[b, t + 1])])
+                      for logp, b, t in row]
+        w = min(math.exp(temperature * sum(log_ratios) / len(log_ratios)), max_weight)
+        weights.append(w)
+        token_weights += [w] * len(row)
+        total = total - w * sum(logp for logp, *_ in row)
+    n = len(token_weights) if num_items is None else num_items
+    tokens = [tok for row in targets_by_row(logits, labels) for tok in row]
+    metrics = token_metrics(tokens) | {"mean_token_weight": mean(token_weights), "iw_sft_weight": mean(weights)}
+    return total / max(n, 1), metrics

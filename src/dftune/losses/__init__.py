@@ -4,7 +4,19 @@ Module order: diffusion > fused > chunks, registry > objectives.* > unfused > st
 """
 
 from dftune.losses.chunks import LogitTransform
-from dftune.losses.contract import CE, ENTROPY, REF_KL, SEGMENTS, Objective, RowStatistic, Setting, Statistics, Weights
+from dftune.losses.contract import (
+    CE,
+    ENTROPY,
+    REF_KL,
+    REF_LOGP,
+    REFERENCE_STATISTICS,
+    SEGMENTS,
+    Objective,
+    RowStatistic,
+    Setting,
+    Statistics,
+    Weights,
+)
 from dftune.losses.core import IGNORE_INDEX, LossOutput, TokenStats, shift_labels, token_stats
 from dftune.losses.diffusion import (
     diffusion_objective,
@@ -18,6 +30,8 @@ from dftune.losses.objectives.bft import bft_coefficients, bft_loss, lowest_grou
 from dftune.losses.objectives.chord import chord_coefficients, chord_loss
 from dftune.losses.objectives.dft import dft_coefficients, dft_loss
 from dftune.losses.objectives.eaft import eaft_loss
+from dftune.losses.objectives.iw_sft import iw_sft_loss
+from dftune.losses.objectives.psft import psft_loss
 from dftune.losses.objectives.sft import sft_coefficients, sft_loss
 from dftune.losses.registry import OBJECTIVES, compute_objective, config_keys, get_objective, register
 
@@ -27,6 +41,8 @@ __all__ = [
     "IGNORE_INDEX",
     "OBJECTIVES",
     "REF_KL",
+    "REF_LOGP",
+    "REFERENCE_STATISTICS",
     "SEGMENTS",
     "LogitTransform",
     "LossOutput",
@@ -51,9 +67,11 @@ __all__ = [
     "fused_diffusion_objective",
     "fused_linear_loss",
     "get_objective",
+    "iw_sft_loss",
     "lowest_group_confidence",
     "masked_diffusion_dft_loss",
     "masked_diffusion_loss",
+    "psft_loss",
     "register",
     "sft_coefficients",
     "sft_loss",

@@ -59,6 +59,8 @@ BUILT_IN = (
     "eaft",
     "asft",
     "chord",
+    "psft",
+    "iw_sft",
 )
 """The modules of `dftune.losses.objectives`, in registration order (where the keys of several objectives are
 given, the one registered last is selected: the seeds' `use_bft_loss` over `use_dft_loss`)."""
