@@ -253,3 +253,27 @@ def iw_sft(logits: Tensor, labels: Tensor, ref_logits: Tensor, temperature: floa
     tokens = [tok for row in targets_by_row(logits, labels) for tok in row]
     metrics = token_metrics(tokens) | {"mean_token_weight": mean(token_weights), "iw_sft_weight": mean(weights)}
     return total / max(n, 1), metrics
+
+
+def deft(logits: Tensor, labels: Tensor, num_items: int | None = None):
+    """sum_i CE_i * sg(p_i ** a_i) / N, a_i = sum_v softmax(logits_i)_v ** 2 (detached)."""
+    tokens, weights, orders = [], [], []
+    total = 0 * logits.sum()
+    for logp, b, t in [tok for row in target_log_probs(logits, labels) for tok in row]:
+        q = [math.exp(v) for v in torch.log_softmax(logits[b, t].detach(), -1).tolist()]
+        a = sum(v * v for v in q)
+        orders.append(a)
+        weights.append(math.exp(a * float(logp.detach())))
+        total = total - weights[-1] * logp
+    tokens = [tok for row in targets_by_row(logits, labels) for tok in row]
+    n = len(tokens) if num_items is None else num_items
+    return total / max(n, 1), token_metrics(tokens) | {"mean_token_weight": mean(weights), "deft_order": mean(orders)}
+
+
+def deft_qlog(logits: Tensor, labels: Tensor, num_items: int | None = None) -> Tensor:
+    """The paper's loss, sum_i -(p_i ** a_i - 1) / a_i / N with a_i detached: its gradient is DEFT's."""
+    total, count = 0 * logits.sum(), 0
+    for logp, b, t in [tok for row in target_log_probs(logits, labels) for tok in row]:
+        a = float(torch.softmax(logits[b, t].detach(), -1).square().sum())
+        total, count = total - (torch.exp(a * logp) - 1) / a, count + 1
+    return total / (count if num_items is None else num_items)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import loss_reference as ref
-from dftune.losses import asft_loss, chord_loss, dft_loss, fused_linear_loss, iw_sft_loss, psft_loss, sft_loss
+from dftune.losses import asft_loss, chord_loss, deft_loss, dft_loss, fused_linear_loss, iw_sft_loss, psft_loss, sft_loss
 from dftune.losses.objectives.eaft import eaft_loss
 from test_losses_objectives import SCALES, SHAPES, assert_same_loss_and_grad
 
@@ -194,3 +194,24 @@ def test_iw_sft_temperature_zero_or_itself_is_sft():
     sft = sft_loss(logits, labels).loss
     torch.testing.assert_close(iw_sft_loss(logits, labels, other, temperature=0.0).loss, sft, rtol=1e-14, atol=0)
     torch.testing.assert_close(iw_sft_loss(logits, labels, logits.detach()).loss, sft, rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("num_items", [None, 40])
+def test_deft_matches_reference_and_the_qlog_gradient(shape, scale, num_items):
+    logits, labels = ref.make_batch(*shape, scale=scale)
+    assert_same_loss_and_grad(lambda x, y: deft_loss(x, y, num_items_in_batch=num_items),
+                              lambda x, y: ref.deft(x, y, num_items=num_items), logits, labels)
+    (grad,) = torch.autograd.grad(deft_loss(logits, labels, num_items_in_batch=num_items).loss, logits)
+    (paper,) = torch.autograd.grad(ref.deft_qlog(logits, labels, num_items), logits)
+    torch.testing.assert_close(grad, paper, rtol=1e-10, atol=1e-14)
+
+
+def test_deft_uniform_logits_closed_form():
+    """Uniform logits over V: a = 1/V and p = 1/V, so DEFT's value is (1/V) ** (1/V) * log V."""
+    vocab = 8
+    logits = torch.zeros(2, 5, vocab, dtype=torch.float64)
+    labels = torch.tensor([[-100, 3, 4, -100, 5], [-100, -100, 1, 1, -100]])
+    expected = (1 / vocab) ** (1 / vocab) * math.log(vocab)
+    assert float(deft_loss(logits, labels).loss) == pytest.approx(expected, rel=1e-14)

@@ -29,6 +29,7 @@ from dftune.losses.fused import default_chunk_size, fused_linear_loss, unfusable
 from dftune.losses.objectives.asft import asft_loss
 from dftune.losses.objectives.bft import bft_coefficients, bft_loss, lowest_group_confidence
 from dftune.losses.objectives.chord import chord_coefficients, chord_loss
+from dftune.losses.objectives.deft import deft_loss
 from dftune.losses.objectives.dft import dft_coefficients, dft_loss
 from dftune.losses.objectives.eaft import eaft_loss
 from dftune.losses.objectives.iw_sft import iw_sft_loss
@@ -63,6 +64,7 @@ __all__ = [
     "config_keys",
     "dft_coefficients",
     "default_chunk_size",
+    "deft_loss",
     "dft_loss",
     "diffusion_objective",
     "eaft_loss",
