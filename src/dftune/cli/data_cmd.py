@@ -40,10 +40,11 @@ def run_check(args: argparse.Namespace) -> int:
     sources = resolve_sources(args.files)
     lengths: list[int] = []
     if args.stage == "dpo":
+        from dftune.data.lengths import PreferenceLimits
         from dftune.data.preference import collect_preferences
 
         tokenizer = None if args.tokenizer is None else _tokenizer(args.tokenizer)
-        _, report = collect_preferences(sources, tokenizer, args.max_length, None)
+        _, report = collect_preferences(sources, tokenizer, PreferenceLimits(args.max_length))
     elif args.tokenizer is None:
         _, report = collect_conversations(sources)
     else:
