@@ -43,7 +43,7 @@ def parse_config(argv: list[str]) -> RunConfig:
 
 def train_help_parser() -> parse.ConfigArgumentParser:
     """The parser behind `dftune train --help`: every key, the stages' included."""
-    return parse.ConfigArgumentParser(parse.sections(stage_sections()), prog="dftune train")
+    return parse.config_parser(stage_sections(), prog="dftune train")
 
 
 def build_trainer(config: RunConfig, callbacks: list[TrainerCallback] | None = None) -> Trainer:
