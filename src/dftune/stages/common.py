@@ -12,7 +12,7 @@ from dftune.config.parse import RunConfig
 from dftune.data import PreparedData, configure_packing, prepare_datasets
 from dftune.data.encode import chat_template
 from dftune.errors import DftuneError
-from dftune.losses import OBJECTIVES, REF_KL
+from dftune.losses import OBJECTIVES, Objective
 from dftune.models.loading import apply_lora, load_tokenizer, load_trainable_model, use_end_of_reply_token
 from dftune.models.reference import frozen_reference
 from dftune.runtime.preflight import check_max_length, require_eval_data
@@ -78,16 +78,21 @@ def trainable_model(config: RunConfig, *, diffusion: bool) -> PreTrainedModel:
 def check_reference_keys(config: RunConfig) -> None:
     """`ref_model_name_or_path` belongs to stage dpo and to objectives with a KL anchor (a ValueError, which parse
     reports)."""
-    if config.model.ref_model_name_or_path is not None and REF_KL not in OBJECTIVES[config.method.loss].needs:
-        anchored = [name for name, objective in OBJECTIVES.items() if REF_KL in objective.needs]
-        raise ValueError(f"ref_model_name_or_path applies to stage: dpo and to loss: {', '.join(anchored)} (a KL "
-                         f"anchor), not to stage {config.method.stage} with loss: {config.method.loss}")
+    if config.model.ref_model_name_or_path is not None and not compares_with_start(OBJECTIVES[config.method.loss]):
+        anchored = [name for name, objective in OBJECTIVES.items() if compares_with_start(objective)]
+        raise ValueError(f"ref_model_name_or_path applies to stage: dpo and to loss: {', '.join(anchored)} (a "
+                         f"reference model), not to stage {config.method.stage} with loss: {config.method.loss}")
+
+
+def compares_with_start(objective: Objective) -> bool:
+    """The objective needs a frozen reference model (the starting one, or `ref_model_name_or_path`)."""
+    return objective.needs_reference and objective.reference == "start"
 
 
 def objective_reference(config: RunConfig) -> PreTrainedModel | None:
     """The frozen reference of an objective with a KL anchor: `ref_model_name_or_path`, else a copy of the starting
     model (full fine-tuning), else None (LoRA: the policy with its adapters disabled, no second copy)."""
-    if REF_KL not in OBJECTIVES[config.method.loss].needs:
+    if not compares_with_start(OBJECTIVES[config.method.loss]):
         return None
     reference, description = frozen_reference(
         config.model, config.method.finetuning_type, config.model.ref_model_name_or_path
