@@ -40,11 +40,14 @@ def token_metrics(tokens: list[tuple[Tensor, Tensor, bool]]) -> dict[str, float]
     }
 
 
-def dft(logits: Tensor, labels: Tensor, alpha: float = 1.0, num_items: int | None = None, power: float = 1.0):
-    """sum_i CE_i * (alpha * sg(p_i) ** power + 1 - alpha) / N; alpha = 0 is SFT."""
+def dft(
+    logits: Tensor, labels: Tensor, alpha: float = 1.0, num_items: int | None = None, power: float = 1.0,
+    min_weight: float = 0.0,
+):
+    """sum_i CE_i * max(alpha * sg(p_i) ** power + 1 - alpha, min_weight) / N; alpha = 0 is SFT."""
     tokens = [tok for row in targets_by_row(logits, labels) for tok in row]
     n = len(tokens) if num_items is None else num_items
-    weights = [alpha * math.exp(float(logp.detach())) ** power + 1 - alpha for _, logp, *_ in tokens]
+    weights = [max(alpha * math.exp(float(logp.detach())) ** power + 1 - alpha, min_weight) for _, logp, *_ in tokens]
     loss = sum(ce * w for (ce, *_), w in zip(tokens, weights)) / n
     return loss + 0 * logits.sum(), token_metrics(tokens) | {"mean_token_weight": mean(weights)}
 
@@ -153,9 +156,9 @@ def reference_model(name: str, hidden: Tensor, vocab: int, seed: int = 11) -> tu
     """For an objective that compares with a reference model (KL term): a random reference's final hidden states
     and output layer, as (unfused keyword arguments: ref_logits, fused ones: ref_hidden and ref_weight);
     ({}, {}) for every other objective."""
-    from dftune.losses import OBJECTIVES, REF_KL
+    from dftune.losses import OBJECTIVES
 
-    if REF_KL not in OBJECTIVES[name].needs:
+    if not OBJECTIVES[name].needs_reference:
         return {}, {}
     gen = torch.Generator().manual_seed(seed)
     ref_hidden = torch.randn(*hidden.shape[:-1], 5, generator=gen, dtype=hidden.dtype)
@@ -181,3 +184,96 @@ def asft(logits: Tensor, labels: Tensor, ref_logits: Tensor, alpha: float = 0.1,
     n = len(tokens) if num_items is None else num_items
     metrics = token_metrics(tokens) | {"asft_kl": mean(kls), "mean_token_weight": mean([math.exp(float(lp.detach())) for _, lp, *_ in tokens])}
     return total / max(n, 1), metrics
+
+
+def chord(logits: Tensor, labels: Tensor, num_items: int | None = None):
+    """CHORD-phi: sum_i CE_i * sg(p_i (1 - p_i)) / N."""
+    tokens = [tok for row in targets_by_row(logits, labels) for tok in row]
+    n = len(tokens) if num_items is None else num_items
+    weights = [math.exp(float(logp.detach())) * (1.0 - math.exp(float(logp.detach()))) for _, logp, *_ in tokens]
+    loss = sum(ce * w for (ce, *_), w in zip(tokens, weights)) / max(n, 1)
+    return loss + 0 * logits.sum(), token_metrics(tokens) | {"mean_token_weight": mean(weights)}
+
+
+def target_log_probs(logits: Tensor, labels: Tensor) -> list[list[tuple[Tensor, int, int]]]:
+    """Per row, in order, (log p(target) with its gradient, b, t) of each target: logits[b, t] predicts
+    labels[b, t + 1]."""
+    rows = []
+    for b in range(labels.shape[0]):
+        rows.append([(torch.log_softmax(logits[b, t], dim=-1)[int(labels[b, t + 1])], b, t)
+                     for t in range(labels.shape[1] - 1) if int(labels[b, t + 1]) != -100])
+    return rows
+
+
+def psft_clipped(logits: Tensor, labels: Tensor, old_logits: Tensor, eps_low: float, eps_high: float,
+                 num_items: int | None = None) -> Tensor:
+    """The paper's PPO objective with advantage 1: -sum_i min(r_i, clip(r_i, 1 - eps_low, 1 + eps_high)) / N,
+    r_i = p_i / sg(p_old_i). Its value is not the contract's; its gradient is PSFT's."""
+    tokens = [tok for row in target_log_probs(logits, labels) for tok in row]
+    total = 0 * logits.sum()
+    for logp, b, t in tokens:
+        y = int(labels[b, t + 1])
+        r = torch.exp(logp - torch.log_softmax(old_logits[b, t], dim=-1)[y].detach())
+        total = total - torch.minimum(r, r.clamp(1 - eps_low, 1 + eps_high))
+    return total / (len(tokens) if num_items is None else num_items)
+
+
+def psft(logits: Tensor, labels: Tensor, old_logits: Tensor, eps_low: float = 0.2, eps_high: float = 0.28,
+         num_items: int | None = None):
+    """sum_i CE_i * sg(r_i) * 1[r_i <= 1 + eps_high] / N, r_i = p_i / p_old_i, and the PSFT metrics."""
+    tokens = [tok for row in targets_by_row(logits, labels) for tok in row]
+    ratios = [math.exp(float(logp.detach()) - float(torch.log_softmax(old_logits[b, t], -1)[int(labels[b, t + 1])]))
+              for logp, b, t in [tok for row in target_log_probs(logits, labels) for tok in row]]
+    weights = [r if r <= 1 + eps_high else 0.0 for r in ratios]
+    n = len(tokens) if num_items is None else num_items
+    loss = sum(ce * w for (ce, *_), w in zip(tokens, weights)) / max(n, 1)
+    metrics = token_metrics(tokens) | {
+        "mean_token_weight": mean(weights), "psft_ratio": mean(ratios),
+        "psft_clipped_high": mean([float(r > 1 + eps_high) for r in ratios]),
+        "psft_clipped_low": mean([float(r < 1 - eps_low) for r in ratios]),
+    }
+    return loss + 0 * logits.sum(), metrics
+
+
+def iw_sft(logits: Tensor, labels: Tensor, ref_logits: Tensor, temperature: float = 1.0, max_weight: float = 16.0,
+           num_items: int | None = None):
+    """Per row b: w_b = min(exp(temperature * mean_i(log p_i - log p_ref_i)), max_weight); sum_i w_b CE_i / N."""
+    rows = target_log_probs(logits, labels)
+    total, weights, token_weights = 0 * logits.sum(), [], []
+    for row in rows:
+        if not row:
+            continue
+        log_ratios = [float(logp.detach()) - float(torch.log_softmax(ref_logits[b, t], -1)[int(labels[b, t + 1])])
+                      for logp, b, t in row]
+        w = min(math.exp(temperature * sum(log_ratios) / len(log_ratios)), max_weight)
+        weights.append(w)
+        token_weights += [w] * len(row)
+        total = total - w * sum(logp for logp, *_ in row)
+    n = len(token_weights) if num_items is None else num_items
+    tokens = [tok for row in targets_by_row(logits, labels) for tok in row]
+    metrics = token_metrics(tokens) | {"mean_token_weight": mean(token_weights), "iw_sft_weight": mean(weights)}
+    return total / max(n, 1), metrics
+
+
+def deft(logits: Tensor, labels: Tensor, num_items: int | None = None):
+    """sum_i CE_i * sg(p_i ** a_i) / N, a_i = sum_v softmax(logits_i)_v ** 2 (detached)."""
+    tokens, weights, orders = [], [], []
+    total = 0 * logits.sum()
+    for logp, b, t in [tok for row in target_log_probs(logits, labels) for tok in row]:
+        q = [math.exp(v) for v in torch.log_softmax(logits[b, t].detach(), -1).tolist()]
+        a = sum(v * v for v in q)
+        orders.append(a)
+        weights.append(math.exp(a * float(logp.detach())))
+        total = total - weights[-1] * logp
+    tokens = [tok for row in targets_by_row(logits, labels) for tok in row]
+    n = len(tokens) if num_items is None else num_items
+    return total / max(n, 1), token_metrics(tokens) | {"mean_token_weight": mean(weights), "deft_order": mean(orders)}
+
+
+def deft_qlog(logits: Tensor, labels: Tensor, num_items: int | None = None) -> Tensor:
+    """The paper's loss, sum_i -(p_i ** a_i - 1) / a_i / N with a_i detached: its gradient is DEFT's."""
+    total, count = 0 * logits.sum(), 0
+    for logp, b, t in [tok for row in target_log_probs(logits, labels) for tok in row]:
+        a = float(torch.softmax(logits[b, t].detach(), -1).square().sum())
+        total, count = total - (torch.exp(a * logp) - 1) / a, count + 1
+    return total / (count if num_items is None else num_items)

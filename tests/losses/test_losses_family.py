@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import loss_reference as ref
-from dftune.losses import asft_loss, dft_loss, fused_linear_loss, sft_loss
+from dftune.losses import asft_loss, chord_loss, deft_loss, dft_loss, fused_linear_loss, iw_sft_loss, psft_loss, sft_loss
 from dftune.losses.objectives.eaft import eaft_loss
 from test_losses_objectives import SCALES, SHAPES, assert_same_loss_and_grad
 
@@ -101,3 +101,117 @@ def test_linear_alpha_schedule_rises_from_sft_to_dft():
     logits, labels = ref.make_batch(3, 17, 29)
     at_start = dft_loss(logits, labels, **dft.kwargs_at(kwargs, 0))
     torch.testing.assert_close(at_start.loss, sft_loss(logits, labels).loss, rtol=1e-15, atol=0)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize(("alpha", "min_weight"), [(1.0, 0.1), (0.8, 0.5), (1.0, 1.0)])
+def test_dft_min_weight_matches_reference(shape, scale, alpha, min_weight):
+    logits, labels = ref.make_batch(*shape, scale=scale)
+
+    def reference(x, y):
+        loss, metrics = ref.dft(x, y, alpha=alpha, min_weight=min_weight)
+        return loss, metrics | {"dft_alpha": alpha}
+
+    assert_same_loss_and_grad(lambda x, y: dft_loss(x, y, alpha=alpha, min_weight=min_weight), reference,
+                              logits, labels)
+
+
+def test_dft_min_weight_one_is_sft_and_floors_a_starved_token():
+    """Floor 1 makes every weight 1 (SFT); floor 0.1 gives a token at p = 1e-3 weight 0.1 instead of 1e-3."""
+    logits, labels = ref.make_batch(3, 17, 29)
+    torch.testing.assert_close(dft_loss(logits, labels, min_weight=1.0).loss, sft_loss(logits, labels).loss,
+                               rtol=1e-15, atol=0)
+    starved = torch.full((1, 2, 2), 0.0, dtype=torch.float64)
+    starved[0, 0, 0] = math.log(999.0)  # p(token 1) = 1 / 1000 at position 0
+    labels = torch.tensor([[-100, 1]])
+    out = dft_loss(starved, labels, min_weight=0.1)
+    assert float(out.metrics["mean_token_weight"]) == pytest.approx(0.1, rel=1e-14)
+    assert float(out.loss) == pytest.approx(0.1 * math.log(1000.0), rel=1e-14)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("num_items", [None, 40])
+def test_chord_matches_reference(shape, scale, num_items):
+    logits, labels = ref.make_batch(*shape, scale=scale)
+    assert_same_loss_and_grad(lambda x, y: chord_loss(x, y, num_items_in_batch=num_items),
+                              lambda x, y: ref.chord(x, y, num_items=num_items), logits, labels)
+
+
+def test_chord_uniform_logits_closed_form():
+    """Uniform logits over V: p = 1 / V at every target, so CHORD = (1/V)(1 - 1/V) log V."""
+    vocab = 8
+    logits = torch.zeros(2, 5, vocab, dtype=torch.float64)
+    labels = torch.tensor([[-100, 3, 4, -100, 5], [-100, -100, 1, 1, -100]])
+    expected = (1 / vocab) * (1 - 1 / vocab) * math.log(vocab)
+    assert float(chord_loss(logits, labels).loss) == pytest.approx(expected, rel=1e-14)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("scale", [1.0, 0.3])  # 0.3: policy and old policy close, few ratios clipped
+@pytest.mark.parametrize(("eps_low", "eps_high"), [(0.2, 0.28), (0.5, 0.05)])
+@pytest.mark.parametrize("num_items", [None, 40])
+def test_psft_matches_reference_and_the_clipped_objective_gradient(shape, scale, eps_low, eps_high, num_items):
+    logits, labels = ref.make_batch(*shape, scale=scale)
+    old = (logits.detach() + 0.3 * ref.make_batch(*shape, seed=9)[0].detach())  # a nearby old policy
+    assert_same_loss_and_grad(
+        lambda x, y: psft_loss(x, y, old, eps_low=eps_low, eps_high=eps_high, num_items_in_batch=num_items),
+        lambda x, y: ref.psft(x, y, old, eps_low=eps_low, eps_high=eps_high, num_items=num_items), logits, labels)
+    # The gradient is the paper's: d/dlogits of -min(r, clip(r, 1 - eps_low, 1 + eps_high)) / N.
+    out = psft_loss(logits, labels, old, eps_low=eps_low, eps_high=eps_high, num_items_in_batch=num_items)
+    (grad,) = torch.autograd.grad(out.loss, logits)
+    (paper,) = torch.autograd.grad(ref.psft_clipped(logits, labels, old, eps_low, eps_high, num_items), logits)
+    torch.testing.assert_close(grad, paper, rtol=1e-10, atol=1e-14)
+    assert 0.0 < float(out.metrics["psft_clipped_high"]) < 1.0 or scale == 0.3
+
+
+def test_psft_against_itself_is_sft():
+    """p_old = p: every ratio is 1, inside the clip: PSFT is SFT (value and gradient)."""
+    logits, labels = ref.make_batch(3, 17, 29)
+    out, sft = psft_loss(logits, labels, logits.detach()), sft_loss(logits, labels)
+    torch.testing.assert_close(out.loss, sft.loss, rtol=1e-14, atol=0)
+    assert float(out.metrics["psft_ratio"]) == pytest.approx(1.0, rel=1e-14)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize(("temperature", "max_weight"), [(1.0, 16.0), (2.0, 1.5), (0.5, 100.0)])
+@pytest.mark.parametrize("num_items", [None, 40])
+def test_iw_sft_matches_reference(shape, scale, temperature, max_weight, num_items):
+    logits, labels = ref.make_batch(*shape, scale=scale)
+    ref_logits = ref.make_batch(*shape, scale=scale, seed=9)[0].detach()
+    assert_same_loss_and_grad(
+        lambda x, y: iw_sft_loss(x, y, ref_logits, temperature=temperature, max_weight=max_weight,
+                                 num_items_in_batch=num_items),
+        lambda x, y: ref.iw_sft(x, y, ref_logits, temperature=temperature, max_weight=max_weight, num_items=num_items),
+        logits, labels)
+
+
+def test_iw_sft_temperature_zero_or_itself_is_sft():
+    logits, labels = ref.make_batch(3, 17, 29)
+    other = ref.make_batch(3, 17, 29, seed=4)[0].detach()
+    sft = sft_loss(logits, labels).loss
+    torch.testing.assert_close(iw_sft_loss(logits, labels, other, temperature=0.0).loss, sft, rtol=1e-14, atol=0)
+    torch.testing.assert_close(iw_sft_loss(logits, labels, logits.detach()).loss, sft, rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("num_items", [None, 40])
+def test_deft_matches_reference_and_the_qlog_gradient(shape, scale, num_items):
+    logits, labels = ref.make_batch(*shape, scale=scale)
+    assert_same_loss_and_grad(lambda x, y: deft_loss(x, y, num_items_in_batch=num_items),
+                              lambda x, y: ref.deft(x, y, num_items=num_items), logits, labels)
+    (grad,) = torch.autograd.grad(deft_loss(logits, labels, num_items_in_batch=num_items).loss, logits)
+    (paper,) = torch.autograd.grad(ref.deft_qlog(logits, labels, num_items), logits)
+    torch.testing.assert_close(grad, paper, rtol=1e-10, atol=1e-14)
+
+
+def test_deft_uniform_logits_closed_form():
+    """Uniform logits over V: a = 1/V and p = 1/V, so DEFT's value is (1/V) ** (1/V) * log V."""
+    vocab = 8
+    logits = torch.zeros(2, 5, vocab, dtype=torch.float64)
+    labels = torch.tensor([[-100, 3, 4, -100, 5], [-100, -100, 1, 1, -100]])
+    expected = (1 / vocab) ** (1 / vocab) * math.log(vocab)
+    assert float(deft_loss(logits, labels).loss) == pytest.approx(expected, rel=1e-14)

@@ -33,7 +33,7 @@ from dftune.losses import (
     register,
 )
 from dftune.losses.contract import RowStatistic
-from dftune.losses.statistics import entropy_of_logits
+from dftune.losses.statistics import entropy_of_logits, row_statistics, row_statistics_of
 from test_losses_fused import assert_same, fused, make_batch, reference
 from objective_cases import cases
 from test_losses_objectives import assert_rel_close, pack
@@ -113,8 +113,10 @@ def test_stage_dllm_scales_the_same_coefficients_by_one_over_t(name, settings):
     mask = labels != -100  # the masked positions, in flat order
     row = mask.nonzero()[:, 0]
     objective = OBJECTIVES[name]
-    stats = Statistics(ce=ce.detach()[mask], num_samples=3, segment=row)
-    weights = objective.weigh(stats, 20, **objective.resolve(settings))
+    resolved = objective.resolve(settings)
+    rows = row_statistics(logits.detach().flatten(0, 1)[mask.flatten()], row_statistics_of(objective), resolved)
+    stats = Statistics(ce=ce.detach()[mask], num_samples=3, segment=row, rows=rows)
+    weights = objective.weigh(stats, 20, **resolved)
     expected = (weights.coefficients * (1 / t)[row] * ce[mask]).sum()
     assert_rel_close(out.loss, expected, rel=1e-12)
     (grad,) = torch.autograd.grad(out.loss, logits)

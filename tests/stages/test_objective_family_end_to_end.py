@@ -93,3 +93,24 @@ def test_linear_alpha_schedule_is_logged_as_it_rises(tiny_model_dir, tmp_path):
     method = "dft_alpha: 0.8\n        dft_alpha_schedule: linear\n        dft_alpha_warmup_steps: 4"
     trainer = run(parse_config([llama_factory_yaml(tmp_path, tiny_model_dir, method)]))
     assert [round(e["dft_alpha"], 6) for e in train_logs(trainer)] == [0.0, 0.2, 0.4, 0.6]
+
+
+@pytest.mark.parametrize(("method", "metric"), [
+    ("loss: chord", "mean_token_weight"),
+    ("loss: psft\n        psft_refresh_steps: 2", "psft_ratio"),
+    ("loss: iw_sft\n        iw_sft_max_weight: 4.0", "iw_sft_weight"),
+    ("loss: deft", "deft_order"),
+    ("loss: dft\n        dft_min_weight: 0.2", "mean_token_weight"),
+])
+def test_round_two_objectives_train_from_yaml(tiny_model_dir, tmp_path, method, metric):
+    """Each new objective (and the DFT floor) trains 4 LoRA steps from YAML through the fused head."""
+    trainer = run(parse_config([llama_factory_yaml(tmp_path, tiny_model_dir, method)]))
+    assert trainer.fused_head is not None
+    logs = train_logs(trainer)
+    assert len(logs) == 4 and all(metric in entry for entry in logs)
+    if "psft" in method:  # r = 1 right after each refresh (steps 0 and 2), off 1 once the adapters moved
+        ratios = [entry["psft_ratio"] for entry in logs]
+        assert ratios[0] == pytest.approx(1.0, abs=1e-6) and ratios[2] == pytest.approx(1.0, abs=1e-6)
+        assert abs(ratios[1] - 1.0) > 1e-6
+    if "dft_min_weight" in method:
+        assert all(entry["mean_token_weight"] >= 0.2 * (1 - 1e-6) for entry in logs)  # float32 logs

@@ -3,7 +3,8 @@
 Stage sft: `ObjectiveTrainer` on the tiny float64 Llama with plain SGD (the final weights expose any error in the
 gradient's scale), the fused head on as `fused_loss: auto` chooses. Stage dllm: `DiffusionTrainer` on one noised
 batch against its micro-batches (random masks cannot be replayed across batch sizes through the Trainer). An
-objective with a KL anchor gets a frozen reference model. Then what happens when the fused head cannot compute
+objective with a KL anchor or an importance ratio to the start gets a frozen reference model (PSFT's old policy is
+the trainer's own snapshot). Then what happens when the fused head cannot compute
 what an objective needs: one log line and the unfused path under `auto`, an error under `true`.
 """
 
@@ -19,7 +20,7 @@ from transformers import AutoModelForCausalLM
 
 from dftune.data import DataCollatorForChat
 from dftune.errors import DftuneError
-from dftune.losses import CE, ENTROPY, OBJECTIVES, REF_KL, Objective, RowStatistic, Weights, register
+from dftune.losses import CE, ENTROPY, OBJECTIVES, Objective, RowStatistic, Weights, register
 from dftune.losses.statistics import entropy_of_logits
 from dftune.runtime.objective_trainer import ObjectiveTrainer
 
@@ -31,7 +32,8 @@ def load(model_dir):
 
 def make_trainer(model_dir, tmp_path, name, settings, *, batch=4, accumulation=2, fused_loss="auto", steps=2):
     model = load(model_dir)
-    reference = load(model_dir) if REF_KL in OBJECTIVES[name].needs else None
+    spec = OBJECTIVES[name]
+    reference = load(model_dir) if spec.needs_reference and spec.reference == "start" else None
     args = sgd_args(str(tmp_path / f"{name}-{batch}x{accumulation}-{fused_loss}"), batch=batch,
                               accumulation=accumulation, steps=steps)  # fmt: skip
     return ObjectiveTrainer(

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from dftune.losses.contract import REF_KL, Weights
+from dftune.losses.contract import REF_KL, REF_LOGP, Weights
 
 RowStatisticsOf = Callable[[Tensor], dict[str, Tensor]]
 """chunk logits [chunk, V] (float32 or wider) -> the row statistics an objective needs, [chunk] each."""
@@ -89,7 +89,7 @@ class Chunks:
         self.ce = torch.empty(n, dtype=acc, device=rows.device)
         self.correct = torch.empty(n, dtype=torch.bool, device=rows.device)
         self.entropy = torch.empty(n, dtype=acc, device=rows.device)
-        names = names + ([REF_KL] if reference is not None else [])
+        names = names + ([REF_KL, REF_LOGP] if reference is not None else [])
         self.stats = {name: torch.empty(n, dtype=acc, device=rows.device) for name in names}
 
     def parts(self) -> range:
@@ -110,10 +110,11 @@ class Chunks:
             ref_logits = _logits_into(self.ref_buffer, self.reference.rows[part], self.reference.weight)
             self.reference.transform.apply_(ref_logits)  # no gradient reaches the reference
             ref_lse = torch.logsumexp(ref_logits, dim=-1, keepdim=True)  # [chunk, 1]
+            ref_logp = (ref_logits.gather(1, target[:, None]) - ref_lse).squeeze(1)  # [chunk] log p_ref(target)
             p_ref = (ref_logits - ref_lse).exp_()  # [chunk, V]
             lse_gap = ref_lse - torch.logsumexp(logits, dim=-1, keepdim=True)
             log_ratio = ref_logits.sub_(logits).sub_(lse_gap)  # in the reference's buffer
-            extra = {**extra, REF_KL: torch.linalg.vecdot(p_ref, log_ratio)}
+            extra = {**extra, REF_KL: torch.linalg.vecdot(p_ref, log_ratio), REF_LOGP: ref_logp}
         self.correct[part] = logits.argmax(dim=-1) == target
         target_logit = logits.gather(1, target[:, None])  # [chunk, 1]
         top = logits.amax(dim=-1, keepdim=True)  # [chunk, 1]

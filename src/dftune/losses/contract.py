@@ -38,6 +38,15 @@ REF_KL = "ref_kl"
 hidden states and output layer (fused). An objective that needs it may add a distribution term
 ``sum_i d_i * KL_i`` to its loss (`Weights.kl_coefficients`); the gradient of row i's logits is then
 ``c_i * (softmax_i - onehot_i) + d_i * (softmax_i - p_ref_i)``."""
+REF_LOGP = "ref_logp"
+"""log p_ref(target_i) at each target, under the same reference as `REF_KL` (detached): for importance ratios
+``p_theta / p_ref`` (PSFT, iw-SFT)."""
+REFERENCE_STATISTICS = frozenset({REF_KL, REF_LOGP})
+"""The statistics that need a reference model's outputs beside the policy's."""
+
+
+REFRESH_STEPS = "refresh_steps"
+"""Keyword of the `scheduling` setting that says how often a `recent` reference is refreshed (optimizer steps)."""
 
 
 @dataclass(frozen=True)
@@ -138,6 +147,15 @@ class Objective:
     schedule: Callable[[dict[str, Any], int], dict[str, Any]] | None = None
     """``schedule(kwargs, step) -> kwargs``: the loss functions' arguments in force at optimizer step `step`, from
     every setting by keyword (the `scheduling` ones included, which it consumes)."""
+    reference: Literal["start", "recent"] = "start"
+    """The reference of an objective that needs a `REFERENCE_STATISTICS` entry: `start`, the frozen starting model
+    (ASFT, iw-SFT), or `recent`, a snapshot of the policy refreshed every `refresh_steps` optimizer steps (PSFT's
+    p_old; the `scheduling` setting with keyword `REFRESH_STEPS` sets it)."""
+
+    @property
+    def needs_reference(self) -> bool:
+        """It compares the policy with a reference model (it needs `REF_KL` or `REF_LOGP`)."""
+        return bool(self.needs & REFERENCE_STATISTICS)
 
     @property
     def count_keyword(self) -> str:

@@ -56,6 +56,8 @@ class TokenStats:
     """[N] detached row statistics of the targets' logits, as asked of `token_stats`."""
     kl: Tensor | None = None
     """[N] KL(p_ref || p) at each target, differentiable w.r.t. the logits (when reference logits were given)."""
+    ref_logp: Tensor | None = None
+    """[N] detached log p_ref(target) at each target (when reference logits were given)."""
     entropy: Tensor | None = None
     """[N] detached entropy of the predictive distribution at each target position (a diagnostic)."""
 
@@ -82,7 +84,7 @@ def token_stats(
     float64 logits stay float64. `row_statistics` maps those upcast [N, V] rows (detached) to statistics [N].
     With `reference` logits [B, T, V] (a reference model's, detached), also the token-level KL divergence
     ``F.kl_div(log_softmax(logits), log_softmax(reference), log_target=True, reduction="none").sum(-1)``, that is
-    KL(p_ref || p), at the same positions.
+    KL(p_ref || p), and ``log_softmax(reference)`` at the target, at the same positions.
     """
     if logits.shape[:-1] != targets.shape:
         raise ValueError(f"logits {tuple(logits.shape)} do not match targets {tuple(targets.shape)}")
@@ -95,14 +97,15 @@ def token_stats(
     correct = rows.detach().argmax(dim=-1) == target
     entropy = predictive_entropy(rows.detach())
     extra = {} if row_statistics is None else row_statistics(rows.detach())
-    kl = None
+    kl = ref_logp = None
     if reference is not None:
         if reference.shape != logits.shape:
             raise ValueError(f"reference logits {tuple(reference.shape)} do not match logits {tuple(logits.shape)}")
         ref_rows = reference.detach().flatten(0, 1).index_select(0, index).to(rows.dtype)  # [N, V]
         log_p, log_ref = F.log_softmax(rows, dim=-1), F.log_softmax(ref_rows, dim=-1)
         kl = F.kl_div(log_p, log_ref, log_target=True, reduction="none").sum(dim=-1)  # [N]
-    return TokenStats(ce=ce, correct=correct, index=index, rows=extra, kl=kl, entropy=entropy)
+        ref_logp = log_ref.gather(1, target[:, None]).squeeze(1)  # [N]
+    return TokenStats(ce=ce, correct=correct, index=index, rows=extra, kl=kl, entropy=entropy, ref_logp=ref_logp)
 
 
 def predictive_entropy(rows: Tensor) -> Tensor:

@@ -58,6 +58,10 @@ BUILT_IN = (
     "bft",
     "eaft",
     "asft",
+    "chord",
+    "psft",
+    "iw_sft",
+    "deft",
 )
 """The modules of `dftune.losses.objectives`, in registration order (where the keys of several objectives are
 given, the one registered last is selected: the seeds' `use_bft_loss` over `use_dft_loss`)."""

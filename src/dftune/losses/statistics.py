@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dftune.errors import DftuneError
-from dftune.losses.contract import CE, ENTROPY, REF_KL, SEGMENTS, Objective, RowStatistic
+from dftune.losses.contract import CE, ENTROPY, REFERENCE_STATISTICS, SEGMENTS, Objective, RowStatistic
 from dftune.losses.core import predictive_entropy
 
 
@@ -33,7 +33,7 @@ ROW_STATISTICS: dict[str, RowStatistic] = {
 def row_statistics_of(objective: Objective) -> dict[str, RowStatistic]:
     """The row statistics `objective` needs, by name (its own first, then the shared ones), in a fixed order."""
     known = {**ROW_STATISTICS, **objective.statistics}
-    unknown = sorted(objective.needs - {CE, SEGMENTS, REF_KL} - set(known))
+    unknown = sorted(objective.needs - {CE, SEGMENTS} - REFERENCE_STATISTICS - set(known))
     if unknown:
         raise DftuneError(f"objective {objective.name} needs statistics no path computes: {unknown}")
     return {name: known[name] for name in sorted(objective.needs & set(known))}

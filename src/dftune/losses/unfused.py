@@ -14,7 +14,7 @@ from typing import Any
 from torch import Tensor
 
 from dftune.errors import DftuneError
-from dftune.losses.contract import REF_KL, SEGMENTS, Objective, Statistics, Weights
+from dftune.losses.contract import REF_KL, REF_LOGP, SEGMENTS, Objective, Statistics, Weights
 from dftune.losses.core import Count, LossOutput, shift_labels, token_metrics, token_stats, weighted_ce
 from dftune.losses.statistics import row_statistics, row_statistics_of, sample_segments
 
@@ -42,11 +42,11 @@ def objective_metrics(
 
 
 def check_reference(objective: Objective, reference: object | None) -> None:
-    """A reference is given exactly when the objective needs `REF_KL`."""
-    if REF_KL in objective.needs and reference is None:
+    """A reference is given exactly when the objective needs one (`REF_KL`, `REF_LOGP`)."""
+    if objective.needs_reference and reference is None:
         raise DftuneError(f"objective {objective.name} compares the model with a reference model: pass the "
                           "reference's logits (ref_logits), or its hidden states and output layer to the fused head")
-    if REF_KL not in objective.needs and reference is not None:
+    if not objective.needs_reference and reference is not None:
         raise DftuneError(f"objective {objective.name} uses no reference model, but one was given")
 
 
@@ -71,7 +71,7 @@ def objective_loss(
         loss = sum(c_i * row_scale[b_i] * ce_i)  (+ sum(d_i * KL_i) for an objective with a distribution term)
 
     `count` is the normaliser (global across accumulation steps and processes); None: this call's own.
-    `ref_logits` [B, T, V]: a reference model's logits, for objectives that need `REF_KL`.
+    `ref_logits` [B, T, V]: a reference model's logits, for objectives that need `REF_KL` or `REF_LOGP`.
     """
     settings = objective.resolve(settings)
     check_sample_ids(objective, sample_ids)
@@ -83,7 +83,7 @@ def objective_loss(
     segment, num_samples = None, labels.shape[0]
     if SEGMENTS in objective.needs:
         segment, num_samples = sample_segments(stats.index, labels, sample_ids)
-    rows = stats.rows if stats.kl is None else {**stats.rows, REF_KL: stats.kl.detach()}
+    rows = stats.rows if stats.kl is None else {**stats.rows, REF_KL: stats.kl.detach(), REF_LOGP: stats.ref_logp}
     detached = Statistics(ce=ce, num_samples=num_samples, segment=segment, rows=rows)
     count = objective.default_count(detached) if count is None else count
     weights = objective.weigh(detached, count, **settings)

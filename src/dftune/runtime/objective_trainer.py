@@ -28,7 +28,7 @@ from transformers import Trainer
 
 from dftune.errors import DftuneError
 from dftune.losses import (
-    REF_KL,
+    REFRESH_STEPS,
     SEGMENTS,
     LossOutput,
     compute_objective,
@@ -39,6 +39,7 @@ from dftune.losses import (
 from dftune.runtime.fused_head import FusedHead, fusable_head
 from dftune.runtime.guards import GuardedUpdates
 from dftune.runtime.metrics import MetricWindow, source_sums
+from dftune.runtime.recent_policy import RecentPolicyForward
 from dftune.runtime.reference_forward import ReferenceForward
 
 logger = logging.getLogger(__name__)
@@ -58,8 +59,8 @@ def packed_sample_ids(batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
 
 class ObjectiveTrainer(GuardedUpdates, Trainer):
     """Trainer whose loss is a dftune objective (`objective` in OBJECTIVES, with its settings by keyword; for an
-    objective with a KL anchor, `reference` is the frozen reference model, or None to use the LoRA policy with its
-    adapters disabled)."""
+    objective with a KL anchor or an importance ratio to the starting model, `reference` is the frozen reference
+    model, or None to use the LoRA policy with its adapters disabled; PSFT's old policy is a snapshot kept here)."""
 
     # compute_loss returns a loss already divided by the global count: the Trainer must not divide it again.
     loss_is_scaled_for_ga = True
@@ -86,8 +87,11 @@ class ObjectiveTrainer(GuardedUpdates, Trainer):
         self._train_window = MetricWindow()
         self._eval_window = MetricWindow()
         self.init_guards(max_nonfinite_steps)
-        self.reference = None
-        if REF_KL in self.spec.needs:
+        self.reference: ReferenceForward | None = None
+        if self.spec.needs_reference and self.spec.reference == "recent":
+            refresh = next(s.default for s in self.spec.settings if s.kwarg == REFRESH_STEPS)
+            self.reference = RecentPolicyForward(self.model, int(objective_kwargs.get(REFRESH_STEPS, refresh)))
+        elif self.spec.needs_reference:
             self.reference = ReferenceForward(self.model, None if reference is None else reference.to(self.args.device))
         self.fused_head: FusedHead | None = None
         self.fused_chunk_size = fused_chunk_size  # None: by device and free memory (losses.default_chunk_size)
@@ -182,6 +186,8 @@ class ObjectiveTrainer(GuardedUpdates, Trainer):
         sample_ids = packed_sample_ids(inputs)
         if sample_ids is not None and SEGMENTS in self.spec.needs:
             kwargs["sample_ids"] = sample_ids
+        if self.reference is not None:
+            self.reference.refresh(self.state.global_step)
         if self.reference is not None and fused:
             kwargs["ref_hidden"], kwargs["ref_weight"] = self.reference.hidden_and_head(inputs)
         elif self.reference is not None:

@@ -33,6 +33,9 @@ class ReferenceForward:
     def describe(self) -> str:
         return "the base model with the LoRA adapters disabled" if self.reference is None else "a frozen model"
 
+    def refresh(self, step: int) -> None:
+        """Before optimizer step `step`'s forward passes: a frozen reference never changes."""
+
     @contextmanager
     def _model(self) -> Iterator[nn.Module]:
         """The reference, in eval mode, without gradient (the policy with its adapters disabled, or the model)."""
@@ -56,4 +59,4 @@ class ReferenceForward:
             raise DftuneError(f"the reference's loss head cannot be fused: {self.reason}")
         with self._model() as model, self.head.returns_input():
             hidden = model(**inputs, use_cache=False).logits
-        return hidden, self.head.head.weight.detach()
+            return hidden, self.head.head.weight.detach()  # inside: a snapshot's head (`recent_policy.py`)

@@ -12,22 +12,26 @@ from dftune.config.parse import RunConfig
 from dftune.data import PreparedData, configure_packing, prepare_datasets
 from dftune.data.encode import chat_template
 from dftune.errors import DftuneError
-from dftune.losses import OBJECTIVES, REF_KL
-from dftune.models.loading import apply_lora, load_tokenizer, load_trainable_model
+from dftune.losses import OBJECTIVES, Objective
+from dftune.models.loading import apply_lora, load_tokenizer, load_trainable_model, use_end_of_reply_token
 from dftune.models.reference import frozen_reference
 from dftune.runtime.preflight import check_max_length, require_eval_data
 
 logger = logging.getLogger(__name__)
 
 
-def chat_tokenizer(config: RunConfig) -> PreTrainedTokenizerBase:
+def chat_tokenizer(config: RunConfig, *, masked_lm: bool = False) -> PreTrainedTokenizerBase:
     """The run's tokenizer with the chat template the data is rendered with: `chat_template` when given, else the
     tokenizer's own, else ChatML; `max_length` checked to leave room for a reply (as `load_checked_tokenizer`).
+    masked_lm (stage dllm): the end-of-reply conventions of `use_end_of_reply_token`, and the plain template
+    (`data.encode.PLAIN_TEMPLATE`) instead of ChatML for a tokenizer without one.
 
     LLaMA-Factory's `template: <name>` picks one of its built-in templates; dftune renders with the tokenizer's own,
     so the key is accepted with one log line, and is an error when the tokenizer has none and no chat_template is
     given (silently training with ChatML instead of what the user named would not be what they asked for)."""
     tokenizer = load_tokenizer(config.model)
+    if masked_lm:
+        use_end_of_reply_token(tokenizer)
     data = config.data
     if data.chat_template:
         path = Path(data.chat_template).expanduser()
@@ -40,7 +44,7 @@ def chat_tokenizer(config: RunConfig) -> PreTrainedTokenizerBase:
                               "or a .jinja file), or add one to the model folder")  # fmt: skip
         source = "chat_template" if data.chat_template else f"the tokenizer's own ({name})"
         logger.info("template: %s is LLaMA-Factory's name; dftune renders with %s chat template", data.template, source)
-    tokenizer.chat_template = chat_template(tokenizer)
+    tokenizer.chat_template = chat_template(tokenizer, "plain" if masked_lm else "ChatML")
     check_max_length(tokenizer, data.max_length)
     return tokenizer
 
@@ -74,16 +78,21 @@ def trainable_model(config: RunConfig, *, diffusion: bool) -> PreTrainedModel:
 def check_reference_keys(config: RunConfig) -> None:
     """`ref_model_name_or_path` belongs to stage dpo and to objectives with a KL anchor (a ValueError, which parse
     reports)."""
-    if config.model.ref_model_name_or_path is not None and REF_KL not in OBJECTIVES[config.method.loss].needs:
-        anchored = [name for name, objective in OBJECTIVES.items() if REF_KL in objective.needs]
-        raise ValueError(f"ref_model_name_or_path applies to stage: dpo and to loss: {', '.join(anchored)} (a KL "
-                         f"anchor), not to stage {config.method.stage} with loss: {config.method.loss}")
+    if config.model.ref_model_name_or_path is not None and not compares_with_start(OBJECTIVES[config.method.loss]):
+        anchored = [name for name, objective in OBJECTIVES.items() if compares_with_start(objective)]
+        raise ValueError(f"ref_model_name_or_path applies to stage: dpo and to loss: {', '.join(anchored)} (a "
+                         f"reference model), not to stage {config.method.stage} with loss: {config.method.loss}")
+
+
+def compares_with_start(objective: Objective) -> bool:
+    """The objective needs a frozen reference model (the starting one, or `ref_model_name_or_path`)."""
+    return objective.needs_reference and objective.reference == "start"
 
 
 def objective_reference(config: RunConfig) -> PreTrainedModel | None:
     """The frozen reference of an objective with a KL anchor: `ref_model_name_or_path`, else a copy of the starting
     model (full fine-tuning), else None (LoRA: the policy with its adapters disabled, no second copy)."""
-    if REF_KL not in OBJECTIVES[config.method.loss].needs:
+    if not compares_with_start(OBJECTIVES[config.method.loss]):
         return None
     reference, description = frozen_reference(
         config.model, config.method.finetuning_type, config.model.ref_model_name_or_path

@@ -2,7 +2,8 @@
 
 `power` k generalises the weight sg(p) to sg(p) ** k: k = 0 is SFT, k = 1 the paper's DFT, k > 1 the -p^k family
 of "Beyond Log-Likelihood" (Li et al., arXiv 2510.00526), which leans further towards what the model already
-finds probable.
+finds probable. `min_weight` floors the coefficient, ``max(alpha * sg(p) ** k + 1 - alpha, min_weight)``: the DFT
+author's suggestion for long texts, where tokens the model finds improbable would otherwise never be learned.
 """
 
 from __future__ import annotations
@@ -33,11 +34,19 @@ POWER = Setting(
     "dft_power", "power", float, 1.0, low=0.0, selects=True,
     help="DFT token weight alpha*p**k + 1 - alpha: k = 0 is SFT, 1 the paper's DFT, above 1 the -p^k family.",
 )
+MIN_WEIGHT = Setting(
+    "dft_min_weight", "min_weight", float, 0.0, low=0.0, high=1.0,
+    help="DFT: floor of the token weight, max(alpha*p**k + 1 - alpha, dft_min_weight), so that no target token "
+    "(a rare format token, say) is left untrained; 0 (the default) is the paper's DFT.",
+)
 
 
-def dft_coefficients(ce: Tensor, num_items: Count, *, alpha: float, power: float = 1.0) -> Tensor:
-    """c_i = (alpha * sg(p_i) ** k + 1 - alpha) / N with p_i = exp(-CE_i), the target probability, k = `power`."""
-    return (alpha * torch.exp(-power * ce) + (1.0 - alpha)) / num_items
+def dft_coefficients(
+    ce: Tensor, num_items: Count, *, alpha: float, power: float = 1.0, min_weight: float = 0.0
+) -> Tensor:
+    """c_i = max(alpha * sg(p_i) ** k + 1 - alpha, min_weight) / N with p_i = exp(-CE_i), the target probability,
+    k = `power`."""
+    return (alpha * torch.exp(-power * ce) + (1.0 - alpha)).clamp(min=min_weight) / num_items
 
 
 def alpha_in_force(kwargs: dict[str, Any], step: int) -> dict[str, Any]:
@@ -49,12 +58,13 @@ def alpha_in_force(kwargs: dict[str, Any], step: int) -> dict[str, Any]:
     return kwargs
 
 
-def weigh(stats: Statistics, count: Count, *, alpha: float, power: float) -> Weights:
-    return Weights(dft_coefficients(stats.ce, count, alpha=alpha, power=power), {"dft_alpha": float(alpha)})
+def weigh(stats: Statistics, count: Count, *, alpha: float, power: float, min_weight: float) -> Weights:
+    coefficients = dft_coefficients(stats.ce, count, alpha=alpha, power=power, min_weight=min_weight)
+    return Weights(coefficients, {"dft_alpha": float(alpha)})
 
 
 OBJECTIVE = Objective(
-    name="dft", weigh=weigh, normalise_by="tokens", settings=(ALPHA, POWER, SCHEDULE, WARMUP), stages=frozenset({"sft", "dllm"}),
+    name="dft", weigh=weigh, normalise_by="tokens", settings=(ALPHA, POWER, MIN_WEIGHT, SCHEDULE, WARMUP), stages=frozenset({"sft", "dllm"}),
     alias="use_dft_loss", schedule=alpha_in_force,
 )
 
@@ -65,12 +75,14 @@ def dft_loss(
     *,
     alpha: float = 1.0,
     power: float = 1.0,
+    min_weight: float = 0.0,
     num_items_in_batch: Count | None = None,
 ) -> LossOutput:
     """DFT: every target's cross-entropy times its own detached probability (to the power k), mixed with SFT.
 
-    Equals ``sum(ce * (alpha * exp(-ce).detach() ** power + 1 - alpha)) / N`` with ``ce`` the per-target
-    cross-entropy and N as in `sft_loss`. alpha=1, power=1 is the paper's DFT (CE times the stop-gradient
-    target probability); alpha=0 or power=0 is exactly SFT.
+    Equals ``sum(ce * (alpha * exp(-ce).detach() ** power + 1 - alpha).clamp(min=min_weight)) / N`` with ``ce``
+    the per-target cross-entropy and N as in `sft_loss`. alpha=1, power=1, min_weight=0 is the paper's DFT (CE
+    times the stop-gradient target probability); alpha=0 or power=0 is exactly SFT.
     """
-    return objective_loss(OBJECTIVE, logits, labels, count=num_items_in_batch, alpha=alpha, power=power)
+    return objective_loss(OBJECTIVE, logits, labels, count=num_items_in_batch, alpha=alpha, power=power,
+                          min_weight=min_weight)
