@@ -23,7 +23,7 @@ class MethodArguments(ObjectiveArguments):  # type: ignore[misc, valid-type]
     """The method keys; the objectives' own keys (`dft_alpha`, `bft_group_size`, `use_dft_loss`, ...) are inherited
     from `ObjectiveArguments`, which the objective registry declares."""
 
-    stage: str = field(default="sft", metadata={"help": "Training stage: sft, dllm or dpo (dftune.stages.STAGES)."})
+    stage: str = field(default="sft", metadata={"help": "Training stage (the registry dftune.stages.STAGES)."})
     loss: LossName | None = field(  # type: ignore[valid-type]
         default=None,
         metadata={"help": "Objective (dftune.losses.OBJECTIVES). Default: the one its keys select (use_bft_loss, "
