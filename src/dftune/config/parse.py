@@ -19,7 +19,6 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
 from dftune.config.data_args import DataArguments
+from dftune.config.help_text import HELP, help_text
 from dftune.config.legacy import stage_aliases, translate
 from dftune.config.machine import needs_cpu
 from dftune.config.method_args import MethodArguments
@@ -95,26 +95,6 @@ class ConfigArgumentParser(HfArgumentParser):
         key = re.search(r"key (\w+)", message)
         origin = self.origins.get(key.group(1)) if key else None
         raise DftuneError(f"{origin}: {message}" if origin else message)
-
-
-HELP = {
-    "resume_from_checkpoint": "auto: continue from the newest complete checkpoint in output_dir, else start fresh "
-    "(one command line for the first start and every restart); true: the same, but no checkpoint is an error; a "
-    "checkpoint-N folder: that one; false: a fresh run.",
-}
-"""Help of TrainingArguments keys whose meaning dftune extends (transformers' own text would not say `auto`)."""
-
-_STATES_DEFAULT = re.compile(r"\(default\b|\bdefault:|\bdefaults to\b", re.IGNORECASE)
-
-
-def help_text(text: str, default: Any) -> str:
-    """One key's help for argparse, built here only: `%` is text, never a format (so "5% of" cannot crash
-    `--help`), and the default appears once: appended unless the text already says what it is."""
-    text = text.replace("%", "%%")
-    if _STATES_DEFAULT.search(text) or default is argparse.SUPPRESS:
-        return text
-    shown = str(default.value if isinstance(default, Enum) else default).replace("%", "%%")
-    return f"{text} (default: {shown})"
 
 
 def config_parser(stages: StageSections, **kwargs: Any) -> ConfigArgumentParser:
