@@ -31,6 +31,7 @@ from dftune.data.validate import collect_conversations
 from dftune.errors import DftuneError
 from dftune.evaluation import evaluate_records
 from dftune.models.loading import load_model, load_tokenizer
+from dftune.outputs import write_text
 from dftune.run import parse_config, run
 from dftune.viz.accuracy import plot_accuracy
 from dftune.viz.curves import RUN_PANELS, plot_runs
@@ -180,9 +181,9 @@ def write_outputs(
 ) -> Path:
     output_dir.mkdir(parents=True, exist_ok=True)
     table = markdown_table(results, extractor)
-    (output_dir / "compare.md").write_text(f"# {title}\n\n{table}", encoding="utf-8")
+    write_text(output_dir / "compare.md", f"# {title}\n\n{table}")
     payload = {"extractor": extractor, "runs": [{**dataclasses.asdict(r), "name": r.name} for r in results]}
-    (output_dir / "compare.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    write_text(output_dir / "compare.json", json.dumps(payload, indent=2) + "\n")
     scored = [r for r in results if r.accuracy_interval is not None]
     if scored:
         plot_accuracy({r.name: (r.accuracy, *r.accuracy_interval) for r in scored}, output_dir / "accuracy.png",

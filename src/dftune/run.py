@@ -9,6 +9,7 @@ model-folder and output_dir checks, resume, gradient checkpointing, the run head
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -18,11 +19,13 @@ from dftune.config import parse
 from dftune.config.machine import CPU_NOTE, accelerator_available
 from dftune.config.parse import CONFIG_FILE_NAME, RunConfig, apply_env
 from dftune.errors import DftuneError, RunStopped
+from dftune.outputs import output_folder, write_text
 from dftune.runtime.checkpoints import resolve_run_dir
 from dftune.runtime.guards import GuardedUpdates
 from dftune.runtime.header import RunDescription, RunHeader, log_summary
 from dftune.runtime.parallelism import check_parallelism
 from dftune.runtime.preflight import check_model_path
+from dftune.runtime.run_lock import run_lock
 from dftune.runtime.signals import SaveOnSignal
 from dftune.runtime.tracking import tracker_callbacks
 from dftune.stages import STAGES
@@ -43,7 +46,7 @@ def parse_config(argv: list[str]) -> RunConfig:
 
 def train_help_parser() -> parse.ConfigArgumentParser:
     """The parser behind `dftune train --help`: every key, the stages' included."""
-    return parse.ConfigArgumentParser(parse.sections(stage_sections()), prog="dftune train")
+    return parse.config_parser(stage_sections(), prog="dftune train")
 
 
 def build_trainer(config: RunConfig, callbacks: list[TrainerCallback] | None = None) -> Trainer:
@@ -71,7 +74,22 @@ def build_trainer(config: RunConfig, callbacks: list[TrainerCallback] | None = N
     return STAGES[config.method.stage].build_trainer(config, callbacks)
 
 
+def run_inputs(config: RunConfig) -> list[str | None]:
+    """What a run reads, that its output_dir must never be nor hold: data, eval data, the registry, the models."""
+    registry = [config.data.dataset_dir] if config.data.dataset or config.data.eval_dataset else []
+    return [*config.data.data_files, *config.data.eval_files, *registry, config.model.model_name_or_path,
+            config.model.ref_model_name_or_path]
+
+
 def run(config: RunConfig, callbacks: list[TrainerCallback] | None = None) -> Trainer:
+    """`train_and_save` holding output_dir's lock, once output_dir is known not to be an input, `/`, home or the
+    working directory (the lock: the first process of a distributed run takes it for all)."""
+    output_dir = output_folder(config.training.output_dir, "output_dir", run_inputs(config))
+    with run_lock(output_dir, enabled=os.environ.get("RANK", "0") == "0"):
+        return train_and_save(config, callbacks)
+
+
+def train_and_save(config: RunConfig, callbacks: list[TrainerCallback] | None = None) -> Trainer:
     """Train, evaluate when there is eval data, and save model (or adapter), tokenizer and resolved config."""
     started = time.monotonic()
     trackers = ",".join(config.training.report_to)  # before build_trainer hands swanlab to its own callback
@@ -96,7 +114,7 @@ def run(config: RunConfig, callbacks: list[TrainerCallback] | None = None) -> Tr
     trainer.save_model(str(output_dir))
     trainer.save_state()
     if trainer.is_world_process_zero():
-        (output_dir / CONFIG_FILE_NAME).write_text(config.to_yaml(), encoding="utf-8")
+        write_text(output_dir / CONFIG_FILE_NAME, config.to_yaml())
         if config.data.plot_loss:
             plot_curves(trainer.state.log_history, output_dir)
         log_summary(trainer.state.log_history, steps=trainer.state.global_step, seconds=time.monotonic() - started,

@@ -61,5 +61,8 @@ def test_preference_pairs_are_checked_with_stage_dpo(tmp_path, capsys, tokenizer
     assert f"| {data} | 3 | 2 | 1 |" in out and f"{data}:2:" in out and "rejected" in out
     code = run(str(data), "--stage", "dpo", "--tokenizer", str(tmp_path / "tok"), "--max_length", "32")
     out = capsys.readouterr().out
-    assert code == 1 and f"{data}:3: prompt fills max_length" in out
+    assert code == 1 and f"{data}:3:" not in out  # a prompt over max_length is cut, not rejected
+    short = write_jsonl(tmp_path / "short.jsonl", [pair])
+    assert run(str(short), "--stage", "dpo", "--tokenizer", str(tmp_path / "tok"), "--max_length", "8") == 1
+    assert f"{short}:1: no reply token within max_length" in capsys.readouterr().out  # the header alone fills it
     assert run(str(write_jsonl(tmp_path / "ok.jsonl", [pair, pair])), "--stage", "dpo") == 0

@@ -12,6 +12,7 @@ import pytest
 from dftune.config.data_args import DataArguments
 from dftune.data import prepare_datasets
 from dftune.data.llamafactory import registry_sources
+from dftune.data.lengths import PreferenceLimits
 from dftune.data.preference import prepare_preference_datasets
 from dftune.data.validate import collect_conversations
 from dftune.errors import DftuneError
@@ -86,9 +87,9 @@ def test_max_samples_caps_each_dataset_and_names_are_per_entry(data_dir, tmp_pat
 def test_ranking_entries_for_stage_dpo(data_dir, tmp_path, tokenizer):
     args = DataArguments(dataset=["dpo_en_demo", "alpaca_pairs"], dataset_dir=str(data_dir),
                          dataset_cache_dir=str(tmp_path / "cache"))  # fmt: skip
-    prepared = prepare_preference_datasets(args, tokenizer, max_prompt_length=None, seed=0)
+    prepared = prepare_preference_datasets(args, tokenizer, limits=PreferenceLimits(args.max_length), seed=0)
     assert len(prepared.train) == 7
     first = prepared.train[0]
-    assert first["prompt"] == [{"role": "user", "content": "What is 0 + 1?"}]
-    assert first["chosen"] == [{"role": "assistant", "content": "1"}]
-    assert prepared.train[6]["rejected"] == [{"role": "assistant", "content": "no"}]
+    assert tokenizer.decode(first["prompt_ids"]).endswith("What is 0 + 1?<|im_end|>\n<|im_start|>assistant\n")
+    assert tokenizer.decode(first["chosen_ids"]) == "1<|im_end|>\n"
+    assert tokenizer.decode(prepared.train[6]["rejected_ids"]) == "no<|im_end|>\n"

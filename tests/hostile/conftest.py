@@ -97,3 +97,12 @@ def copy_model(model: Path, to: Path) -> Path:
 def truncate(path: Path, keep: float = 0.5) -> None:
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * keep)])
+
+
+def hashes(*roots: Path) -> dict[str, str]:
+    """SHA-256 of every file under `roots` (or of each root that is a file), by path: equal before and after a
+    refused command means nothing of the user's was lost."""
+    import hashlib
+
+    files = [p for root in roots for p in ([root] if root.is_file() else sorted(root.rglob("*"))) if p.is_file()]
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from dftune.data.lengths import PreferenceLimits
 from dftune.data.preference import collect_preferences
 from dftune.errors import DftuneError
 from dftune.models.loading import load_tokenizer, quantization_config
@@ -63,15 +64,20 @@ def test_quantization_fails_clearly_before_loading_here():
         quantization_config(config.model)
 
 
-def test_prompt_that_fills_max_length_is_a_bad_record_unless_truncated(tiny_model_dir, tmp_path):
+def test_prompt_that_fills_max_length_is_cut_not_rejected(tiny_model_dir, tmp_path):
+    """A prompt longer than max_length keeps its end (and the generation header); the pair is counted as cut."""
     data = tmp_path / "long.jsonl"
     records = [{"prompt": "x" * 200, "chosen": "yes", "rejected": "no"}, {"prompt": "Hi", "chosen": "a", "rejected": "b"}]
     data.write_text("\n".join(json.dumps(r) for r in records) + "\n", encoding="utf-8")
     tokenizer = load_tokenizer(parse_config(["--model_name_or_path", str(tiny_model_dir)]).model)
-    kept, report = collect_preferences([str(data)], tokenizer, max_length=64, max_prompt_length=None)
-    assert len(kept) == 1 and [str(issue) for issue in report.errors][0].startswith(f"{data}:1: prompt fills max_length")
-    kept, report = collect_preferences([str(data)], tokenizer, max_length=64, max_prompt_length=32)
+    kept, report = collect_preferences([str(data)], tokenizer, PreferenceLimits(64))
     assert len(kept) == 2 and report.rejected == 0
-    assert kept[1] == {"prompt": [{"role": "user", "content": "Hi"}],
-                       "chosen": [{"role": "assistant", "content": "a"}],
-                       "rejected": [{"role": "assistant", "content": "b"}]}  # fmt: skip
+    long, short = kept
+    assert len(long["prompt_ids"]) + len(long["chosen_ids"]) <= 64
+    assert tokenizer.decode(long["prompt_ids"]).endswith("xxx<|im_end|>\n<|im_start|>assistant\n")
+    assert tokenizer.decode(long["chosen_ids"]) == "yes<|im_end|>\n"
+    assert tokenizer.decode(short["prompt_ids"]) == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    whole = tokenizer.apply_chat_template([{"role": "user", "content": "x" * 200}], add_generation_prompt=True,
+                                          tokenize=True, return_dict=True)["input_ids"]  # fmt: skip
+    assert report.over_length() == {"long": {"over_length": 1, "split": 0, "samples": 1,
+                                             "tokens_cut": len(whole) - len(long["prompt_ids"]), "chars_clipped": 0}}

@@ -153,3 +153,65 @@ def test_template_needs_a_chat_template(tiny_model_dir, tmp_path, capsys):
 
     (tmp_path / "t.jinja").write_text(CHATML_TEMPLATE)
     assert main([*argv, "--chat_template", str(tmp_path / "t.jinja"), "--save_strategy", "no"]) == 0
+
+
+def long_dpo_demo(n: int = 8) -> list[dict]:
+    """dpo_en_demo's form with its real lengths: most prompts longer than cutoff_len 2048 in the byte-level tokenizer
+    (one token per ASCII character), one multi-turn prompt, one reply longer than the whole budget."""
+    records = []
+    for i in range(n):
+        question = f"Summarise this text {i}: " + "the quick brown fox jumps over the lazy dog. " * (60 + 10 * i)
+        chosen, rejected = f"A fox jumps {i}.", f"No {i}."
+        if i == n - 1:
+            question, chosen = "Write a long story.", "Once upon a time " * 200
+        turns = [{"from": "human", "value": question}]
+        if i == 0:
+            turns = [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}, *turns]
+        records.append({"conversations": turns, "chosen": {"from": "gpt", "value": chosen},
+                        "rejected": {"from": "gpt", "value": rejected}})  # fmt: skip
+    return records
+
+
+def test_lora_dpo_example_cuts_over_length_pairs_and_reports_them(tiny_model_dir, tmp_path, monkeypatch):
+    """LLaMA-Factory's LoRA DPO YAML as written (cutoff_len 2048) on dpo_en_demo-style data whose prompts are longer
+    than that: every pair is kept, cut, and the data report says what was cut (the data stage dpo trains on)."""
+    from dftune.data.preference import prepare_preference_datasets
+    from dftune.run import parse_config
+    from dftune.stages.common import chat_tokenizer
+    from dftune.stages.dpo import preference_limits
+
+    monkeypatch.chdir(tmp_path)
+    data = llamafactory_files.write_data_folder(tmp_path)
+    records = long_dpo_demo()
+    (data / "dpo_en_demo.json").write_text(json.dumps(records, indent=2), encoding="utf-8")
+    text = SFT_YAML.format(model=tiny_model_dir)
+    for old, new in DPO_CHANGES.items():
+        text = text.replace(old, new)
+    config_path = tmp_path / "llama3_lora_dpo.yaml"
+    config_path.write_text(text, encoding="utf-8")
+    config = parse_config([str(config_path)])
+    config.data.dataset_cache_dir = str(tmp_path / "cache")
+    prepared = prepare_preference_datasets(config.data, chat_tokenizer(config), limits=preference_limits(config),
+                                           seed=0, report_path=tmp_path / "data_report.json")  # fmt: skip
+    report = json.loads((tmp_path / "data_report.json").read_text())
+    assert report["kept"] == report["total"] == 8 and report["rejected"] == 0 and len(prepared.train) == 8
+    assert all(len(p) + max(len(c), len(r)) <= 2048 for p, c, r in
+               zip(prepared.train["prompt_ids"], prepared.train["chosen_ids"], prepared.train["rejected_ids"]))
+
+    # ChatML in the byte-level tokenizer: a turn is <|im_start|> + role + "\n" + content + <|im_end|> + "\n", the
+    # generation header <|im_start|> + "assistant\n"; a reply is its content + <|im_end|> + "\n".
+    def turn(role: str, content: str) -> int:
+        return 1 + len(role) + 1 + len(content) + 2
+
+    expected_cut, over = 0, 0
+    for record in records:
+        prompt = sum(turn("user" if t["from"] == "human" else "assistant", t["value"]) for t in record["conversations"])
+        prompt += 1 + len("assistant\n")
+        replies = [len(record[k]["value"]) + 2 for k in ("chosen", "rejected")]
+        if prompt + max(replies) > 2048:
+            over += 1
+            room = max(2048 - max(replies), min(prompt, 1024))  # a long reply keeps at least reply_share 0.5
+            expected_cut += prompt - room + sum(max(0, r - (2048 - room)) for r in replies)
+    print(json.dumps(report["lengths"]), over, expected_cut)
+    assert report["lengths"] == {"dpo_en_demo": {"over_length": over, "split": 0, "samples": over,
+                                                 "tokens_cut": expected_cut, "chars_clipped": 0}}

@@ -1,10 +1,9 @@
-"""What the commands share: argument types that reject nonsense numbers, output paths checked before any work,
-and the error for "nothing to work on" (exit 1, as `data check` exits for invalid records)."""
+"""What the commands share: argument types that reject nonsense numbers (output paths: `dftune.outputs`), and the
+error for "nothing to work on" (exit 1, as `data check` exits for invalid records)."""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from dftune.errors import DftuneError
 
@@ -35,14 +34,3 @@ def non_negative_float(text: str) -> float:
     if not 0.0 <= value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
     return value
-
-
-def output_file(path: str, flag: str, example: str) -> Path:
-    """`path` as a file to write: not an existing folder, its parent not a file; DftuneError naming `flag`."""
-    target = Path(path).expanduser()
-    if target.is_dir():
-        raise DftuneError(f"{flag} {path} is a folder; give a file path, e.g. {target / example}")
-    blocker = next((p for p in target.parents if p.exists() and not p.is_dir()), None)
-    if blocker is not None:
-        raise DftuneError(f"{flag} {path}: {blocker} is a file, not a folder; choose another path")
-    return target

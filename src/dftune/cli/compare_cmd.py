@@ -47,10 +47,12 @@ def split_list(text: str | None, cast: type, allowed: tuple = ()) -> list:
 def run_compare(args: argparse.Namespace) -> int:
     from dftune.compare import Scoring, compare
     from dftune.losses import OBJECTIVES
+    from dftune.outputs import output_folder
 
     losses = split_list(args.losses, str, tuple(OBJECTIVES))
     if not losses:
         raise DftuneError("--losses needs at least one objective, e.g. --losses sft,dft")
+    output_folder(args.output_dir, "--output_dir", [args.config])
     seeds = split_list(args.seeds, int) or None
     scoring = Scoring(args.extractor, args.max_new_tokens)
     compare([args.config, *args.rest], losses, args.output_dir, seeds, scoring=scoring, eval_base=args.eval_base)

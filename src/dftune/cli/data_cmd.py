@@ -7,10 +7,11 @@ import argparse
 import statistics
 from pathlib import Path
 
-from dftune.cli.checks import NoValidRecords, output_file, positive_int
+from dftune.cli.checks import NoValidRecords, positive_int
 from dftune.data.readers import resolve_sources
 from dftune.data.validate import collect_conversations, validate_and_encode
 from dftune.errors import DftuneError
+from dftune.outputs import output_file
 from dftune.runtime.disk import disk_full_guard
 
 
@@ -36,14 +37,15 @@ def run_check(args: argparse.Namespace) -> int:
     if args.max_length is not None and args.tokenizer is None:
         raise DftuneError("--max_length needs --tokenizer")
     if args.report:
-        output_file(args.report, "--report", "data_report.json")
+        output_file(args.report, "--report", "data_report.json", inputs=[*args.files, args.tokenizer])
     sources = resolve_sources(args.files)
     lengths: list[int] = []
     if args.stage == "dpo":
+        from dftune.data.lengths import PreferenceLimits
         from dftune.data.preference import collect_preferences
 
         tokenizer = None if args.tokenizer is None else _tokenizer(args.tokenizer)
-        _, report = collect_preferences(sources, tokenizer, args.max_length, None)
+        _, report = collect_preferences(sources, tokenizer, PreferenceLimits(args.max_length))
     elif args.tokenizer is None:
         _, report = collect_conversations(sources)
     else:

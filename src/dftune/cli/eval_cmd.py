@@ -7,7 +7,7 @@ import argparse
 from functools import partial
 from pathlib import Path
 
-from dftune.cli.checks import NoValidRecords, output_file, positive_int
+from dftune.cli.checks import NoValidRecords, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -42,10 +42,11 @@ def run_eval(args: argparse.Namespace) -> int:
         load_model,
         resolve_mask_token_id,
     )
+    from dftune.outputs import output_file
 
     conversations = _conversations(args.data)[: args.limit]
     output = output_file(args.output or str(Path(args.adapter or args.model) / "eval_results.jsonl"), "--output",
-                         "eval_results.jsonl")
+                         "eval_results.jsonl", inputs=[*args.data, args.model, args.adapter])
     check_local_model(args.model, "--model")
     if args.adapter:
         check_local_model(args.adapter, "--adapter")

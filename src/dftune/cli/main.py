@@ -26,7 +26,9 @@ def _init_model(args: argparse.Namespace) -> int:
     import torch
 
     from dftune.models.presets import init_model
+    from dftune.outputs import output_folder
 
+    output_folder(args.output_dir, "--output_dir", fresh=True)
     path = init_model(args.preset, args.output_dir, seed=args.seed, dtype=getattr(torch, args.torch_dtype))
     if args.diffusion:
         from dftune.models.diffusion_conversion import to_diffusion
@@ -38,6 +40,9 @@ def _init_model(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from dftune.demo.quickstart import run_quickstart
+    from dftune.outputs import output_folder
+
+    output_folder(args.output_dir, "--output_dir")
 
     run_quickstart(args.output_dir, steps=args.steps, dft_alpha=args.dft_alpha)
     return 0

@@ -19,14 +19,13 @@ def run_merge(args: argparse.Namespace) -> int:
     from dftune.errors import DftuneError
     from dftune.models.integrity import check_local_model
     from dftune.models.merge import merge_lora
+    from dftune.outputs import output_folder
     from dftune.runtime.disk import disk_full_guard
 
     check_local_model(args.base, "--base")
     if not Path(args.adapter).expanduser().is_dir():  # its files are checked where it loads (models.loading)
         raise DftuneError(f"--adapter {args.adapter}: no such folder (give a LoRA run's output_dir)")
-    output_dir = Path(args.output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise DftuneError(f"--output_dir {output_dir} is a file; give a folder")
+    output_dir = output_folder(args.output_dir, "--output_dir", [args.base, args.adapter], fresh=True)
     with disk_full_guard(output_dir, what="the merged model", kept="The base model and the adapter are untouched; "
                          "the merged folder is incomplete.", fix="Free space and merge again."):
         print(f"merged model written to {merge_lora(args.base, args.adapter, args.output_dir)}")

@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dftune.cli.checks import output_file
 from dftune.errors import DftuneError
+from dftune.outputs import output_file
 from dftune.runtime.disk import disk_full_guard
 from dftune.viz.curves import RUN_PANELS, load_log_history, plot_runs
+
+
+IMAGE_SUFFIXES = (".png",)  # the figure is a 256-colour palette image: PNG keeps it whole
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,7 +38,10 @@ def run_plot(args: argparse.Namespace) -> int:
     labels = run_labels(args.runs) if args.labels is None else [name.strip() for name in args.labels.split(",")]
     if len(labels) != len(args.runs) or len(set(labels)) != len(labels):
         raise DftuneError(f"--labels needs {len(args.runs)} different names, one per run; got {args.labels!r}")
-    output_file(args.output, "--output", "curves.png")
+    output_file(args.output, "--output", "curves.png", inputs=args.runs)
+    if Path(args.output).suffix.lower() not in IMAGE_SUFFIXES:
+        raise DftuneError(f"--output {args.output}: a plot is an image; give a file ending in "
+                          f"{' or '.join(IMAGE_SUFFIXES)}, e.g. {Path(args.output).with_suffix('.png')}")
     histories = {label: load_log_history(d) for label, d in zip(labels, args.runs)}
     with disk_full_guard(Path(args.output), what="the plot", kept="The runs are untouched.",
                          fix="Free space or write the plot elsewhere."):

@@ -16,7 +16,8 @@ class DataArguments:
         default_factory=list,
         metadata={"help": "Held-out data for evaluation (else see validation_split_percentage)."},
     )
-    max_length: int = field(default=2048, metadata={"help": "Tokens per sample; longer ones keep their left part."})
+    max_length: int = field(default=2048, metadata={"help": "Tokens per sample; a longer conversation is "
+                                                                  "split or truncated as long_conversations says."})
     preprocessing_num_workers: int | None = field(
         default=None, metadata={"help": "Processes for tokenisation (datasets.map num_proc)."}
     )

@@ -11,6 +11,7 @@ stage's key set to a value of its own is an error.
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import importlib.util
 import json
@@ -18,6 +19,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -82,11 +84,46 @@ class ConfigArgumentParser(HfArgumentParser):
 
     origins: dict[str, str] = {}
 
+    def __init__(self, dataclass_types: Any, **kwargs: Any) -> None:
+        super().__init__(dataclass_types, formatter_class=argparse.HelpFormatter, **kwargs)
+        for action in self._actions:
+            if action.dest in HELP or (action.help and action.help is not argparse.SUPPRESS):
+                action.help = help_text(HELP.get(action.dest, action.help), action.default)
+
     def error(self, message: str) -> None:  # type: ignore[override]
         message = re.sub(r"argument --(\w+)(/--[\w-]+)?", r"key \1", message)
         key = re.search(r"key (\w+)", message)
         origin = self.origins.get(key.group(1)) if key else None
         raise DftuneError(f"{origin}: {message}" if origin else message)
+
+
+HELP = {
+    "resume_from_checkpoint": "auto: continue from the newest complete checkpoint in output_dir, else start fresh "
+    "(one command line for the first start and every restart); true: the same, but no checkpoint is an error; a "
+    "checkpoint-N folder: that one; false: a fresh run.",
+}
+"""Help of TrainingArguments keys whose meaning dftune extends (transformers' own text would not say `auto`)."""
+
+_STATES_DEFAULT = re.compile(r"\(default\b|\bdefault:|\bdefaults to\b", re.IGNORECASE)
+
+
+def help_text(text: str, default: Any) -> str:
+    """One key's help for argparse, built here only: `%` is text, never a format (so "5% of" cannot crash
+    `--help`), and the default appears once: appended unless the text already says what it is."""
+    text = text.replace("%", "%%")
+    if _STATES_DEFAULT.search(text) or default is argparse.SUPPRESS:
+        return text
+    shown = str(default.value if isinstance(default, Enum) else default).replace("%", "%%")
+    return f"{text} (default: {shown})"
+
+
+def config_parser(stages: StageSections, **kwargs: Any) -> ConfigArgumentParser:
+    """The parser of every key; `stage` lists the registered stages as its choices."""
+    parser = ConfigArgumentParser(sections(stages), **kwargs)
+    for action in parser._actions:
+        if action.dest == "stage":
+            action.choices = list(stages)
+    return parser
 
 
 def with_origin(message: str, values: dict[str, _Value]) -> str:
@@ -128,7 +165,7 @@ def parse_config(argv: list[str], stages: StageSections) -> RunConfig:
             raise DftuneError(f"{item.origin}: unknown key {key!r}{fix}")
 
     check_stage(resolved.get("stage"), stages)
-    parser = ConfigArgumentParser(sections(stages))
+    parser = config_parser(stages)
     parser.origins = {key: item.origin for key, item in resolved.items()}
     try:
         check_engines(resolved)

@@ -26,6 +26,16 @@ CHATML_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+# Stage dllm's template for a masked LM whose tokenizer has none (BERT, RoBERTa, ...): its markup is plain words its
+# vocabulary has, and each turn ends with the tokenizer's own end token (EOS, which is [SEP] for a BERT-style one), so
+# a reply is trained to end where the sampler stops. "user:\nhi[SEP]\nassistant:\nhello[SEP]\n".
+PLAIN_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ message['role'] + ':\n' + message['content'] + eos_token + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'assistant:\n' }}{% endif %}"
+)
+TEMPLATES = {"ChatML": CHATML_TEMPLATE, "plain": PLAIN_TEMPLATE}
 
 logger = logging.getLogger(__name__)
 
@@ -47,12 +57,13 @@ def encode_messages(
     return {"input_ids": input_ids, "labels": labels}
 
 
-def chat_template(tokenizer: PreTrainedTokenizerBase) -> str:
-    """The tokenizer's chat template, or ChatML (with a warning) when it has none."""
+def chat_template(tokenizer: PreTrainedTokenizerBase, fallback: str = "ChatML") -> str:
+    """The tokenizer's chat template, or the `fallback` one of `TEMPLATES` (with a warning) when it has none."""
     if tokenizer.chat_template:
         return tokenizer.chat_template
-    _warn_once(f"tokenizer {tokenizer.name_or_path or type(tokenizer).__name__} has no chat template; using ChatML")
-    return CHATML_TEMPLATE
+    name = tokenizer.name_or_path or type(tokenizer).__name__
+    _warn_once(f"tokenizer {name} has no chat template; using the {fallback} template (saved with the model)")
+    return TEMPLATES[fallback]
 
 
 def require_fast(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:

@@ -9,6 +9,10 @@ can shrink to make room, and never less than `reply_share` of the budget otherwi
 
 `truncate`: the first `max_length` tokens, as before (a conversation whose first reply starts later has none).
 
+Preference pairs (stage dpo, `fit_preference`) are never lost to their length either: the prompt is cut from the
+left (TRL's `keep_end`) keeping its generation header, the replies at their end; a pair is rejected only when not one
+reply token fits.
+
 Huge messages are clipped before they are rendered (`clip_messages`), so tokenising a 50 MB reply costs the budget,
 not the record: a message longer than `CHARS_PER_TOKEN * max_length` characters cannot fit in a sample anyway.
 """
@@ -140,3 +144,57 @@ def encode_batch(
             out["tokens_cut"].append(cut)
             out["chars_clipped"].append(dropped + batch.get("chars_clipped", [0] * (row + 1))[row])
     return out
+
+
+@dataclass(frozen=True)
+class PreferenceLimits:
+    """How a preference pair is fitted to `max_length` (TRL's key names): the prompt keeps at most
+    `max_prompt_length` tokens, each reply at most `max_completion_length`; `truncation_mode` says which part of a
+    cut prompt stays: keep_end its end (the default, older TRL's), keep_start its start. Either way the prompt keeps
+    its generation header (the assistant turn's opening), so the reply follows what the model sees when it answers."""
+
+    max_length: int | None
+    max_prompt_length: int | None = None
+    max_completion_length: int | None = None
+    truncation_mode: str = "keep_end"
+    reply_share: float = 0.5
+
+
+@dataclass
+class FittedPair:
+    """The token ids of a pair within its limits, and how many tokens the limits cut from it."""
+
+    prompt: list[int]
+    chosen: list[int]
+    rejected: list[int]
+    tokens_cut: int
+
+
+def fit_preference(prompt: list[int], chosen: list[int], rejected: list[int], header: int,
+                   limits: PreferenceLimits) -> FittedPair | None:  # fmt: skip
+    """The pair cut to `limits`, or None when not one reply token fits (the generation header alone fills
+    max_length). Replies are cut at max_completion_length, the prompt at max_prompt_length; then, if the prompt and
+    the longer reply still exceed max_length, the prompt shrinks (to its header at least) so the reply fits whole,
+    but a reply keeps at least `reply_share` of max_length (its end is cut), as SFT's `long_conversations: split`.
+    `header` is the number of the prompt's last tokens that are the generation header."""
+    cap = limits.max_completion_length
+    replies = [ids if cap is None else ids[:cap] for ids in (chosen, rejected)]
+    header = min(header, len(prompt))
+    room = len(prompt) if limits.max_prompt_length is None else min(len(prompt), limits.max_prompt_length)
+    least = min(max(header, 1), room)  # the header, else one token of the prompt
+    longest = max(map(len, replies))
+    if limits.max_length is not None:
+        if least >= limits.max_length:
+            return None
+        if room + longest > limits.max_length:
+            most_for_prompt = limits.max_length - math.ceil(limits.reply_share * limits.max_length)
+            room = max(limits.max_length - longest, min(room, most_for_prompt))
+            room = max(least, min(room, limits.max_length - 1))
+        replies = [ids[: limits.max_length - room] for ids in replies]
+    if limits.truncation_mode == "keep_end":
+        kept = prompt[len(prompt) - room:]
+    else:
+        tail = min(header, room)
+        kept = prompt[: room - tail] + prompt[len(prompt) - tail:]
+    cut = len(prompt) + len(chosen) + len(rejected) - len(kept) - sum(map(len, replies))
+    return FittedPair(kept, replies[0], replies[1], cut)

@@ -1,13 +1,16 @@
-"""Preference data for stage dpo: every record validated like SFT data, kept ones in TRL's conversational form.
+"""Preference data for stage dpo: every record validated like SFT data, tokenised as TRL does, fitted to the limits.
 
 A record is any form `dftune.data.normalize_preference` reads (TRL's prompt/chosen/rejected as strings or
 message lists, or seed 004's whole conversations sharing the prompt). It is rejected, with its `file:line` and
 reason in the same `ValidationReport` as SFT data, when it cannot be normalised, when the chat template refuses
-it, or when its prompt alone fills `max_length` (after `max_prompt_length`): TRL would silently drop such a pair.
+it, or when not one reply token fits in `max_length` (the generation header alone fills it). A pair over the limits
+is cut, never dropped (`dftune.data.lengths.fit_preference`: the prompt keeps its end and its generation header, the
+replies their start), and the report counts per source the pairs cut (`over_length`) and the tokens cut.
 
-Kept records become `{"prompt", "chosen", "rejected"}` message lists, which TRL 1.16's DPOTrainer renders with
-the tokenizer's chat template itself. They are cached on disk (like tokenised SFT data), so the datasets the
-trainer gets are file-backed: TRL's `precompute_ref_log_probs` on several processes fails on an in-memory
+Kept records become `{"prompt_ids", "chosen_ids", "rejected_ids"}`, tokenised as TRL 1.16's DPOTrainer tokenises
+conversations (the prompt with the generation prompt; a reply is what the prompt + reply adds after their common
+prefix), so the trainer takes them as they are. They are cached on disk (like tokenised SFT data), so the datasets
+the trainer gets are file-backed: TRL's `precompute_ref_log_probs` on several processes fails on an in-memory
 `Dataset.from_list` and works on one loaded from files.
 """
 
@@ -28,22 +31,22 @@ from dftune.data import InvalidRecord, ValidationReport, normalize_preference
 from dftune.data import cache
 from dftune.data.encode import chat_template
 from dftune.data.formats import Messages
+from dftune.data.lengths import FittedPair, PreferenceLimits, clip_messages, fit_preference
 from dftune.data.prepare import PreparedData, finish, resolve_splits
-from dftune.data.sources import Source
-from dftune.data.validate import normalized_records
+from dftune.data.sources import Source, as_sources
+from dftune.data.validate import records_by_source
 
 logger = logging.getLogger(__name__)
 
-CODE_VERSION = "dftune-preference-2"  # bump when validation or the stored form changes
-_MESSAGES = List({"role": Value("string"), "content": Value("string")})
-PREFERENCE = Features({"prompt": _MESSAGES, "chosen": _MESSAGES, "rejected": _MESSAGES})
+CODE_VERSION = "dftune-preference-3"  # bump when validation or the stored form changes
+PREFERENCE = Features({name: List(Value("int32")) for name in ("prompt_ids", "chosen_ids", "rejected_ids")})
 
 
 def prepare_preference_datasets(
     data_args: DataArguments,
     tokenizer: PreTrainedTokenizerBase,
     *,
-    max_prompt_length: int | None,
+    limits: PreferenceLimits,
     seed: int,
     report_path: str | Path | None = None,
 ) -> PreparedData:
@@ -55,7 +58,7 @@ def prepare_preference_datasets(
     splits = resolve_splits(data_args, ranking=True)
 
     data_key = cache.fingerprint(splits, tokenizer, max_length=data_args.max_length, mask_history=False)
-    key = hashlib.sha256(f"{CODE_VERSION}\0{data_key}\0{max_prompt_length}".encode()).hexdigest()[:32]
+    key = hashlib.sha256(f"{CODE_VERSION}\0{data_key}\0{limits!r}".encode()).hexdigest()[:32]
     entry = cache.cache_root(data_args.dataset_cache_dir) / "preference" / key
     cached = cache.load_entry(entry)
     cache_hit = cached is not None
@@ -63,7 +66,7 @@ def prepare_preference_datasets(
         report = ValidationReport()
         datasets = {}
         for split, sources in splits.items():
-            records, split_report = collect_preferences(sources, tokenizer, data_args.max_length, max_prompt_length)
+            records, split_report = collect_preferences(sources, tokenizer, limits)
             datasets[split] = Dataset.from_list(records, features=PREFERENCE)
             report.merge(split_report)
         cache.save_entry(entry, datasets, report)
@@ -79,42 +82,69 @@ def prepare_preference_datasets(
 def collect_preferences(
     sources: Sequence[str | Source],
     tokenizer: PreTrainedTokenizerBase | None,
-    max_length: int | None,
-    max_prompt_length: int | None,
-) -> tuple[list[dict[str, Messages]], ValidationReport]:
-    """The kept records as prompt/chosen/rejected message lists, and the report of every record (the chat
-    template and token budget are checked when a tokenizer is given)."""
+    limits: PreferenceLimits,
+) -> tuple[list[dict[str, Any]], ValidationReport]:
+    """The kept records (token ids when a tokenizer is given, else the prompt/chosen/rejected message lists), and
+    the report of every record; the chat template and the limits apply when a tokenizer is given."""
     report = ValidationReport()
-
-    def normalize(value: Any) -> dict[str, Messages]:
-        pair = normalize_preference(value)
-        if tokenizer is not None:
-            check_budget(pair, tokenizer, max_length, max_prompt_length)
-        return pair
-
-    kept = [pair for _, pair in normalized_records(sources, normalize, report)]
+    kept: list[dict[str, Any]] = []
+    for source, location, pair in records_by_source(as_sources(sources), normalize_preference, report):
+        if tokenizer is None:
+            kept.append(pair)
+            continue
+        try:
+            fitted, clipped = encode_preference(pair, tokenizer, limits)
+        except InvalidRecord as exc:
+            report.reject(location, exc.reason, exc.detail)
+            continue
+        if fitted.tokens_cut or clipped:
+            report.count_lengths(source.name, over_length=1, samples=1, tokens_cut=fitted.tokens_cut,
+                                 chars_clipped=clipped)  # fmt: skip
+        kept.append({"prompt_ids": fitted.prompt, "chosen_ids": fitted.chosen, "rejected_ids": fitted.rejected})
     return kept, report
 
 
-def check_budget(
-    pair: dict[str, Messages],
-    tokenizer: PreTrainedTokenizerBase,
-    max_length: int | None,
-    max_prompt_length: int | None,
-) -> None:
-    """Raise InvalidRecord when the template refuses the pair or its prompt leaves no room for a reply."""
+def encode_preference(
+    pair: dict[str, Messages], tokenizer: PreTrainedTokenizerBase, limits: PreferenceLimits
+) -> tuple[FittedPair, int]:
+    """The pair's token ids fitted to `limits`, and the characters of huge messages clipped before tokenising.
+
+    Tokenised as TRL 1.16 does: the prompt with the generation prompt; each reply is what prompt + reply adds after
+    their common prefix. The generation header is what the generation prompt adds to the prompt rendered without it.
+    Raises InvalidRecord when the template refuses the pair or when not one reply token fits."""
     template = chat_template(tokenizer)
+    clipped = 0
+    if limits.max_length is not None:  # a 50 MB message costs the budget, not the record (`clip_messages`)
+        parts = {}
+        for name, messages in pair.items():
+            parts[name], dropped = clip_messages(messages, limits.max_length, "split")
+            clipped += dropped
+        pair = parts
+
+    def ids(messages: Messages, generation_prompt: bool = False) -> list[int]:
+        return list(tokenizer.apply_chat_template(messages, chat_template=template, tokenize=True, return_dict=True,
+                                                  add_generation_prompt=generation_prompt)["input_ids"])  # fmt: skip
+
     try:
-        prompt = tokenizer.apply_chat_template(
-            pair["prompt"], chat_template=template, tokenize=False, add_generation_prompt=True
-        )
-        for reply in (pair["chosen"], pair["rejected"]):
-            tokenizer.apply_chat_template(pair["prompt"] + reply, chat_template=template, tokenize=False)
+        prompt = ids(pair["prompt"], True)
+        chosen, rejected = ids(pair["prompt"] + pair["chosen"]), ids(pair["prompt"] + pair["rejected"])
+        bare = ids(pair["prompt"])
     except TemplateError as exc:
         raise InvalidRecord("chat template error", str(exc) or type(exc).__name__) from None
-    if max_length is None:
-        return
-    prompt_tokens = len(tokenizer(prompt, add_special_tokens=False, verbose=False)["input_ids"])
-    kept_tokens = prompt_tokens if max_prompt_length is None else min(prompt_tokens, max_prompt_length)
-    if kept_tokens >= max_length:
-        raise InvalidRecord("prompt fills max_length", f"{prompt_tokens} prompt tokens, max_length {max_length}")
+    shared = min(_common_prefix(prompt, chosen), _common_prefix(prompt, rejected))
+    header = shared - _common_prefix(bare, prompt[:shared])
+    fitted = fit_preference(prompt[:shared], chosen[shared:], rejected[shared:], header, limits)
+    if fitted is None:
+        raise InvalidRecord("no reply token within max_length",
+                            f"the generation header alone takes {header} tokens, max_length {limits.max_length}")
+    return fitted, clipped
+
+
+def _common_prefix(ids: list[int], other: list[int]) -> int:
+    """How many leading tokens `ids` and `other` share."""
+    n = 0
+    for a, b in zip(ids, other):
+        if a != b:
+            break
+        n += 1
+    return n

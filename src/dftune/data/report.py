@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dftune.data.readers import Location
+from dftune.outputs import write_text
 
 
 @dataclass(frozen=True)
@@ -118,10 +119,7 @@ class ValidationReport:
         return report
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        return path
+        return write_text(path, json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n")
 
     def format_table(self) -> str:
         """A markdown table: one row per file with its counts and rejection reasons."""

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from dftune.outputs import write_text
+
 
 @dataclass(frozen=True)
 class RecordResult:
@@ -47,4 +49,4 @@ class EvalReport:
         return f"accuracy {self.accuracy:.1%} ({correct}/{len(self.results)}), 95% CI [{low:.1%}, {high:.1%}]"
 
     def write_jsonl(self, path: str | Path) -> None:
-        Path(path).write_text("".join(json.dumps(asdict(r)) + "\n" for r in self.results), encoding="utf-8")
+        write_text(path, "".join(json.dumps(asdict(r)) + "\n" for r in self.results))

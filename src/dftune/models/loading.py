@@ -63,6 +63,23 @@ def load_tokenizer(args: ModelArguments) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
+def use_end_of_reply_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """Stage dllm's tokenizer conventions, in place: a reply ends with the tokenizer's EOS, else its `sep_token`
+    (BERT's `[SEP]`: it becomes the EOS, so training, the sampler and the saved tokenizer agree); `pad_token_id` is
+    the tokenizer's own, else that token. A tokenizer with neither EOS nor SEP is an error naming it."""
+    if tokenizer.eos_token_id is None:
+        if tokenizer.sep_token_id is None:
+            raise DftuneError(
+                f"tokenizer {tokenizer.name_or_path or type(tokenizer).__name__} ({type(tokenizer).__name__}) has no "
+                "EOS token and no SEP token, so stage dllm cannot mark where a reply ends: add \"eos_token\" (a token "
+                "of its vocabulary) to its tokenizer_config.json"
+            )
+        tokenizer.eos_token = tokenizer.sep_token
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def quantization_config(args: ModelArguments) -> BitsAndBytesConfig | None:
     """QLoRA's set-up (NF4, double quantisation, bf16 compute and storage, as seed 004), or a DftuneError here,
     before any weights load, when bitsandbytes or CUDA is missing."""

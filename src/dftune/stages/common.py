@@ -13,21 +13,25 @@ from dftune.data import PreparedData, configure_packing, prepare_datasets
 from dftune.data.encode import chat_template
 from dftune.errors import DftuneError
 from dftune.losses import OBJECTIVES, Objective
-from dftune.models.loading import apply_lora, load_tokenizer, load_trainable_model
+from dftune.models.loading import apply_lora, load_tokenizer, load_trainable_model, use_end_of_reply_token
 from dftune.models.reference import frozen_reference
 from dftune.runtime.preflight import check_max_length, require_eval_data
 
 logger = logging.getLogger(__name__)
 
 
-def chat_tokenizer(config: RunConfig) -> PreTrainedTokenizerBase:
+def chat_tokenizer(config: RunConfig, *, masked_lm: bool = False) -> PreTrainedTokenizerBase:
     """The run's tokenizer with the chat template the data is rendered with: `chat_template` when given, else the
     tokenizer's own, else ChatML; `max_length` checked to leave room for a reply (as `load_checked_tokenizer`).
+    masked_lm (stage dllm): the end-of-reply conventions of `use_end_of_reply_token`, and the plain template
+    (`data.encode.PLAIN_TEMPLATE`) instead of ChatML for a tokenizer without one.
 
     LLaMA-Factory's `template: <name>` picks one of its built-in templates; dftune renders with the tokenizer's own,
     so the key is accepted with one log line, and is an error when the tokenizer has none and no chat_template is
     given (silently training with ChatML instead of what the user named would not be what they asked for)."""
     tokenizer = load_tokenizer(config.model)
+    if masked_lm:
+        use_end_of_reply_token(tokenizer)
     data = config.data
     if data.chat_template:
         path = Path(data.chat_template).expanduser()
@@ -40,7 +44,7 @@ def chat_tokenizer(config: RunConfig) -> PreTrainedTokenizerBase:
                               "or a .jinja file), or add one to the model folder")  # fmt: skip
         source = "chat_template" if data.chat_template else f"the tokenizer's own ({name})"
         logger.info("template: %s is LLaMA-Factory's name; dftune renders with %s chat template", data.template, source)
-    tokenizer.chat_template = chat_template(tokenizer)
+    tokenizer.chat_template = chat_template(tokenizer, "plain" if masked_lm else "ChatML")
     check_max_length(tokenizer, data.max_length)
     return tokenizer
 

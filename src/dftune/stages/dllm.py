@@ -5,7 +5,9 @@ non-answer token) to a noised batch:
 
 - answer = the labelled tokens. Each row ends at its last answer token (the template's trailing newline
   after the end-of-turn token is dropped), then is padded with EOS to the longest row; those EOS are answer
-  tokens too, so the model learns to fill the rest of a fixed-length reply with EOS (LLaDA's SFT recipe);
+  tokens too, so the model learns to fill the rest of a fixed-length reply with EOS (LLaDA's SFT recipe).
+  A masked LM's own tokenizer without an EOS (BERT's WordPiece) ends replies with its `[SEP]`, which becomes its
+  EOS (`models.loading.use_end_of_reply_token`); one without a chat template gets `data.encode.PLAIN_TEMPLATE`;
 - per sample, t = (1 - eps) * u + eps with u ~ U(0, 1); each answer token is replaced by the mask token with
   probability t; prompt tokens (and earlier user turns of a multi-turn record) are never masked;
 - no attention_mask: every position attends to the whole row, padding included.
@@ -202,7 +204,7 @@ def build_trainer(config: RunConfig, callbacks: list[TrainerCallback]) -> Diffus
     """Data first (bad records stop the run before any model loads), then the diffusion model, LoRA and Trainer."""
     stage_args = config.stage_args
     assert isinstance(stage_args, DllmArguments)  # parse_config built it from this stage's registry entry
-    tokenizer = chat_tokenizer(config)
+    tokenizer = chat_tokenizer(config, masked_lm=True)  # EOS (else SEP) ends a reply; plain template if none
     prepared = chat_data(config, tokenizer)
     model = trainable_model(config, diffusion=True)
     mask_token_id = resolve_mask_token_id(stage_args.mask_token_id, model.config, tokenizer)

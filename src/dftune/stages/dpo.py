@@ -7,8 +7,11 @@ What we add to TRL, and why:
 - DPOConfig is built from the user's resolved TrainingArguments plus the DPO keys, so TRL's own defaults
   (bf16 on, gradient checkpointing on, learning rate 1e-6, logging every 10 steps) never apply behind the
   user's back: TRL's bf16 default refuses to run on CPU unless told.
-- `max_prompt_length`, which TRL 1.16 dropped: a prompt keeps its last `max_prompt_length` tokens (what older
-  TRL did), applied after TRL tokenises and before its filter of prompts that fill `max_length`.
+- Pairs over the length are cut, never dropped: `dftune.data.preference` tokenises them as TRL does and fits them
+  to `max_length`, `max_prompt_length` and `max_completion_length` (the two TRL 1.16 dropped) with the prompt cut
+  from the left (`truncation_mode: keep_end`, the default) keeping its generation header, and counts what it cut in
+  the data report; TRL gets the token ids and its own preparation (which drops pairs whose prompt fills
+  `max_length`) is skipped.
 
 Metrics need nothing from us: TRL 1.16's `_compute_loss` appends each micro-batch's value (already gathered
 over processes) to `self._metrics`, and its `log` averages the lists and clears them, so the logged
@@ -18,12 +21,11 @@ Micro-batches hold the same number of pairs (but a short last one), so this equa
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from datasets import Dataset
 from transformers import TrainerCallback, TrainingArguments
@@ -31,7 +33,8 @@ from trl import DPOConfig, DPOTrainer
 
 from dftune.config.parse import RunConfig, StageArguments
 from dftune.data.encode import chat_template
-from dftune.data.preference import prepare_preference_datasets
+from dftune.data.lengths import PreferenceLimits
+from dftune.data.preference import PREFERENCE, prepare_preference_datasets
 from dftune.models.reference import check_reference, load_policy_and_reference
 from dftune.runtime.guards import GuardedUpdates
 from dftune.runtime.preflight import require_eval_data
@@ -51,7 +54,17 @@ class DpoArguments(StageArguments):
     )
     max_prompt_length: int | None = field(
         default=None,
-        metadata={"help": "stage dpo: prompts longer than this keep their last max_prompt_length tokens."},
+        metadata={"help": "stage dpo: prompts longer than this are cut to max_prompt_length tokens (by "
+                  "truncation_mode), keeping the generation header."},
+    )
+    max_completion_length: int | None = field(
+        default=None, metadata={"help": "stage dpo: replies longer than this keep their first max_completion_length "
+                                "tokens."},  # fmt: skip
+    )
+    truncation_mode: Literal["keep_end", "keep_start"] = field(
+        default="keep_end",
+        metadata={"help": "stage dpo: which part of a prompt cut to fit stays: keep_end its end (older TRL's and "
+                  "LLaMA-Factory's way), keep_start its start; the generation header stays either way."},
     )
     precompute_ref_log_probs: bool = field(
         default=False,
@@ -75,8 +88,9 @@ class DpoArguments(StageArguments):
             raise ValueError(f"beta must be positive, got {self.beta}")
         if not self.loss_type:
             raise ValueError("loss_type must name at least one TRL DPO loss, e.g. sigmoid")
-        if self.max_prompt_length is not None and self.max_prompt_length < 1:
-            raise ValueError(f"max_prompt_length must be at least 1, got {self.max_prompt_length}")
+        for name in ("max_prompt_length", "max_completion_length"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.adapter_name_or_path is not None and config.method.finetuning_type != "lora":
             raise ValueError("adapter_name_or_path trains that LoRA adapter: set finetuning_type: lora")
         if config.data.packing:
@@ -87,6 +101,13 @@ def dpo_keys(config: RunConfig) -> DpoArguments:
     """This run's stage dpo keys."""
     assert isinstance(config.stage_args, DpoArguments)  # parse_config built it from this stage's registry entry
     return config.stage_args
+
+
+def preference_limits(config: RunConfig) -> PreferenceLimits:
+    """How this run fits pairs to the length: the data keys and the stage's."""
+    keys = dpo_keys(config)
+    return PreferenceLimits(config.data.max_length, keys.max_prompt_length, keys.max_completion_length,
+                            keys.truncation_mode, config.data.reply_share)  # fmt: skip
 
 
 def dpo_config(config: RunConfig) -> DPOConfig:
@@ -105,13 +126,10 @@ def dpo_config(config: RunConfig) -> DPOConfig:
 
 
 class PreferenceTrainer(GuardedUpdates, DPOTrainer):
-    """DPOTrainer with `max_prompt_length` back and dftune's guards (non-finite steps skipped, complete-marked
-    checkpoints); the loss and its metrics are TRL's."""
+    """DPOTrainer on dftune's tokenised pairs (already fitted to the limits) with dftune's guards (non-finite steps
+    skipped, complete-marked checkpoints); the loss and its metrics are TRL's."""
 
-    def __init__(
-        self, *args: Any, max_prompt_length: int | None = None, max_nonfinite_steps: int = 3, **kwargs: Any
-    ) -> None:
-        self.max_prompt_length = max_prompt_length  # read by _prepare_dataset inside DPOTrainer.__init__
+    def __init__(self, *args: Any, max_nonfinite_steps: int = 3, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.init_guards(max_nonfinite_steps)
 
@@ -123,18 +141,9 @@ class PreferenceTrainer(GuardedUpdates, DPOTrainer):
         return result
 
     def _prepare_dataset(self, dataset: Dataset, processing_class: Any, args: DPOConfig, dataset_name: str) -> Dataset:
-        if self.max_prompt_length is None:
-            return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
-        # TRL drops pairs whose untruncated prompt fills max_length; truncate first, then apply that rule.
-        unlimited = copy.copy(args)
-        unlimited.max_length = None
-        dataset = super()._prepare_dataset(dataset, processing_class, unlimited, dataset_name)
-        keep, limit = self.max_prompt_length, args.max_length
-        with args.main_process_first(desc="max_prompt_length"):  # the others then read its cache files
-            dataset = dataset.map(lambda row: {"prompt_ids": row["prompt_ids"][-keep:]}, desc="max_prompt_length")
-            if limit is not None:
-                dataset = dataset.filter(lambda row: len(row["prompt_ids"]) < limit)
-        return dataset
+        if set(PREFERENCE) <= set(dataset.column_names):
+            return dataset  # dftune.data.preference tokenised it as TRL would, then fitted it to the limits
+        return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
 
 
 def uses_fsdp(training: TrainingArguments) -> bool:
@@ -151,7 +160,7 @@ def build_trainer(config: RunConfig, callbacks: list[TrainerCallback]) -> Prefer
         prepared = prepare_preference_datasets(
             config.data,
             tokenizer,
-            max_prompt_length=keys.max_prompt_length,
+            limits=preference_limits(config),
             seed=config.training.seed,
             report_path=Path(config.training.output_dir) / "data_report.json",
         )
@@ -170,7 +179,6 @@ def build_trainer(config: RunConfig, callbacks: list[TrainerCallback]) -> Prefer
         processing_class=tokenizer,
         callbacks=callbacks,
         peft_config=models.peft_config,
-        max_prompt_length=keys.max_prompt_length,
         max_nonfinite_steps=config.reliability.max_nonfinite_steps,
     )
     check_reference(trainer.model, adapter=keys.adapter_name_or_path, reference_model=config.model.ref_model_name_or_path)

@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from dftune.errors import DftuneError  # noqa: E402
+from dftune.outputs import replaced  # noqa: E402
 
 LogHistory = Sequence[Mapping[str, float]]
 DEFAULT_PANELS = (("loss", "objective loss"), ("ce", "plain cross-entropy"), ("avg_p_correct", "avg p(correct)"))
@@ -116,5 +117,6 @@ def save_figure(fig: plt.Figure, path: str | Path, *, bottom: float = 0.0) -> Pa
     fig.savefig(buffer, dpi=110)
     plt.close(fig)
     # A 256-colour palette loses nothing visible on line plots and makes the file 3x smaller (~100 KB).
-    Image.open(buffer).convert("RGB").quantize(256).save(path, optimize=True)
+    with replaced(path) as tmp:
+        Image.open(buffer).convert("RGB").quantize(256).save(tmp, optimize=True)
     return path
