@@ -50,7 +50,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from dftune.cli import data_cmd, eval_cmd, generate_cmd, merge_cmd
-    from dftune.cli import compare_cmd, plot_cmd
+    from dftune.cli import compare_cmd, plot_cmd, probe_cmd
     from dftune.models.presets import PRESETS, SMOLLM2
 
     parser = argparse.ArgumentParser(prog="dftune", description="Fine-tune LLMs with differentiated objectives.")
@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     eval_cmd.register(sub)
     plot_cmd.register(sub)
     compare_cmd.register(sub)
+    probe_cmd.register(sub)
     return parser
 
 
