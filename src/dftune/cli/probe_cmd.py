@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from dftune.cli.checks import output_file, positive_int
+from dftune.cli.checks import positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,12 +40,14 @@ def run_probe(args: argparse.Namespace) -> int:
     from dftune.errors import DftuneError
     from dftune.models.integrity import check_local_model
     from dftune.models.loading import is_diffusion_config, load_diffusion_model, load_model, resolve_mask_token_id
+    from dftune.outputs import output_file, write_text
     from dftune.runtime.probe import probe_targets, summarise
     from dftune.viz.probe import plot_probe
 
     if not 0.0 < args.mask_ratio <= 1.0:
         raise DftuneError(f"--mask_ratio must be in (0, 1], got {args.mask_ratio}")
-    json_path = Path(output_file(str(Path(args.output_dir) / "probe.json"), "--output_dir", "probe.json"))
+    json_path = output_file(Path(args.output_dir) / "probe.json", "--output_dir", "probe.json",
+                            [*args.data, args.model])
     check_local_model(args.model, "model")
     try:
         tokenizer = AutoTokenizer.from_pretrained(args.model)
@@ -73,8 +75,7 @@ def run_probe(args: argparse.Namespace) -> int:
                             mask_ratio=args.mask_ratio, batch_size=args.batch_size)
     summary = {"model": args.model, "stage": args.stage, "samples": len(samples),
                **summarise(targets, tokenizer, names, min_count=args.min_count)}  # fmt: skip
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_text(json_path, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     plot_probe(summary, json_path.with_name("probe.png"))
     print(format_summary(summary))
     print(f"wrote {json_path} and {json_path.with_name('probe.png')}")
