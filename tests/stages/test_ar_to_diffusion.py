@@ -11,6 +11,7 @@ from test_dllm_end_to_end import write_records
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dftune.cli.main import main
+from dftune.models.diffusion_conversion import to_diffusion
 from dftune.run import parse_config, run
 
 
@@ -32,8 +33,9 @@ def test_conversion_makes_a_bidirectional_model_with_a_mask_token(converted):
     changed[0, 3] = 9
     with torch.no_grad():  # bidirectional: a later token changes the logits of the first position
         assert not torch.allclose(model(input_ids=ids).logits[0, 0], model(input_ids=changed).logits[0, 0])
-    # converting again leaves the folder as it is
-    assert main(["init-model", "--preset", "tiny-llama", "--output_dir", str(converted), "--diffusion"]) == 0
+    # init-model again into the folder is refused (it would replace the model), and the conversion is idempotent
+    assert main(["init-model", "--preset", "tiny-llama", "--output_dir", str(converted), "--diffusion"]) == 2
+    to_diffusion(converted)
     assert json.loads((converted / "config.json").read_text())["vocab_size"] == config["vocab_size"]
 
 
