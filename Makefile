@@ -1,13 +1,14 @@
 # make demo  -> set up .venv and run the quickstart (CPU, offline, a few minutes)
 # make test  -> set up .venv, check the import layers (lint-imports, contracts in pyproject.toml), run the tests
 # make bench -> set up .venv and run the benchmarks (not part of test)
+# make docs  -> regenerate README's objective and key tables and docs/keys.md from the code (a test checks them)
 # make bench-gpu -> on one CUDA GPU: loss heads (dftune, TRL, Liger, full logits), training, ZeRO-3, QLoRA DPO
 # make demo-real -> the SmolLM2-135M-Instruct study: LoRA sft/dft/bft on word problems (~1 hour on 2 CPU cores)
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.setup-done
 
-.PHONY: setup test demo demo-real bench bench-gpu clean
+.PHONY: setup test demo demo-real bench bench-gpu docs clean
 
 setup: $(STAMP)
 
@@ -37,6 +38,9 @@ bench: setup
 bench-gpu: setup
 	$(VENV)/bin/python -m pip install -q -c constraints.txt -e '.[dev,bench]'
 	$(VENV)/bin/python benchmarks/gpu/bench_gpu.py
+
+docs: setup
+	$(VENV)/bin/python tools/docs_tables.py
 
 clean:
 	rm -rf $(VENV) outputs

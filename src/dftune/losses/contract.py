@@ -147,6 +147,8 @@ class Objective:
     schedule: Callable[[dict[str, Any], int], dict[str, Any]] | None = None
     """``schedule(kwargs, step) -> kwargs``: the loss functions' arguments in force at optimizer step `step`, from
     every setting by keyword (the `scheduling` ones included, which it consumes)."""
+    formula: str = ""
+    """Its per-token loss in one line of plain text, for the README's objective table (generated from the registry)."""
     reference: Literal["start", "recent"] = "start"
     """The reference of an objective that needs a `REFERENCE_STATISTICS` entry: `start`, the frozen starting model
     (ASFT, iw-SFT), or `recent`, a snapshot of the policy refreshed every `refresh_steps` optimizer steps (PSFT's

@@ -27,7 +27,9 @@ def weigh(stats: Statistics, count: Count, *, alpha: float) -> Weights:
 
 
 OBJECTIVE = Objective(
-    name="asft", weigh=weigh, normalise_by="tokens", settings=(ALPHA,), needs=frozenset({CE, REF_KL}),
+    name="asft",
+    formula="CE_i * sg(p_i) + alpha * KL(p_ref,i || p_i) over the vocabulary, to the starting model (use_asft_loss)",
+    weigh=weigh, normalise_by="tokens", settings=(ALPHA,), needs=frozenset({CE, REF_KL}),
     alias="use_asft_loss",
 )
 

@@ -85,7 +85,9 @@ def weigh(stats: Statistics, count: Count, *, group_size: int, gamma: float) -> 
 
 
 OBJECTIVE = Objective(
-    name="bft", weigh=weigh, normalise_by="samples", settings=(GROUP_SIZE, GAMMA),
+    name="bft",
+    formula="per sample: mean of CE_i * sg(p_i), times 1 - p_conf^gamma of its weakest window of group_size targets",
+    weigh=weigh, normalise_by="samples", settings=(GROUP_SIZE, GAMMA),
     needs=frozenset({CE, SEGMENTS}), per_token=False, sample_metrics=frozenset({"bft_sample_weight", "bft_min_group_conf"}),
     alias="use_bft_loss",
 )

@@ -27,7 +27,10 @@ def weigh(stats: Statistics, count: Count) -> Weights:
     return Weights(chord_coefficients(stats.ce, count))
 
 
-OBJECTIVE = Objective(name="chord", weigh=weigh, normalise_by="tokens", stages=frozenset({"sft", "dllm"}))
+OBJECTIVE = Objective(
+    name="chord",
+    formula="CE_i * sg(p_i * (1 - p_i)) (CHORD-phi)",
+    weigh=weigh, normalise_by="tokens", stages=frozenset({"sft", "dllm"}))
 
 
 def chord_loss(logits: Tensor, labels: Tensor, *, num_items_in_batch: Count | None = None) -> LossOutput:

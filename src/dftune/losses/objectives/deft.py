@@ -40,7 +40,9 @@ def weigh(stats: Statistics, count: Count) -> Weights:
 
 
 OBJECTIVE = Objective(
-    name="deft", weigh=weigh, normalise_by="tokens", needs=frozenset({CE, CONCENTRATION}),
+    name="deft",
+    formula="CE_i * sg(p_i^a_i), a_i = sg(sum_v softmax_v^2) (Tsallis q-log, parameter-free)",
+    weigh=weigh, normalise_by="tokens", needs=frozenset({CE, CONCENTRATION}),
     statistics={CONCENTRATION: RowStatistic(concentration)}, stages=frozenset({"sft", "dllm"}),
 )
 

@@ -64,7 +64,11 @@ def weigh(stats: Statistics, count: Count, *, alpha: float, power: float, min_we
 
 
 OBJECTIVE = Objective(
-    name="dft", weigh=weigh, normalise_by="tokens", settings=(ALPHA, POWER, MIN_WEIGHT, SCHEDULE, WARMUP), stages=frozenset({"sft", "dllm"}),
+    name="dft",
+    formula="CE_i * max(alpha * sg(p_i)^k + 1 - alpha, m) (alpha = k = 1, m = 0: the DFT paper's Eq. 9; "
+    "k > 1: the -p^k family)",
+    weigh=weigh, normalise_by="tokens", settings=(ALPHA, POWER, MIN_WEIGHT, SCHEDULE, WARMUP),
+    stages=frozenset({"sft", "dllm"}),
     alias="use_dft_loss", schedule=alpha_in_force,
 )
 

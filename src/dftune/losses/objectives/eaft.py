@@ -46,7 +46,9 @@ def weigh(stats: Statistics, count: Count, *, alpha: float, top_k: int) -> Weigh
 
 
 OBJECTIVE = Objective(
-    name="eaft", weigh=weigh, normalise_by="tokens", settings=(ALPHA, TOP_K),
+    name="eaft",
+    formula="CE_i * sg(H^top-k_i / 3)^alpha, H the entropy of the top-k logits (LLaMA-Factory's use_eaft_loss)",
+    weigh=weigh, normalise_by="tokens", settings=(ALPHA, TOP_K),
     needs=frozenset({CE, TOP_K_ENTROPY}), statistics={TOP_K_ENTROPY: RowStatistic(top_k_entropy)},
     alias="use_eaft_loss",
 )

@@ -49,7 +49,9 @@ def weigh(stats: Statistics, count: Count, *, temperature: float, max_weight: fl
 
 
 OBJECTIVE = Objective(
-    name="iw_sft", weigh=weigh, normalise_by="tokens", settings=(TEMPERATURE, MAX_WEIGHT),
+    name="iw_sft",
+    formula="CE_i * w_b, w_b = min(exp(T * mean over sample b of log(p_i / p_ref,i)), w_max), detached",
+    weigh=weigh, normalise_by="tokens", settings=(TEMPERATURE, MAX_WEIGHT),
     needs=frozenset({CE, SEGMENTS, REF_LOGP}), per_token=False,
 )
 

@@ -57,7 +57,10 @@ def without_refresh(kwargs: dict[str, Any], step: int) -> dict[str, Any]:
 
 
 OBJECTIVE = Objective(
-    name="psft", weigh=weigh, normalise_by="tokens", settings=(EPS_LOW, EPS_HIGH, REFRESH),
+    name="psft",
+    formula="CE_i * sg(r_i) * 1[r_i <= 1 + eps_high], r_i = p_i / p_old,i, p_old refreshed every N steps "
+    "(PPO-clipped SFT)",
+    weigh=weigh, normalise_by="tokens", settings=(EPS_LOW, EPS_HIGH, REFRESH),
     needs=frozenset({CE, REF_LOGP}), reference="recent", schedule=without_refresh,
 )
 

@@ -19,7 +19,10 @@ def weigh(stats: Statistics, count: Count) -> Weights:
     return Weights(sft_coefficients(stats.ce, count))
 
 
-OBJECTIVE = Objective(name="sft", weigh=weigh, normalise_by="tokens", stages=frozenset({"sft", "dllm"}))
+OBJECTIVE = Objective(
+    name="sft",
+    formula="CE_i",
+    weigh=weigh, normalise_by="tokens", stages=frozenset({"sft", "dllm"}))
 
 
 def sft_loss(logits: Tensor, labels: Tensor, *, num_items_in_batch: Count | None = None) -> LossOutput:
