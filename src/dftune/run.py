@@ -18,11 +18,14 @@ from transformers import Trainer, TrainerCallback
 from dftune.config import parse
 from dftune.config.machine import CPU_NOTE, accelerator_available
 from dftune.config.parse import CONFIG_FILE_NAME, RunConfig, apply_env
+from dftune.data.report import REPORT_FILE
 from dftune.errors import DftuneError, RunStopped
 from dftune.outputs import output_folder, write_text
 from dftune.runtime.checkpoints import resolve_run_dir
 from dftune.runtime.guards import GuardedUpdates
-from dftune.runtime.header import RunDescription, RunHeader, log_summary
+from dftune.runtime.objective_trainer import ObjectiveTrainer
+from dftune.runtime.console import use_console
+from dftune.runtime.header import RunDescription, RunHeader, RunOutcome, log_summary
 from dftune.runtime.parallelism import check_parallelism
 from dftune.runtime.preflight import check_model_path
 from dftune.runtime.run_lock import run_lock
@@ -94,6 +97,7 @@ def train_and_save(config: RunConfig, callbacks: list[TrainerCallback] | None = 
     started = time.monotonic()
     trackers = ",".join(config.training.report_to)  # before build_trainer hands swanlab to its own callback
     trainer = build_trainer(config, callbacks)
+    use_console(trainer)
     parallelism = check_parallelism(trainer)
     output_dir = Path(config.training.output_dir)
     settings = [f"{key}={value}" for key, value in config.method.objective_kwargs().items()]
@@ -107,19 +111,30 @@ def train_and_save(config: RunConfig, callbacks: list[TrainerCallback] | None = 
     trainer.add_callback(on_signal)
     trainer.train(resume_from_checkpoint=config.training.resume_from_checkpoint)
     stop_if_interrupted(trainer, on_signal)
-    if trainer.eval_dataset is not None:
-        trainer.log_metrics("eval", trainer.evaluate())
+    if trainer.eval_dataset is not None and not evaluated_at(trainer.state.log_history, trainer.state.global_step):
+        trainer.evaluate()  # logged once, by the console and to the trackers; the summary repeats its CE
     if trainer.is_fsdp_enabled:  # the final model as one full state dict (from_pretrained), whatever checkpoints use
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model(str(output_dir))
     trainer.save_state()
+    targets = trainer.targets_trained() if isinstance(trainer, ObjectiveTrainer) else None  # on every process
     if trainer.is_world_process_zero():
         write_text(output_dir / CONFIG_FILE_NAME, config.to_yaml())
+        files = [("config", str(output_dir / CONFIG_FILE_NAME))]
         if config.data.plot_loss:
-            plot_curves(trainer.state.log_history, output_dir)
-        log_summary(trainer.state.log_history, steps=trainer.state.global_step, seconds=time.monotonic() - started,
-                    output_dir=str(output_dir))
+            files.insert(0, ("curves", str(plot_curves(trainer.state.log_history, output_dir))))
+        if (output_dir / REPORT_FILE).exists():
+            files.append(("data report", str(output_dir / REPORT_FILE)))
+        log_summary(trainer.state.log_history, RunOutcome(
+            objective=objective, steps=trainer.state.global_step, seconds=time.monotonic() - started,
+            output_dir=str(output_dir), target_tokens=targets, files=files,
+        ))  # fmt: skip
     return trainer
+
+
+def evaluated_at(history: list[dict[str, float]], step: int) -> bool:
+    """The last step's evaluation already ran (eval_strategy reached it): a final one would repeat it."""
+    return any("eval_loss" in entry and entry.get("step") == step for entry in history)
 
 
 def plot_curves(history: list[dict[str, float]], output_dir: Path) -> Path:

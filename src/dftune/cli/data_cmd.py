@@ -9,6 +9,7 @@ from pathlib import Path
 
 from dftune.cli.checks import NoValidRecords, positive_int
 from dftune.data.readers import resolve_sources
+from dftune.data.report import REPORT_FILE
 from dftune.data.validate import collect_conversations, validate_and_encode
 from dftune.errors import DftuneError
 from dftune.outputs import output_file
@@ -37,7 +38,7 @@ def run_check(args: argparse.Namespace) -> int:
     if args.max_length is not None and args.tokenizer is None:
         raise DftuneError("--max_length needs --tokenizer")
     if args.report:
-        output_file(args.report, "--report", "data_report.json", inputs=[*args.files, args.tokenizer])
+        output_file(args.report, "--report", REPORT_FILE, inputs=[*args.files, args.tokenizer])
     sources = resolve_sources(args.files)
     lengths: list[int] = []
     if args.stage == "dpo":

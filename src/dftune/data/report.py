@@ -18,6 +18,9 @@ from typing import Any
 from dftune.data.readers import Location
 from dftune.outputs import write_text
 
+REPORT_FILE = "data_report.json"
+"""The data report's name in a run's output_dir (and `dftune data check`'s default --report)."""
+
 
 @dataclass(frozen=True)
 class RecordIssue:

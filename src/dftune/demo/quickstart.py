@@ -5,8 +5,9 @@
    wrong: it stands in for the pretrained model a user starts from.
 3. The base is fine-tuned with DFT (alpha 0.7, the seed trainer's setting) and, for comparison, with plain SFT
    for the same steps and learning rate.
-4. Held-out exact-match accuracy (greedy generation on operand pairs never trained on) before and after, as a
-   table, and the training curves as a PNG.
+4. Held-out exact-match accuracy (greedy generation on operand pairs never trained on) before and after, with
+   95% Wilson intervals: printed, written as accuracy.json and accuracy.md, and drawn as accuracy.png beside the
+   training curves (curves.png).
 
 Why alpha 0.7 and not 1: DFT weighs each token by the model's own probability of it. From a base that does not
 yet put probability on the right digits, alpha = 1 starves exactly the tokens it must learn (`--dft_alpha 1.0`
@@ -25,10 +26,13 @@ from transformers import AutoTokenizer
 
 from dftune.config.model_args import ModelArguments
 from dftune.demo.arithmetic import EVAL_FILE, TRAIN_FILE
-from dftune.evaluation import exact_match_accuracy
+from dftune.evaluation.generate import evaluate_records
+from dftune.evaluation.report import EvalReport
+from dftune.outputs import write_text
 from dftune.models.loading import load_model
 from dftune.models.presets import init_model
 from dftune.run import parse_config, run
+from dftune.viz.accuracy import plot_accuracy
 from dftune.viz.curves import plot_runs
 
 
@@ -50,17 +54,17 @@ def train_stage(model_dir: Path, output_dir: Path, steps: int, lr: float, batch:
         "--warmup_steps", str(min(50, steps // 10)), "--weight_decay", "0.0",
         "--per_device_train_batch_size", str(batch), "--per_device_eval_batch_size", "100",
         "--eval_strategy", "steps", "--eval_steps", str(max(steps // 4, 1)), "--logging_steps", str(max(steps // 25, 1)),
-        "--save_strategy", "no", "--report_to", "none", "--use_cpu", "true", "--seed", "0", "--disable_tqdm", "true",
+        "--save_strategy", "no", "--report_to", "none", "--use_cpu", "true", "--seed", "0",
     ]  # fmt: skip
     trainer = run(parse_config(argv))
     return trainer.state.log_history
 
 
-def held_out_accuracy(model_dir: Path) -> float:
+def held_out_accuracy(model_dir: Path) -> EvalReport:
     model = load_model(ModelArguments(model_name_or_path=str(model_dir), torch_dtype="auto"))
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     records = [json.loads(line) for line in EVAL_FILE.read_text(encoding="utf-8").splitlines()]
-    return exact_match_accuracy(model, tokenizer, records, max_new_tokens=8, batch_size=100)
+    return evaluate_records(model, tokenizer, [r["messages"] for r in records], max_new_tokens=8, batch_size=100)
 
 
 def run_quickstart(output_dir: str | Path, *, steps: int | None = None, dft_alpha: float = 0.7) -> dict[str, float]:
@@ -83,7 +87,9 @@ def run_quickstart(output_dir: str | Path, *, steps: int | None = None, dft_alph
         )
         for name, flags in objectives.items()
     }
-    accuracy = {name: held_out_accuracy(out / name) for name in ("base", "dft", "sft")}
+    reports = {name: held_out_accuracy(out / name) for name in ("base", "dft", "sft")}
+    rows = result_rows(reports, dft_alpha)
+    write_results(rows, out)
     png = plot_runs(
         {"base (SFT from scratch)": base_log,
          f"DFT (alpha {dft_alpha}) from base": shift_steps(logs["dft"], schedule.base_steps),
@@ -91,8 +97,8 @@ def run_quickstart(output_dir: str | Path, *, steps: int | None = None, dft_alph
         out / "curves.png",
         title="dftune quickstart: 2-digit addition, small Llama from scratch on CPU",
     )  # fmt: skip
-    print_table(accuracy, dft_alpha, time.time() - started, png)
-    return accuracy
+    print_table(rows, time.time() - started, [png, out / "accuracy.png", out / "accuracy.md"])
+    return {name: report.accuracy for name, report in reports.items()}
 
 
 def shift_steps(history: list[dict], offset: int) -> list[dict]:
@@ -100,12 +106,36 @@ def shift_steps(history: list[dict], offset: int) -> list[dict]:
     return [{**entry, "step": entry["step"] + offset} for entry in history if "step" in entry]
 
 
-def print_table(accuracy: dict[str, float], dft_alpha: float, seconds: float, png: Path) -> None:
-    rows = [("base model (before)", accuracy["base"]), (f"+ DFT fine-tuning, alpha {dft_alpha} (after)", accuracy["dft"]),
-            ("+ SFT fine-tuning (same steps, for comparison)", accuracy["sft"])]  # fmt: skip
-    width = max(len(name) for name, _ in rows)
-    print(f"\nHeld-out exact-match accuracy ({EVAL_FILE.name}, greedy):")
-    print(f"  {'model'.ljust(width)}  accuracy")
-    for name, value in rows:
-        print(f"  {name.ljust(width)}  {value:7.1%}")
-    print(f"\ncurves: {png}\ntook {seconds / 60:.1f} min")
+Row = tuple[str, EvalReport]
+
+
+def result_rows(reports: dict[str, EvalReport], dft_alpha: float) -> list[Row]:
+    return [("base model (before)", reports["base"]), (f"+ DFT, alpha {dft_alpha} (after)", reports["dft"]),
+            ("+ SFT, same steps (for comparison)", reports["sft"])]  # fmt: skip
+
+
+def accuracy_markdown(rows: list[Row]) -> str:
+    """The held-out accuracy table as Markdown, intervals included (accuracy.md; README shows one)."""
+    lines = [f"Held-out exact-match accuracy ({EVAL_FILE.name}, greedy, 95% Wilson interval):", "",
+             "| model | accuracy | 95% interval | correct |", "|---|---|---|---|"]
+    for name, report in rows:
+        low, high = report.interval
+        correct = sum(r.correct for r in report.results)
+        lines.append(f"| {name} | {report.accuracy:.1%} | [{low:.1%}, {high:.1%}] | {correct} / {len(report.results)} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(rows: list[Row], out: Path) -> None:
+    """accuracy.json (for scripts), accuracy.md (for people) and accuracy.png, in the demo's output folder."""
+    payload = [{"model": name, "accuracy": report.accuracy, "interval": list(report.interval),
+                "correct": sum(r.correct for r in report.results), "total": len(report.results)}
+               for name, report in rows]  # fmt: skip
+    write_text(out / "accuracy.json", json.dumps(payload, indent=2) + "\n")
+    write_text(out / "accuracy.md", accuracy_markdown(rows))
+    plot_accuracy({name.split(" (")[0]: (report.accuracy, *report.interval) for name, report in rows},
+                  out / "accuracy.png", title="dftune quickstart: held-out accuracy, 95% interval")
+
+
+def print_table(rows: list[Row], seconds: float, files: list[Path]) -> None:
+    print("\n" + accuracy_markdown(rows))
+    print("\n".join(f"wrote {path}" for path in files) + f"\ntook {seconds / 60:.1f} min")

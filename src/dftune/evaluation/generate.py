@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from dftune.errors import DftuneError
@@ -32,7 +33,7 @@ def generate_replies(
     padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
     replies: list[str] = []
     try:
-        for start in range(0, len(prompts), batch_size):
+        for start in tqdm(range(0, len(prompts), batch_size), desc="generating", unit="batch", leave=False):
             texts = [
                 tokenizer.apply_chat_template(list(p), tokenize=False, add_generation_prompt=True)
                 for p in prompts[start : start + batch_size]

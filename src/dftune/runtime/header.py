@@ -106,19 +106,43 @@ def last_entry(history: Sequence[Mapping[str, Any]], key: str) -> Mapping[str, A
     return next((e for e in reversed(history) if key in e and "train_runtime" not in e), {})
 
 
-def summary_rows(history: Sequence[Mapping[str, Any]], *, steps: int, seconds: float, output_dir: str):
+@dataclass(frozen=True)
+class RunOutcome:
+    """What the summary says that the log history does not."""
+
+    objective: str
+    steps: int
+    seconds: float
+    output_dir: str
+    target_tokens: int | None = None
+    """Target tokens trained in this session over every process; None where the trainer does not count them."""
+    files: Sequence[tuple[str, str]] = ()
+    """(what, path) of each file worth opening: the curves, the data report, the resolved config."""
+
+
+def summary_rows(history: Sequence[Mapping[str, Any]], outcome: RunOutcome) -> list[tuple[str, str]]:
     train = last_entry(history, "loss")
     evaluation = last_entry(history, "eval_loss")
-    rows = [("steps", str(steps)), ("time", f"{seconds:.1f} s")]
+    speed = next((e for e in reversed(history) if "train_runtime" in e), {})
+    rows = [("objective", outcome.objective), ("steps", str(outcome.steps)), ("time", f"{outcome.seconds:.1f} s")]
+    throughput = [f"{speed['train_samples_per_second']:.2f} samples/s"] if "train_samples_per_second" in speed else []
+    if outcome.target_tokens and speed.get("train_runtime"):
+        throughput.append(f"{outcome.target_tokens / speed['train_runtime']:.0f} target tokens/s "
+                          f"({human(outcome.target_tokens)} trained)")
+    if throughput:
+        rows.append(("throughput", ", ".join(throughput)))
     if train:
         rows.append(("final train", ", ".join(f"{k} {train[k]:.4f}" for k in TRAIN_KEYS if k in train)))
-    if evaluation:
-        metrics = [k for k in evaluation if k.startswith("eval_") and not k.endswith(("_runtime", "_per_second"))]
-        rows.append(("eval", ", ".join(f"{k[5:]} {evaluation[k]:.4f}" for k in metrics)))
-    rows.append(("output", output_dir))
+    if "eval_ce" in evaluation:
+        rest = [f"{k[5:]} {evaluation[k]:.4f}" for k in ("eval_loss", "eval_avg_p_correct") if k in evaluation]
+        rows.append(("final eval CE", f"{evaluation['eval_ce']:.4f} ({', '.join(rest)})"))
+    elif evaluation:  # a stage without plain CE (dpo): its own loss
+        rows.append(("final eval loss", f"{evaluation['eval_loss']:.4f}"))
+    rows.append(("model", outcome.output_dir))
+    rows += [(what, path) for what, path in outcome.files]
     return rows
 
 
-def log_summary(history: Sequence[Mapping[str, Any]], *, steps: int, seconds: float, output_dir: str) -> None:
+def log_summary(history: Sequence[Mapping[str, Any]], outcome: RunOutcome) -> None:
     """Log the final summary block (call it on the main process)."""
-    logger.info("%s", block("dftune done", summary_rows(history, steps=steps, seconds=seconds, output_dir=output_dir)))
+    logger.info("%s", block("dftune done", summary_rows(history, outcome)))

@@ -86,6 +86,7 @@ class ObjectiveTrainer(GuardedUpdates, Trainer):
         self.unit = self.spec.normalise_by
         self._train_window = MetricWindow()
         self._eval_window = MetricWindow()
+        self.trained_targets = 0  # target tokens of the applied steps on this process (the summary's tokens/s)
         self.init_guards(max_nonfinite_steps)
         self.reference: ReferenceForward | None = None
         if self.spec.needs_reference and self.spec.reference == "recent":
@@ -146,6 +147,7 @@ class ObjectiveTrainer(GuardedUpdates, Trainer):
         if self.flag_nonfinite(out.loss):  # its update will be skipped: keep its metrics out of the logs
             return out.loss
         self._train_window.add(out)
+        self.trained_targets += out.num_tokens
         if global_count is not None and self.args.average_tokens_across_devices:
             # DDP and DeepSpeed average gradients over processes; the global count already divides the sum.
             return out.loss * self.accelerator.num_processes
@@ -212,6 +214,13 @@ class ObjectiveTrainer(GuardedUpdates, Trainer):
         # Backward goes through the head's output as the model returned it: DeepSpeed ZeRO-3 hooks that tensor to
         # gather the partitioned weight again before the head's backward.
         return dataclasses.replace(results[-1], loss=outputs.logits)
+
+    def targets_trained(self) -> int:
+        """Target tokens trained in this session over every process (every process must call it)."""
+        if self.accelerator.num_processes == 1:
+            return self.trained_targets
+        count = torch.tensor([self.trained_targets], dtype=torch.float64, device=self.accelerator.device)
+        return int(self.accelerator.reduce(count, reduction="sum").item())
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._train_window:

@@ -11,6 +11,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallba
 from dftune.config.parse import RunConfig
 from dftune.data import PreparedData, configure_packing, prepare_datasets
 from dftune.data.encode import chat_template
+from dftune.data.report import REPORT_FILE
 from dftune.errors import DftuneError
 from dftune.losses import OBJECTIVES, Objective
 from dftune.models.loading import apply_lora, load_tokenizer, load_trainable_model, use_end_of_reply_token
@@ -54,7 +55,7 @@ def chat_data(config: RunConfig, tokenizer: PreTrainedTokenizerBase) -> Prepared
     output_dir = Path(config.training.output_dir)
     with config.training.main_process_first(desc="data preparation"):  # the others then hit its cache
         prepared = prepare_datasets(
-            config.data, tokenizer, seed=config.training.seed, report_path=output_dir / "data_report.json"
+            config.data, tokenizer, seed=config.training.seed, report_path=output_dir / REPORT_FILE
         )
     require_eval_data(prepared.eval, config.training)
     return prepared

@@ -35,6 +35,7 @@ from dftune.config.parse import RunConfig, StageArguments
 from dftune.data.encode import chat_template
 from dftune.data.lengths import PreferenceLimits
 from dftune.data.preference import PREFERENCE, prepare_preference_datasets
+from dftune.data.report import REPORT_FILE
 from dftune.models.reference import check_reference, load_policy_and_reference
 from dftune.runtime.guards import GuardedUpdates
 from dftune.runtime.preflight import require_eval_data
@@ -162,7 +163,7 @@ def build_trainer(config: RunConfig, callbacks: list[TrainerCallback]) -> Prefer
             tokenizer,
             limits=preference_limits(config),
             seed=config.training.seed,
-            report_path=Path(config.training.output_dir) / "data_report.json",
+            report_path=Path(config.training.output_dir) / REPORT_FILE,
         )
     require_eval_data(prepared.eval, config.training)
     models = load_policy_and_reference(

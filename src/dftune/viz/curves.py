@@ -102,10 +102,11 @@ def plot_runs(
 
 
 def source_panels(runs: Mapping[str, LogHistory], panels: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
-    """One panel per `ce/<source>` some run logged (several data sources: dftune.runtime.metrics.source_sums)."""
+    """One panel per `ce/<source>` the runs logged (several data sources: dftune.runtime.metrics.source_sums);
+    none for a single source, whose panel would repeat the cross-entropy panel."""
     shown = {key for key, _ in panels}
     keys = sorted({k for history in runs.values() for e in history for k in e if k.startswith("ce/")} - shown)
-    return [(key, f"cross-entropy of {key[3:]}") for key in keys]
+    return [(key, f"cross-entropy of {key[3:]}") for key in keys] if len(keys) > 1 else []
 
 
 def save_figure(fig: plt.Figure, path: str | Path, *, bottom: float = 0.0) -> Path:
