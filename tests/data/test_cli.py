@@ -46,10 +46,24 @@ def test_bad_records_exit_1_and_write_the_report(tmp_path, capsys, tokenizer):
     assert saved["lengths"] == {"a": {"over_length": 2, "split": 0, "samples": 2, "tokens_cut": 38, "chars_clipped": 0}}
 
 
-def test_max_length_needs_a_tokenizer(tmp_path):
+@pytest.mark.parametrize("flag", ["--max_length", "--show_labels"])
+def test_token_flags_need_a_tokenizer(tmp_path, flag):
     data = write_jsonl(tmp_path / "a.jsonl", [chat()])
     with pytest.raises(DftuneError, match="--tokenizer"):
-        run(str(data), "--max_length", "8")
+        run(str(data), flag, "8")
+
+
+def test_show_labels_marks_the_trained_tokens_of_the_first_n_samples(tmp_path, capsys, tokenizer):
+    """Brackets when stdout is not a terminal (pytest's capture): the replies and their end of turn, nothing else."""
+    tokenizer.save_pretrained(tmp_path / "tok")
+    data = write_jsonl(tmp_path / "a.jsonl", [chat("2 + 2?", "4"), chat("3 + 3?", "6"), chat("x", "y")])
+    assert run(str(data), "--tokenizer", str(tmp_path / "tok"), "--show_labels", "2") == 0
+    out = capsys.readouterr().out
+    shown = out[out.index("--- sample 1 of 3"):]
+    assert "--- sample 2 of 3" in shown and "sample 3 of 3" not in shown
+    assert shown.count("[[") == 2 and "[[4<|im_end|>]]" in shown and "[[6<|im_end|>]]" in shown
+    assert "2 + 2?" in shown and "[[2 + 2?" not in shown
+    assert shown.count("trained (assistant replies, 1 special)") == 2
 
 
 def test_preference_pairs_are_checked_with_stage_dpo(tmp_path, capsys, tokenizer):

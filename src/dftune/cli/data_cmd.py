@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 from pathlib import Path
 
 from dftune.cli.checks import NoValidRecords, positive_int
@@ -29,14 +30,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check.add_argument("--tokenizer", help="tokenizer directory: adds token length statistics")
     check.add_argument("--max_length", type=positive_int, help="reject records with no assistant token within N tokens")
     check.add_argument("--report", help="write the full JSON report here")
+    check.add_argument("--show_labels", type=positive_int, metavar="N",
+                       help="print the first N encoded records with their trained tokens marked (needs --tokenizer)")
     check.add_argument("--stage", choices=("sft", "dpo"), default="sft",
                        help="sft: conversations (also dllm); dpo: preference pairs (prompt/chosen/rejected)")
     check.set_defaults(func=run_check)
 
 
 def run_check(args: argparse.Namespace) -> int:
-    if args.max_length is not None and args.tokenizer is None:
-        raise DftuneError("--max_length needs --tokenizer")
+    for flag in ("max_length", "show_labels"):
+        if getattr(args, flag) is not None and args.tokenizer is None:
+            raise DftuneError(f"--{flag} needs --tokenizer: the tokens are the tokenizer's (--tokenizer DIR)")
+    if args.show_labels is not None and args.stage == "dpo":
+        raise DftuneError("--show_labels shows sft records; preference pairs train every reply token (drop it)")
     if args.report:
         output_file(args.report, "--report", REPORT_FILE, inputs=[*args.files, args.tokenizer])
     sources = resolve_sources(args.files)
@@ -56,6 +62,8 @@ def run_check(args: argparse.Namespace) -> int:
     print(report.format_table())
     if lengths:
         print(_length_stats(lengths, args.max_length))
+    if args.show_labels:
+        _show_labels(dataset, _tokenizer(args.tokenizer), args.show_labels)
     if args.report:
         with disk_full_guard(Path(args.report), what="the report", kept="The data is untouched.",
                              fix="Free space or write the report elsewhere."):
@@ -67,6 +75,16 @@ def run_check(args: argparse.Namespace) -> int:
         raise NoValidRecords(f"no records in {', '.join(sources)}: the files are empty or blank (train would stop "
                              "with \"no valid training records\"); add records, one JSON object per line")
     return 0
+
+
+def _show_labels(dataset, tokenizer, count: int) -> None:
+    """The first `count` samples, trained tokens green on a terminal and in [[...]] otherwise."""
+    from dftune.data.label_view import label_view
+
+    colour = sys.stdout.isatty()
+    for number, sample in enumerate(dataset.select(range(min(count, len(dataset)))), start=1):
+        print(f"\n--- sample {number} of {len(dataset)} ({sample['source']}) ---")
+        print(label_view(sample["input_ids"], sample["labels"], tokenizer, colour=colour))
 
 
 def _tokenizer(path: str):
