@@ -101,7 +101,8 @@ def train_and_save(config: RunConfig, callbacks: list[TrainerCallback] | None = 
     parallelism = check_parallelism(trainer)
     output_dir = Path(config.training.output_dir)
     settings = [f"{key}={value}" for key, value in config.method.objective_kwargs().items()]
-    objective = " ".join([f"stage {config.method.stage}, loss {config.method.loss}", *settings])
+    objective = config.stage_args.own_objective() or " ".join(
+        [f"stage {config.method.stage}, loss {config.method.loss}", *settings])
     trainer.add_callback(RunHeader(RunDescription(
         model_name=config.model.model_name_or_path, objective=objective, train_samples=len(trainer.train_dataset),
         eval_samples=None if trainer.eval_dataset is None else len(trainer.eval_dataset), trackers=trackers,

@@ -17,7 +17,8 @@ from dftune.runtime.console import log_line, number
 
 def test_numbers_read_as_numbers_at_a_fixed_width():
     assert number(4.54398) == "4.5440" and number(0.0123) == "0.0123" and number(12) == "12"
-    assert number(0.0004) == "4.0e-04" and number(123456.0) == "1.2e+05" and number(0.0) == "0.0000"
+    assert number(0.0004) == "4.0e-04" and number(123456.7) == "1.2e+05" and number(0.0) == "0.0000"
+    assert number(11045.0) == "11045" and number(1.0) == "1.0000"  # a count logged as a float; a whole loss
     assert number(math.nan) == "nan" and number(True) == "True"
 
 

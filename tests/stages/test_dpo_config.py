@@ -81,3 +81,8 @@ def test_prompt_that_fills_max_length_is_cut_not_rejected(tiny_model_dir, tmp_pa
                                           tokenize=True, return_dict=True)["input_ids"]  # fmt: skip
     assert report.over_length() == {"long": {"over_length": 1, "split": 0, "samples": 1,
                                              "tokens_cut": len(whole) - len(long["prompt_ids"]), "chars_clipped": 0}}
+
+def test_the_run_header_names_dpos_own_loss(tmp_path):
+    """Stage dpo trains TRL's loss_type, not `loss` (which stays sft): the header says loss_type and beta."""
+    config = parse_config([str(EXAMPLES[0]), "--use_cpu", "true", "--loss_type", "sigmoid,ipo", "--beta", "0.2"])
+    assert config.stage_args.own_objective() == "stage dpo, loss_type sigmoid,ipo beta=0.2"

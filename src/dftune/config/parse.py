@@ -49,6 +49,10 @@ class StageArguments:
     def check(self, config: RunConfig) -> None:
         """Raise ValueError when this stage's keys contradict the rest of `config` (parse reports it)."""
 
+    def own_objective(self) -> str | None:
+        """The run header's objective for a stage with a loss of its own (DPO's), else None: `loss` and its keys."""
+        return None
+
 
 @dataclass
 class RunConfig:

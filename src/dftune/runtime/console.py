@@ -30,13 +30,15 @@ SHORT = {"learning_rate": "lr"}
 
 def number(value: Any) -> str:
     """A metric at a fixed width: 4 decimals for values of order one, scientific notation for the very small or
-    large (a learning rate), integers as integers."""
+    large (a learning rate), integers (and whole floats from 10 up: counts) as integers."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return str(value)
     if isinstance(value, int):
         return str(value)
     if not math.isfinite(value):
         return str(value)
+    if value.is_integer() and abs(value) >= 10:  # a count logged as a float (TRL's num_tokens)
+        return str(int(value))
     return f"{value:.1e}" if value != 0 and not 1e-3 <= abs(value) < 1e4 else f"{value:.4f}"
 
 

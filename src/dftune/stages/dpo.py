@@ -82,6 +82,9 @@ class DpoArguments(StageArguments):
             self.loss_type = [self.loss_type]
         self.loss_type = [name for item in self.loss_type for name in item.split(",") if name]
 
+    def own_objective(self) -> str:
+        return f"stage dpo, loss_type {','.join(self.loss_type)} beta={self.beta}"
+
     def check(self, config: RunConfig) -> None:
         if config.method.loss != "sft":  # resolved_loss() has run: sft is the default, so anything else was asked for
             raise ValueError(f"stage: dpo trains with loss_type (sigmoid, ipo, ...), not loss: {config.method.loss}")
