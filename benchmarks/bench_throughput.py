@@ -26,7 +26,7 @@ from transformers import AutoModelForCausalLM, TrainingArguments
 sys.path.insert(0, str(Path(__file__).parent))  # run as a script: benchmarks/ is not a package
 from bench_preprocess import synthetic_records  # noqa: E402
 
-from dftune.data import DataCollatorForChat, configure_packing
+from dftune.data.collate import DataCollatorForChat, configure_packing
 from dftune.data.validate import validate_and_encode
 from dftune.models.presets import build_tokenizer, init_model
 from dftune.runtime.objective_trainer import ObjectiveTrainer

@@ -47,6 +47,9 @@ METHOD = """## Method
   softmax over the top-20 logits / 3; ASFT: DFT plus 0.1 x `F.kl_div(log_softmax(policy), softmax(reference))`
   from the reference's full float32 logits, computed without gradient). Fused: `fused_linear_loss(...,
   objective="eaft" | "asft", ref_hidden=..., ref_weight=...)`. Same harness as the loss head.
+- **Start-up.** `benchmarks/bench_startup.py`: `python -m dftune --help` (and `data check --help`, `train --help`)
+  against `python -c "import torch"`, each a fresh process timed from start to exit, run round-robin five times;
+  the table gives the median, the extremes and the median's ratio to `import torch`'s median.
 - Liger-Kernel's fused linear cross-entropy (Triton, CUDA only) and every GPU figure are in `make bench-gpu`
   (`benchmarks/gpu/`); see the GPU section above.
 """
@@ -80,8 +83,9 @@ def main() -> None:
         throughput = bench("bench_throughput", ["--device", args.device, "--steps", str(args.steps)],
                            Path(tmp) / "throughput.json")
         preprocess = bench("bench_preprocess", ["--long"], Path(tmp) / "preprocess.json")
+        startup = bench("bench_startup", [], Path(tmp) / "startup.json")
     results = {"loss_head": head, "objective_heads": objectives, "reference_memory": reference,
-               "throughput": throughput, "preprocess": preprocess, "started": started}
+               "throughput": throughput, "preprocess": preprocess, "startup": startup, "started": started}
     (ROOT / "benchmarks" / "results.json").write_text(json.dumps(results, indent=1))
     machine = f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
     skipped = "".join(f"\n- skipped: {line}" for line in head["skipped"])
@@ -129,6 +133,14 @@ tokenise. `split` (the default) keeps every record with a reply, cut at turn bou
 first-`max_length`-tokens behaviour. Peak RSS is VmHWM; "peak - imports" is preprocessing's own memory.
 
 {preprocess['table']}
+
+## 6. Start-up: `dftune --help` answers in {startup['help_ratio']:.2f}x the time of `import torch` (median of {startup['repeats']}, same run)
+
+Each command in a fresh interpreter, round-robin, wall clock to exit. Every `--help` but `train`'s imports neither
+torch nor transformers (a test checks it); `train --help` lists TrainingArguments' keys and the stages', so it
+imports transformers, torch and the stage modules (TRL, datasets and peft with them).
+
+{startup['table']}
 
 ## GPU
 

@@ -29,7 +29,7 @@ from dftune.data.formats import Messages
 from dftune.data.readers import resolve_sources
 from dftune.data.validate import collect_conversations
 from dftune.errors import DftuneError
-from dftune.evaluation import evaluate_records
+from dftune.evaluation.generate import evaluate_records
 from dftune.models.loading import load_model, load_tokenizer
 from dftune.outputs import write_text
 from dftune.run import parse_config, run

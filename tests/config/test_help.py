@@ -7,14 +7,13 @@ from dataclasses import fields
 
 import pytest
 
-from dftune.cli.main import build_parser, main
+from cli_commands import command_paths
+from dftune.cli.main import main
 from dftune.run import stage_sections, train_help_parser
 from dftune.config.parse import sections
 
-SUBCOMMANDS = sorted(build_parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
 
-
-@pytest.mark.parametrize("command", [[], *([name] for name in SUBCOMMANDS), ["data", "check"]])
+@pytest.mark.parametrize("command", command_paths(), ids=lambda c: " ".join(["dftune", *c]))
 def test_every_help_exits_zero(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as stop:
         code = main([*command, "--help"])

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from dftune.data import DataCollatorForChat
+from dftune.data.collate import DataCollatorForChat
 from dftune.data.collate import pack_rows, configure_packing
 from dftune.errors import DftuneError
 from dftune.models.presets import init_model

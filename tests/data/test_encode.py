@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from dftune.data import encode_messages
+from dftune.data.encode import encode_messages
 from dftune.errors import DftuneError
 from dftune.models.presets import build_tokenizer
 

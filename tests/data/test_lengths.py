@@ -12,7 +12,7 @@ import textwrap
 import pytest
 
 from dftune.config.data_args import DataArguments
-from dftune.data import prepare_datasets
+from dftune.data.prepare import prepare_datasets
 from dftune.data.encode import IGNORE_INDEX, encode_turns
 from dftune.data.lengths import fit
 

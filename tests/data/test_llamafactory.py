@@ -10,7 +10,7 @@ import time
 import pytest
 
 from dftune.config.data_args import DataArguments
-from dftune.data import prepare_datasets
+from dftune.data.prepare import prepare_datasets
 from dftune.data.llamafactory import registry_sources
 from dftune.data.lengths import PreferenceLimits
 from dftune.data.preference import prepare_preference_datasets

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dftune.config.data_args import DataArguments
-from dftune.data import prepare_datasets
+from dftune.data.prepare import prepare_datasets
 from dftune.data import validate as validate_module
 from dftune.errors import DftuneError
 

@@ -13,7 +13,7 @@ from sgd_setup import sgd_args, synthetic_dataset
 from transformers import AutoModelForCausalLM
 from transformers.integrations.integration_utils import rewrite_logs
 
-from dftune.data import DataCollatorForChat
+from dftune.data.collate import DataCollatorForChat
 from dftune.runtime.objective_trainer import ObjectiveTrainer
 
 OBJECTIVES = {"sft": {}, "dft": {"alpha": 0.7}, "bft": {"group_size": 3, "gamma": 1.0}}

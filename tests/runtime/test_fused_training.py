@@ -14,7 +14,7 @@ from peft import LoraConfig, get_peft_model
 from sgd_setup import sgd_args, synthetic_dataset
 from transformers import AutoModelForCausalLM
 
-from dftune.data import DataCollatorForChat
+from dftune.data.collate import DataCollatorForChat
 from dftune.errors import DftuneError
 from dftune.runtime.objective_trainer import ObjectiveTrainer
 

@@ -19,7 +19,7 @@ from sgd_setup import synthetic_dataset
 from transformers import AutoModelForCausalLM, TrainerCallback, TrainingArguments
 
 from dftune.cli.main import main
-from dftune.data import DataCollatorForChat
+from dftune.data.collate import DataCollatorForChat
 from dftune.runtime.checkpoints import COMPLETE_MARKER, last_complete_checkpoint, rotate_checkpoints
 from dftune.runtime.objective_trainer import ObjectiveTrainer
 

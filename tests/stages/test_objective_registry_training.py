@@ -18,7 +18,7 @@ from objective_cases import cases
 from sgd_setup import sgd_args, synthetic_dataset
 from transformers import AutoModelForCausalLM
 
-from dftune.data import DataCollatorForChat
+from dftune.data.collate import DataCollatorForChat
 from dftune.errors import DftuneError
 from dftune.losses import CE, ENTROPY, OBJECTIVES, Objective, RowStatistic, Weights, register
 from dftune.losses.statistics import entropy_of_logits

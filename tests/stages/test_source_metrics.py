@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from dftune.cli.main import main
-from dftune.data import DataCollatorForChat
+from dftune.data.collate import DataCollatorForChat
 from dftune.losses import compute_objective
 from dftune.runtime.metrics import source_sums
 

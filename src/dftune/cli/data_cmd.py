@@ -11,7 +11,6 @@ from pathlib import Path
 from dftune.cli.checks import NoValidRecords, positive_int
 from dftune.data.readers import resolve_sources
 from dftune.data.report import REPORT_FILE
-from dftune.data.validate import collect_conversations, validate_and_encode
 from dftune.errors import DftuneError
 from dftune.outputs import output_file
 from dftune.runtime.disk import disk_full_guard
@@ -38,6 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_check(args: argparse.Namespace) -> int:
+    from dftune.data.validate import collect_conversations, validate_and_encode  # datasets: not for --help
+
     for flag in ("max_length", "show_labels"):
         if getattr(args, flag) is not None and args.tokenizer is None:
             raise DftuneError(f"--{flag} needs --tokenizer: the tokens are the tokenizer's (--tokenizer DIR)")

@@ -33,7 +33,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from dftune.config.model_args import ModelArguments
     from dftune.diffusion import sample_replies
     from dftune.errors import DftuneError
-    from dftune.evaluation import evaluate_records
+    from dftune.evaluation.generate import evaluate_records
     from dftune.models.integrity import check_local_model
     from dftune.models.loading import (
         is_diffusion_config,

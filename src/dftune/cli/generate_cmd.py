@@ -6,8 +6,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
 from dftune.cli.checks import non_negative_float, positive_int
 from dftune.errors import DftuneError
 
@@ -39,6 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_generate(args: argparse.Namespace) -> int:
+    import torch
     from transformers import AutoConfig, AutoTokenizer
 
     from dftune.config.model_args import ModelArguments
@@ -82,7 +81,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
 def _causal_reply(args: argparse.Namespace, base: str, tokenizer, messages) -> str:
     from dftune.config.model_args import ModelArguments
-    from dftune.evaluation import generate_replies
+    from dftune.evaluation.generate import generate_replies
     from dftune.models.loading import load_model
 
     base_args = ModelArguments(model_name_or_path=base, torch_dtype="auto", trust_remote_code=args.trust_remote_code)

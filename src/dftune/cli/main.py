@@ -1,4 +1,8 @@
-"""The `dftune` command: subcommands dispatch to library functions; user errors print one line, no traceback."""
+"""The `dftune` command: subcommands dispatch to library functions; user errors print one line, no traceback.
+
+Building the parser imports no torch or transformers (tests/config/test_fast_start.py): every `--help` but
+`train`'s answers at once; each command imports what it runs inside its function.
+"""
 
 from __future__ import annotations
 
@@ -51,7 +55,7 @@ def _demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from dftune.cli import data_cmd, eval_cmd, generate_cmd, merge_cmd
     from dftune.cli import compare_cmd, plot_cmd, probe_cmd
-    from dftune.models.presets import PRESETS, SMOLLM2
+    from dftune.models.catalog import SMOLLM2, model_names
 
     parser = argparse.ArgumentParser(prog="dftune", description="Fine-tune LLMs with differentiated objectives.")
     parser.add_argument("--version", action="version", version=f"dftune {__version__}")
@@ -61,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=_train)  # its keys are parsed by dftune.config, from the words argparse leaves over
 
     init = sub.add_parser("init-model", help="write a small random model with a ChatML tokenizer, offline")
-    init.add_argument("--preset", required=True, choices=sorted([*PRESETS, SMOLLM2]))
+    init.add_argument("--preset", required=True, choices=model_names())
     init.add_argument("--torch_dtype", choices=["float32", "bfloat16"], default="float32",
                       help=f"weights dtype of the {SMOLLM2} conversion")
     init.add_argument("--output_dir", required=True)
@@ -88,9 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    setup_logging(logging.INFO)  # one format; info lines once, from the main process
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
+    setup_logging(logging.INFO)  # one format; info lines once, from the main process (after --help has answered)
     if args.func is _train or args.command == "compare":  # config keys, parsed by dftune.config
         args.rest = rest
     elif rest:

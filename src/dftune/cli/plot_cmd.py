@@ -8,7 +8,6 @@ from pathlib import Path
 from dftune.errors import DftuneError
 from dftune.outputs import output_file
 from dftune.runtime.disk import disk_full_guard
-from dftune.viz.curves import RUN_PANELS, load_log_history, plot_runs
 
 
 IMAGE_SUFFIXES = (".png",)  # the figure is a 256-colour palette image: PNG keeps it whole
@@ -35,6 +34,8 @@ def run_labels(run_dirs: list[str]) -> list[str]:
 
 
 def run_plot(args: argparse.Namespace) -> int:
+    from dftune.viz.curves import RUN_PANELS, load_log_history, plot_runs  # matplotlib: not for --help
+
     labels = run_labels(args.runs) if args.labels is None else [name.strip() for name in args.labels.split(",")]
     if len(labels) != len(args.runs) or len(set(labels)) != len(labels):
         raise DftuneError(f"--labels needs {len(args.runs)} different names, one per run; got {args.labels!r}")

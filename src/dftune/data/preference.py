@@ -52,7 +52,7 @@ def prepare_preference_datasets(
 ) -> PreparedData:
     """Train (and eval) preference datasets from `data_files` (and `eval_files` or a held-out split).
 
-    Same contract as `dftune.data.prepare_datasets`: on_bad_record error raises a DftuneError listing the bad
+    Same contract as `dftune.data.prepare.prepare_datasets`: on_bad_record error raises a DftuneError listing the bad
     records; skip logs per-file counts and goes on; the report is written to `report_path` in both cases.
     """
     splits = resolve_splits(data_args, ranking=True)

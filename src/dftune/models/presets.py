@@ -1,4 +1,5 @@
 """Small randomly initialised models made locally, with no download: what tests, examples and the quickstart use.
+Their names and shapes are plain data in `dftune.models.catalog`; this module builds their configs and weights.
 
 A preset is a model config plus a byte-level tokenizer whose vocabulary is the 256 bytes and the ChatML
 special tokens (plus `<|mask|>` for the diffusion preset, appended last so every other id is unchanged).
@@ -8,7 +9,6 @@ and string tasks easy for a tiny model: one digit is one token.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -17,55 +17,34 @@ from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedConfig, Pr
 
 from dftune.data.encode import CHATML_TEMPLATE
 from dftune.errors import DftuneError
-from dftune.models.pretrained import SMOLLM2, convert_smollm2
+from dftune.models.catalog import PRESETS, SMOLLM2, Preset, model_names
+from dftune.models.pretrained import convert_smollm2
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 MASK_TOKEN = "<|mask|>"
 
 
-@dataclass(frozen=True)
-class Preset:
-    """A named architecture; `config()` builds its transformers config for a given vocabulary size."""
-
-    description: str
-    hidden_size: int
-    num_layers: int
-    num_heads: int
-    intermediate_size: int
-    max_position_embeddings: int = 1024
-    bidirectional: bool = False
-    """A masked-diffusion LM (LLaDA's recipe: a Llama without the causal mask), with a `<|mask|>` token."""
-
-    def config(
-        self, vocab_size: int, pad_token_id: int, eos_token_id: int, mask_token_id: int | None = None
-    ) -> PreTrainedConfig:
-        # transformers builds a bidirectional mask for decoder-only models whose config says is_causal=False
-        # (masking_utils.create_causal_mask); tests/diffusion checks that a late token changes early logits.
-        extra = {"is_causal": False, "mask_token_id": mask_token_id} if self.bidirectional else {}
-        return LlamaConfig(
-            vocab_size=vocab_size,
-            hidden_size=self.hidden_size,
-            intermediate_size=self.intermediate_size,
-            num_hidden_layers=self.num_layers,
-            num_attention_heads=self.num_heads,
-            num_key_value_heads=self.num_heads,
-            max_position_embeddings=self.max_position_embeddings,
-            pad_token_id=pad_token_id,
-            bos_token_id=None,
-            eos_token_id=eos_token_id,
-            tie_word_embeddings=False,
-            **extra,
-        )
-
-
-PRESETS: dict[str, Preset] = {
-    "tiny-llama": Preset("Llama, 2 layers, hidden 64: for tests", 64, 2, 4, 128),
-    "small-llama": Preset("Llama, 4 layers, hidden 128: for the quickstart", 128, 4, 4, 384),
-    "tiny-dllm": Preset(
-        "bidirectional Llama with a <|mask|> token, 4 layers, hidden 128: masked-diffusion tests and examples",
-        128, 4, 4, 384, bidirectional=True,
-    ),
-}
+def model_config(
+    spec: Preset, vocab_size: int, pad_token_id: int, eos_token_id: int, mask_token_id: int | None = None
+) -> PreTrainedConfig:
+    """The transformers config of preset `spec` for a given vocabulary (and its special token ids)."""
+    # transformers builds a bidirectional mask for decoder-only models whose config says is_causal=False
+    # (masking_utils.create_causal_mask); tests/diffusion checks that a late token changes early logits.
+    extra = {"is_causal": False, "mask_token_id": mask_token_id} if spec.bidirectional else {}
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_heads,
+        max_position_embeddings=spec.max_position_embeddings,
+        pad_token_id=pad_token_id,
+        bos_token_id=None,
+        eos_token_id=eos_token_id,
+        tie_word_embeddings=False,
+        **extra,
+    )
 
 
 def build_tokenizer(*, mask_token: bool = False) -> PreTrainedTokenizerFast:
@@ -94,11 +73,12 @@ def init_model(preset: str, output_dir: str | Path, *, seed: int = 0, dtype: tor
     if preset == SMOLLM2:
         return convert_smollm2(output_dir, dtype=dtype)
     if preset not in PRESETS:
-        raise DftuneError(f"unknown preset {preset!r}; choose one of: {', '.join(sorted([*PRESETS, SMOLLM2]))}")
+        raise DftuneError(f"unknown preset {preset!r}; choose one of: {', '.join(model_names())}")
     output_dir = Path(output_dir)
     spec = PRESETS[preset]
     tokenizer = build_tokenizer(mask_token=spec.bidirectional)
-    config = spec.config(len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.mask_token_id)
+    ids = (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.mask_token_id)
+    config = model_config(spec, len(tokenizer), *ids)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id

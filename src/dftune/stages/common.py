@@ -9,7 +9,8 @@ from typing import Any
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 
 from dftune.config.parse import RunConfig
-from dftune.data import PreparedData, configure_packing, prepare_datasets
+from dftune.data.collate import configure_packing
+from dftune.data.prepare import PreparedData, prepare_datasets
 from dftune.data.encode import chat_template
 from dftune.data.report import REPORT_FILE
 from dftune.errors import DftuneError

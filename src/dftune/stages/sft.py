@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from transformers import TrainerCallback
 
 from dftune.config.parse import RunConfig, StageArguments
-from dftune.data import DataCollatorForChat
+from dftune.data.collate import DataCollatorForChat
 from dftune.runtime.objective_trainer import ObjectiveTrainer
 from dftune.stages.common import (
     chat_data,
