@@ -23,7 +23,7 @@ REPLY = " ".join(f"Step {i}: add {i} to the total." for i in range(40))  # ~500 
 def sharegpt_dump(path):
     """ShareGPT's layout: a JSON array of {"id", "conversations": [{"from", "value"}]}, one record a lone reply."""
     records = [
-        {"id": "a1", "conversations": [{"from": "human", "value": "Count to three."}, {"from": "gpt", "value": "1 2 3"}]},
+        {"id": "a1", "conversations": [{"from": "human", "value": "Count to 3."}, {"from": "gpt", "value": "1 2 3"}]},
         {"id": "a2", "conversations": [{"from": "gpt", "value": REPLY}]},
         {"id": "a3", "conversations": [{"from": "system", "value": "Be terse."}, {"from": "gpt", "value": "Ok."}]},
     ]
