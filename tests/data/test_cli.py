@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import pytest
 
@@ -80,3 +81,113 @@ def test_preference_pairs_are_checked_with_stage_dpo(tmp_path, capsys, tokenizer
     assert run(str(short), "--stage", "dpo", "--tokenizer", str(tmp_path / "tok"), "--max_length", "8") == 1
     assert f"{short}:1: no reply token within max_length" in capsys.readouterr().out  # the header alone fills it
     assert run(str(write_jsonl(tmp_path / "ok.jsonl", [pair, pair])), "--stage", "dpo") == 0
+
+
+def test_every_data_key_of_train_is_a_data_check_flag():
+    """data check's flags come from the dataclasses: every DataArguments field, and stage dpo's keys that fit pairs
+    (PreferenceLimits' other fields), each a key `train` reads under stage dpo."""
+    from dataclasses import fields
+
+    from dftune.config.data_args import DataArguments
+    from dftune.data.lengths import PreferenceLimits
+    from dftune.stages.dpo import DpoArguments
+
+    subparsers = argparse.ArgumentParser(prog="dftune").add_subparsers(dest="command", required=True)
+    data_cmd.register(subparsers)
+    check = subparsers.choices["data"]._subparsers._group_actions[0].choices["check"]
+    flags = {option for action in check._actions for option in action.option_strings}
+    expected = {f.name for f in fields(DataArguments)} | {f.name for f in fields(PreferenceLimits)}
+    assert {f"--{name}" for name in expected} <= flags
+    assert {f.name for f in fields(PreferenceLimits)} - {f.name for f in fields(DataArguments)} <= {
+        f.name for f in fields(DpoArguments)}
+
+
+LONG_CHAT = {"messages": [{"role": "user", "content": "x" * 80}, {"role": "assistant", "content": "y"}]}
+LONE = {"conversations": [{"from": "gpt", "value": "A reply with no prompt."}]}
+
+
+@pytest.fixture
+def check_inputs(tmp_path, tokenizer):
+    """A tokenizer folder, a training file, an eval file, a LLaMA-Factory folder and a chat template file."""
+    tokenizer.save_pretrained(tmp_path / "tok")
+    turns = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+                          {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]}
+    write_jsonl(tmp_path / "a.jsonl", [chat(), LONG_CHAT, LONE, "{oops", turns])
+    write_jsonl(tmp_path / "b.jsonl", [chat("q"), {"messages": "x"}])
+    registry = tmp_path / "lf"
+    registry.mkdir()
+    (registry / "dataset_info.json").write_text(json.dumps({"chats": {"file_name": "chats.jsonl",
+                                                                      "formatting": "sharegpt"}}))
+    tool = {"conversations": [{"from": "human", "value": "q"}, {"from": "function_call", "value": "{}"}]}
+    write_jsonl(registry / "chats.jsonl", [LONE, tool, {"conversations": [{"from": "human", "value": "x" * 80},
+                                                                           {"from": "gpt", "value": "y"}]}])
+    (tmp_path / "zephyr.jinja").write_text(
+        "{% for m in messages %}{{ '<|' + m['role'] + '|>\n' + m['content'] + eos_token + '\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}")
+    return tmp_path
+
+
+CHECKS = {
+    "split": ["a.jsonl", "--max_length", "40"],
+    "truncate": ["a.jsonl", "--max_length", "40", "--long_conversations", "truncate"],
+    "mask_history, max_samples": ["a.jsonl", "--mask_history", "--max_samples", "3"],
+    "eval_files": ["a.jsonl", "--eval_files", "b.jsonl"],
+    "dataset, no files": ["--dataset", "chats", "--dataset_dir", "lf", "--max_length", "40"],
+    "chat_template": ["--data_files", "a.jsonl", "--chat_template", "zephyr.jinja", "--reply_share", "0.3",
+                      "--max_length", "40"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(CHECKS))
+def test_data_check_reports_what_train_reports(name, check_inputs, capsys, monkeypatch):
+    """The same data keys give the same report from `data check` as from the data preparation `train` runs."""
+    from dftune.data.prepare import prepare_datasets
+    from dftune.run import parse_config
+    from dftune.stages.common import with_template_keys
+    from transformers import AutoTokenizer
+
+    monkeypatch.chdir(check_inputs)
+    flags = CHECKS[name]
+    code = run(*flags, "--tokenizer", "tok", "--report", "check.json")
+    capsys.readouterr()
+    files = [] if flags[0].startswith("--") else ["--data_files", flags[0]]
+    config = parse_config(["--stage", "sft", *files, *flags[len(files) // 2:]])
+    tokenizer = with_template_keys(AutoTokenizer.from_pretrained("tok"), config.data, "tok")
+    try:
+        prepare_datasets(config.data, tokenizer, seed=0, report_path="train.json")
+    except DftuneError as err:  # the report is written first
+        assert "records are invalid" in str(err)
+    check, train = (json.loads(Path(check_inputs / f).read_text()) for f in ("check.json", "train.json"))
+    assert check == train and code == int(check["rejected"] > 0)
+    reasons = {e["reason"] for e in check["errors"]}
+    if name == "truncate":  # the long prompt leaves no reply token; split cuts the prompt and keeps it
+        assert reasons == {"invalid JSON", "no assistant token within max_length"}
+    if name == "dataset, no files":
+        assert reasons == {"tool-call turn"} and check["kept"] == 2  # the lone reply is kept
+    if name == "mask_history, max_samples":
+        assert (check["total"], check["rejected"]) == (3, 0)
+    if name == "eval_files":
+        assert check["total"] == 7 and reasons == {"invalid JSON", "messages not a list"}
+
+
+def test_stage_dpo_keys_fit_pairs_as_train_does(check_inputs, capsys):
+    pair = {"prompt": "p" * 60, "chosen": "yes " * 10, "rejected": "no"}
+    data = write_jsonl(check_inputs / "p.jsonl", [pair, pair])
+    report = check_inputs / "p.json"
+    flags = ["--max_length", "48", "--max_prompt_length", "30", "--max_completion_length", "8"]
+    assert run(str(data), "--stage", "dpo", "--tokenizer", str(check_inputs / "tok"), *flags,
+               "--report", str(report)) == 0
+    assert json.loads(report.read_text())["lengths"]["p"]["over_length"] == 2
+    with pytest.raises(DftuneError, match="apply to stage: dpo only"):
+        run(str(data), "--max_prompt_length", "30")
+
+
+def test_skip_policy_exits_0_while_records_are_left_and_no_data_is_an_error(check_inputs, capsys):
+    data = str(check_inputs / "a.jsonl")
+    assert run(data) == 1
+    assert run(data, "--on_bad_record", "skip") == 0
+    assert "1 invalid records" in capsys.readouterr().out
+    with pytest.raises(DftuneError, match="no training data"):
+        run()
+    with pytest.raises(DftuneError, match="max_length.*ten"):
+        run(data, "--tokenizer", str(check_inputs / "tok"), "--max_length", "ten")

@@ -81,9 +81,24 @@ def test_position_zero_is_never_labelled():
     assert encoded["labels"] == [IGNORE, encoded["input_ids"][1], encoded["input_ids"][2]]
 
 
-def test_leading_assistant_message_is_context_only(tokenizer):
-    messages = [{"role": "assistant", "content": "Welcome"}, *CONVERSATION[1:3]]
-    assert labelled_spans(tokenizer, encode_messages(tokenizer, messages)) == ["4, of course. ünï 😀<|im_end|>"]
+@pytest.mark.parametrize(
+    ("template", "end"),
+    [(None, "<|im_end|>"), (LLAMA3, "<|eot_id|>"), (ZEPHYR, "<|im_end|>")],
+    ids=["chatml", "llama3", "zephyr"],
+)
+def test_a_reply_with_no_prompt_is_trained_whole(template, end):
+    """No user turn before the reply (issue 23): its prompt is empty, the reply and its end of turn are the target;
+    an opening greeting before the first user turn is a reply like the others (mask_history: the last only)."""
+    tokenizer = with_template(template) if template else build_tokenizer()
+    alone = [{"role": "assistant", "content": "Welcome"}]
+    for messages in (alone, [CONVERSATION[0], *alone]):
+        encoded = encode_messages(tokenizer, messages)
+        assert labelled_spans(tokenizer, encoded) == ["Welcome" + end]
+        assert encoded["labels"][0] == IGNORE and tokenizer.decode(encoded["input_ids"]) == (
+            tokenizer.apply_chat_template(messages, tokenize=False))
+    opened, answer = [*alone, *CONVERSATION[1:3]], CONVERSATION[2]["content"] + end
+    assert labelled_spans(tokenizer, encode_messages(tokenizer, opened)) == ["Welcome" + end, answer]
+    assert labelled_spans(tokenizer, encode_messages(tokenizer, opened, mask_history=True)) == [answer]
 
 
 def test_missing_template_falls_back_to_chatml_with_a_warning(caplog):
@@ -103,3 +118,13 @@ def test_template_that_rewrites_history_is_refused():
     )
     with pytest.raises(DftuneError, match="does not render conversations incrementally"):
         encode_messages(tokenizer, CONVERSATION)
+
+
+def test_template_that_rewrites_a_reply_opening_the_conversation_is_refused():
+    """A reply with no prompt is located by its content in the rendered text: a template that changes the content
+    (here upper-cases it) gives no place to start its labels, and says so."""
+    tokenizer = with_template("{% for m in messages %}{{ m['role'] + ':' + m['content'] | upper + eos_token }}"
+                              "{% endfor %}{% if add_generation_prompt %}{{ 'assistant:' }}{% endif %}")
+    assert labelled_spans(tokenizer, encode_messages(tokenizer, CONVERSATION[1:3])) == ["4, OF COURSE. ÜNÏ 😀<|im_end|>"]
+    with pytest.raises(DftuneError, match="does not render a reply's text as it is"):
+        encode_messages(tokenizer, [{"role": "assistant", "content": "Welcome"}])

@@ -163,3 +163,21 @@ def test_contradictory_or_empty_settings(tmp_path, tokenizer):
     bad = write_jsonl(tmp_path / "bad.jsonl", ["{x"])
     with pytest.raises(DftuneError, match="no valid training records"):
         prepare_datasets(args(tmp_path, [bad], on_bad_record="skip"), tokenizer, seed=0)
+
+
+@pytest.mark.parametrize("kind", ["sft", "dpo"])
+def test_data_with_no_valid_record_lists_them_again_from_the_cache(tmp_path, tokenizer, kind):
+    """Every record rejected: the cached entry has an empty split, which `datasets` cannot load back (the second
+    run, a cache hit, stopped with an IndexError traceback); each run lists the bad records."""
+    from dftune.data.lengths import PreferenceLimits
+    from dftune.data.preference import prepare_preference_datasets
+
+    data = write_jsonl(tmp_path / "a.jsonl", ["{oops", {"prompt": "q", "chosen": "a"}])
+    for _run in range(2):
+        with pytest.raises(DftuneError, match="2 of 2 records are invalid") as info:
+            if kind == "sft":
+                prepare_datasets(args(tmp_path, [data]), tokenizer, seed=0)
+            else:
+                prepare_preference_datasets(args(tmp_path, [data]), tokenizer, limits=PreferenceLimits(64), seed=0)
+        assert "a.jsonl:1: invalid JSON" in str(info.value)
+    assert len(list((tmp_path / "cache").rglob("report.json"))) == 1  # the second run read the first one's entry

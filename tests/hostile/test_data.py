@@ -158,10 +158,13 @@ def test_role_names_in_other_cases_are_read(user, assistant, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("value", ["-3", "0", "ten"])
-def test_data_check_max_length_must_be_positive(value, tiny_model_dir, tmp_path, capsys):
+def test_data_check_max_length_is_refused_as_train_refuses_it(value, tiny_model_dir, tmp_path, capsys):
+    """data check reads its data keys with train's parser: the same error, naming the key and the value."""
     path = write_jsonl(tmp_path / "a.jsonl", [chat()])
     outcome = dftune(capsys, "data", "check", path, "--tokenizer", tiny_model_dir, "--max_length", value)
-    clean_error(outcome, 2, "--max_length", "1 or more" if value != "ten" else "expected a whole number")
+    clean_error(outcome, 2, "max_length", value)
+    train = dftune(capsys, *train_argv(tiny_model_dir, path, tmp_path / "out", "--max_length", value))
+    assert train.code == 2 and train.err == outcome.err
 
 
 def test_data_check_report_into_a_folder_is_refused_before_reading(tmp_path, capsys):

@@ -1,19 +1,32 @@
-"""`dftune data check FILES...`: validate data without training; exit 0 when every record is valid, else 1 (as
-`train` would stop on them): invalid records, or no record at all (empty or blank-only files)."""
+"""`dftune data check [FILES...] [--key value ...]`: validate data without training; exit 0 when every record is valid,
+else 1 (as `train` would stop on them): invalid records, or no record at all (empty or blank-only files).
+
+It reads the data keys `train` reads (every `DataArguments` field, and stage dpo's keys that fit pairs to the length:
+the fields of `PreferenceLimits`), parsed by `train`'s own parser, so a check and a run agree: the same files
+(`data_files`, `eval_files`, LLaMA-Factory's `dataset`/`eval_dataset`, `max_samples`), the same template keys, the
+same length policy, the same errors for a bad value.
+"""
 
 from __future__ import annotations
 
 import argparse
 import statistics
 import sys
+import typing
+from dataclasses import MISSING, Field, fields
 from pathlib import Path
+from typing import Any
 
 from dftune.cli.checks import NoValidRecords, positive_int
-from dftune.data.readers import resolve_sources
+from dftune.config.data_args import DataArguments
+from dftune.config.help_text import help_text
+from dftune.data.lengths import PreferenceLimits
 from dftune.data.report import REPORT_FILE
 from dftune.errors import DftuneError
 from dftune.outputs import output_file
 from dftune.runtime.disk import disk_full_guard
+
+STAGES = ("sft", "dpo")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,62 +36,117 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check = commands.add_parser(
         "check",
         help="validate records (and token lengths with --tokenizer) without training",
-        description="Validate every record; print a per-file table and the bad records. Exit 1 if any is bad.",
+        description="Validate every record; print a per-file table and the bad records. Exit 1 if any is bad "
+        "(with on_bad_record skip: only when none is left). The data keys are those of `dftune train`.",
     )
-    check.add_argument("files", nargs="+", help=".jsonl/.json/.parquet files, globs or directories")
-    check.add_argument("--tokenizer", help="tokenizer directory: adds token length statistics")
-    check.add_argument("--max_length", type=positive_int, help="reject records with no assistant token within N tokens")
+    check.add_argument("files", nargs="*", help=".jsonl/.json/.parquet files, globs or directories (added to "
+                       "data_files; optional with --data_files or --dataset)")  # fmt: skip
+    check.add_argument("--tokenizer", help="tokenizer directory: applies the chat template and max_length, adds "
+                       "token length statistics")  # fmt: skip
     check.add_argument("--report", help="write the full JSON report here")
     check.add_argument("--show_labels", type=positive_int, metavar="N",
-                       help="print the first N encoded records with their trained tokens marked (needs --tokenizer)")
-    check.add_argument("--stage", choices=("sft", "dpo"), default="sft",
+                       help="print the first N encoded samples with their trained tokens marked (needs --tokenizer)")
+    check.add_argument("--stage", choices=STAGES, default="sft",
                        help="sft: conversations (also dllm); dpo: preference pairs (prompt/chosen/rejected)")
+    keys = check.add_argument_group("data keys (read as `dftune train` reads them)")
+    for f in data_key_fields():
+        kind = _kind(f)
+        choices = typing.get_args(kind) if typing.get_origin(kind) is typing.Literal else ()
+        default = f.default_factory() if f.default_factory is not MISSING else f.default
+        keys.add_argument(f"--{f.name}", nargs=_arity(f), default=argparse.SUPPRESS,
+                          metavar="{" + ",".join(choices) + "}" if choices else f.name.upper(),
+                          help=help_text(f.metadata.get("help", "stage dpo: how pairs are fitted to the length "
+                                                        "(`dftune train --help`)"), default))  # fmt: skip
     check.set_defaults(func=run_check)
 
 
-def run_check(args: argparse.Namespace) -> int:
-    from dftune.data.validate import collect_conversations, validate_and_encode  # datasets: not for --help
+def data_key_fields() -> list[Field]:
+    """The keys `train` reads data with: DataArguments', then stage dpo's that fit pairs (PreferenceLimits' others)."""
+    own = list(fields(DataArguments))
+    names = {f.name for f in own}
+    return own + [f for f in fields(PreferenceLimits) if f.name not in names]
 
-    for flag in ("max_length", "show_labels"):
-        if getattr(args, flag) is not None and args.tokenizer is None:
+
+def _kind(f: Field) -> Any:
+    return {**typing.get_type_hints(PreferenceLimits), **typing.get_type_hints(DataArguments)}[f.name]
+
+
+def _arity(f: Field) -> str | None:
+    """How many words the key takes on the command line: lists several, a bool none or one, the rest one."""
+    kind = _kind(f)
+    return "+" if typing.get_origin(kind) is list else "?" if kind is bool else None
+
+
+def data_config(args: argparse.Namespace) -> Any:
+    """The RunConfig `train` would parse from these data keys (its other keys at their defaults)."""
+    from dftune.run import parse_config
+
+    argv = ["--stage", args.stage]
+    given = {f.name: getattr(args, f.name) for f in data_key_fields() if hasattr(args, f.name)}
+    given["data_files"] = [*args.files, *given.get("data_files", [])]
+    for key, words in given.items():
+        if words != []:
+            argv += [f"--{key}", *([] if words is None else [words] if isinstance(words, str) else words)]
+    return parse_config(argv)
+
+
+def run_check(args: argparse.Namespace) -> int:
+    for flag, given in (("max_length", hasattr(args, "max_length")), ("show_labels", args.show_labels is not None)):
+        if given and args.tokenizer is None:
             raise DftuneError(f"--{flag} needs --tokenizer: the tokens are the tokenizer's (--tokenizer DIR)")
     if args.show_labels is not None and args.stage == "dpo":
-        raise DftuneError("--show_labels shows sft records; preference pairs train every reply token (drop it)")
+        raise DftuneError("--show_labels shows sft samples; preference pairs train every reply token (drop it)")
+    config = data_config(args)
+    data = config.data
     if args.report:
-        output_file(args.report, "--report", REPORT_FILE, inputs=[*args.files, args.tokenizer])
-    sources = resolve_sources(args.files)
+        inputs = [*data.data_files, *data.eval_files, args.tokenizer] + ([data.dataset_dir] if data.dataset else [])
+        output_file(args.report, "--report", REPORT_FILE, inputs=inputs)
+    from dftune.data.prepare import resolve_splits
+
+    sources = [source for split in resolve_splits(data, ranking=args.stage == "dpo").values() for source in split]
+    paths = [path for source in sources for path in source.paths]
+    tokenizer = None if args.tokenizer is None else _tokenizer(args.tokenizer, data)
+    max_length = None if tokenizer is None else data.max_length
     lengths: list[int] = []
     if args.stage == "dpo":
-        from dftune.data.lengths import PreferenceLimits
         from dftune.data.preference import collect_preferences
+        from dftune.stages.dpo import preference_limits
 
-        tokenizer = None if args.tokenizer is None else _tokenizer(args.tokenizer)
-        _, report = collect_preferences(sources, tokenizer, PreferenceLimits(args.max_length))
-    elif args.tokenizer is None:
+        _, report = collect_preferences(sources, tokenizer, preference_limits(config))
+    elif tokenizer is None:
+        from dftune.data.validate import collect_conversations
+
         _, report = collect_conversations(sources)
     else:
-        dataset, report = validate_and_encode(sources, _tokenizer(args.tokenizer), max_length=args.max_length)
+        from dftune.data.validate import validate_and_encode
+
+        dataset, report = validate_and_encode(
+            sources, tokenizer, max_length=max_length, mask_history=data.mask_history,
+            num_proc=data.preprocessing_num_workers, long_conversations=data.long_conversations,
+            reply_share=data.reply_share,
+        )  # fmt: skip
         lengths = list(dataset["num_tokens"])
 
     print(report.format_table())
     if lengths:
-        print(_length_stats(lengths, args.max_length))
+        print(_length_stats(lengths, max_length))
     if args.show_labels:
-        _show_labels(dataset, _tokenizer(args.tokenizer), args.show_labels)
+        _show_labels(dataset, tokenizer, args.show_labels)
     if args.report:
         with disk_full_guard(Path(args.report), what="the report", kept="The data is untouched.",
                              fix="Free space or write the report elsewhere."):
             report.save(args.report)
     if report.rejected:
         print(f"\n{report.rejected} invalid records:\n{report.format_errors(20, args.report)}")
-        return 1
+        if data.on_bad_record == "error" or report.kept == 0:
+            return 1
     if report.total == 0:
-        raise NoValidRecords(f"no records in {', '.join(sources)}: the files are empty or blank (train would stop "
+        raise NoValidRecords(f"no records in {', '.join(paths)}: the files are empty or blank (train would stop "
                              "with \"no valid training records\"); add records, one JSON object per line")
     return 0
 
 
-def _show_labels(dataset, tokenizer, count: int) -> None:
+def _show_labels(dataset: Any, tokenizer: Any, count: int) -> None:
     """The first `count` samples, trained tokens green on a terminal and in [[...]] otherwise."""
     from dftune.data.label_view import label_view
 
@@ -88,13 +156,17 @@ def _show_labels(dataset, tokenizer, count: int) -> None:
         print(label_view(sample["input_ids"], sample["labels"], tokenizer, colour=colour))
 
 
-def _tokenizer(path: str):
+def _tokenizer(path: str, data: DataArguments) -> Any:
+    """The tokenizer with the chat template `train` renders the data with (`chat_template`, `template` keys)."""
     from transformers import AutoTokenizer
 
+    from dftune.stages.common import with_template_keys
+
     try:
-        return AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path)
     except OSError as err:
         raise DftuneError(f"--tokenizer {path!r}: {err}") from None
+    return with_template_keys(tokenizer, data, path)
 
 
 def _length_stats(lengths: list[int], max_length: int | None) -> str:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from datasets import Dataset, load_from_disk
+from datasets import Dataset, Features, load_from_disk
 from transformers import PreTrainedTokenizerBase
 
 from dftune.data.encode import chat_template, require_fast
@@ -24,8 +24,9 @@ from dftune.data.readers import is_local, load_hub_dataset
 from dftune.data.report import ValidationReport
 from dftune.data.sources import Source, as_sources
 
-CODE_VERSION = "dftune-data-2"  # 2: long conversations split, source_id, per-source length counts
+CODE_VERSION = "dftune-data-3"  # 2: long conversations split, source_id, per-source length counts; 3: lone replies
 _REPORT = "report.json"
+_EMPTY = "empty.json"  # an empty split's features: `datasets` 5.2 saves a table without rows but cannot load it back
 
 
 def cache_root(configured: str | None) -> Path:
@@ -59,7 +60,7 @@ def load_entry(entry: Path) -> tuple[dict[str, Dataset], ValidationReport] | Non
     """The cached datasets and report, or None when the entry is absent (or was left half written)."""
     if not (entry / _REPORT).is_file():
         return None
-    datasets = {split.name: load_from_disk(str(split)) for split in sorted(entry.iterdir()) if split.is_dir()}
+    datasets = {split.name: _load_split(split) for split in sorted(entry.iterdir()) if split.is_dir()}
     report = ValidationReport.from_dict(json.loads((entry / _REPORT).read_text(encoding="utf-8")))
     return datasets, report
 
@@ -69,12 +70,24 @@ def save_entry(entry: Path, datasets: dict[str, Dataset], report: ValidationRepo
     partial = entry.with_name(f"{entry.name}.tmp{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     for split, dataset in datasets.items():
-        dataset.save_to_disk(str(partial / split))
+        if len(dataset) == 0:  # every record rejected: the report says why, the split is only its columns
+            (partial / split).mkdir(parents=True)
+            (partial / split / _EMPTY).write_text(json.dumps(dataset.features.to_dict()), encoding="utf-8")
+        else:
+            dataset.save_to_disk(str(partial / split))
     report.save(partial / _REPORT)
     if entry.exists():  # another process finished the same entry first; the rename makes entries all-or-nothing
         shutil.rmtree(partial)
     else:
         partial.rename(entry)
+
+
+def _load_split(folder: Path) -> Dataset:
+    empty = folder / _EMPTY
+    if empty.is_file():
+        features = Features.from_dict(json.loads(empty.read_text(encoding="utf-8")))
+        return Dataset.from_dict({name: [] for name in features}, features=features)
+    return load_from_disk(str(folder))
 
 
 def report_file(entry: Path) -> Path:

@@ -4,19 +4,24 @@ Labels (unshifted, Hugging Face convention: -100 = no loss) cover each assistant
 token, never the role header, the newline after the end-of-turn token, or position 0. Spans are found by
 rendering, not by `{% generation %}` markers, so any template that renders conversations incrementally works:
   header + reply  =  render(messages[:i+1])  minus  render(messages[:i], add_generation_prompt=True)
+A reply that opens the conversation (no user turn before it) has an empty prompt: it is trained whole, after the
+header the template renders before it (`_opening`).
 """
 
 from __future__ import annotations
 
 import logging
 from bisect import bisect_left
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
-
-from transformers import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
 from dftune.data.formats import Messages
 from dftune.errors import DftuneError
+
+if TYPE_CHECKING:  # annotations only: importing the data layer stays light (dftune data check --help)
+    from transformers import PreTrainedTokenizerBase
 
 IGNORE_INDEX = -100
 # The template of tokenizers that have none (and of the presets' byte-level tokenizer, `dftune.models.presets`).
@@ -36,6 +41,7 @@ PLAIN_TEMPLATE = (
     "{% if add_generation_prompt %}{{ 'assistant:\n' }}{% endif %}"
 )
 TEMPLATES = {"ChatML": CHATML_TEMPLATE, "plain": PLAIN_TEMPLATE}
+REPLY_MARKER = "dftune-reply-marker"  # stands for a reply's content to find the text a template puts before it
 
 logger = logging.getLogger(__name__)
 
@@ -101,9 +107,7 @@ def encode_turns(tokenizer: PreTrainedTokenizerBase, messages: Messages, mask_hi
         )
 
     text = render(messages, False)
-    # A reply at position 0 has no prompt to render a generation header after (transformers refuses empty
-    # conversations), so it stays context only.
-    turns = [i for i, message in enumerate(messages) if message["role"] == "assistant" and i > 0]
+    turns = [i for i, message in enumerate(messages) if message["role"] == "assistant"]
     labelled = set(turns[-1:] if mask_history else turns)
     spans, cuts = [], [0]
     for i in turns:
@@ -111,7 +115,7 @@ def encode_turns(tokenizer: PreTrainedTokenizerBase, messages: Messages, mask_hi
         if i not in labelled:  # mask_history: an earlier reply is context only; it marks a boundary where it can
             cuts += [len(through)] if text.startswith(through) else []
             continue
-        before = render(messages[:i], True)
+        before = render(messages[:i], True) if i > 0 else _opening(render, messages[0])
         if not (through.startswith(before) and text.startswith(through)):
             raise DftuneError(
                 "the chat template does not render conversations incrementally: the text of the first "
@@ -139,6 +143,22 @@ def encode_turns(tokenizer: PreTrainedTokenizerBase, messages: Messages, mask_hi
             ranges[span] = (ranges.get(span, (position, 0))[0], position + 1)
     boundaries = sorted({bisect_left(offsets, cut) for cut in cuts if bisect_left(offsets, cut) < len(offsets)})
     return Turns(input_ids, labels, boundaries, [ranges[k] for k in sorted(ranges)])
+
+
+def _opening(render: Callable[[Messages, bool], str], reply: dict[str, str]) -> str:
+    """The text before the content of a reply that opens the conversation (no prompt: ShareGPT's lone `gpt` turn).
+
+    transformers refuses to render an empty conversation with a generation prompt, so the reply is rendered with a
+    marker for its content, and what precedes the marker is the reply's header (with any system prompt the template
+    adds by default, e.g. SmolLM2's): the reply is trained with an empty prompt."""
+    marked = render([{**reply, "content": REPLY_MARKER}], False)
+    if REPLY_MARKER not in marked:
+        raise DftuneError(
+            "the chat template does not render a reply's text as it is (a conversation that opens with an assistant "
+            "reply rendered without its content), so the reply cannot be located; use a template without this "
+            "behaviour"
+        )
+    return marked[: marked.index(REPLY_MARKER)]
 
 
 @lru_cache(maxsize=None)

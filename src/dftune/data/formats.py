@@ -6,7 +6,8 @@ Accepted SFT layouts, tried in this order:
   instruction (+ input) + output   (alpaca)
   input + output
 A top-level `system` string is prepended as a system message when the conversation has none. Role names are
-read in any case and without surrounding spaces (`User`, `ASSISTANT`, `Human`).
+read in any case and without surrounding spaces (`User`, `ASSISTANT`, `Human`). A conversation may open with a
+reply (ShareGPT's lone `gpt` turn, `prompt: []`): it is trained with an empty prompt (`dftune.data.encode`).
 """
 
 from __future__ import annotations
@@ -88,9 +89,8 @@ def _conversation(record: dict[str, Any]) -> Messages:
         if key in record:
             return _with_system(record, _message_list(record[key]))
     if "prompt" in record and "completion" in record:
-        turns = _messages(record["prompt"], default_role="user") + _messages(
-            record["completion"], default_role="assistant"
-        )
+        prompt = [] if record["prompt"] == [] else _messages(record["prompt"], default_role="user")  # [] = no prompt
+        turns = prompt + _messages(record["completion"], default_role="assistant")
     elif "instruction" in record and "output" in record:
         instruction, extra = _text(record["instruction"]), record.get("input")
         user = f"{instruction}\n\n{_text(extra)}" if extra else instruction

@@ -21,13 +21,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jinja2 import TemplateError
-from transformers import PreTrainedTokenizerBase
 
 from dftune.data.encode import IGNORE_INDEX, Turns, encode_turns
 from dftune.data.formats import Messages
+
+if TYPE_CHECKING:  # annotations only: importing the data layer stays light (dftune data check --help)
+    from transformers import PreTrainedTokenizerBase
 
 # A token spans at most this many characters in the clipped part (generous: byte-level and BPE tokens of natural
 # text average 1-5); a message longer than this many characters per budget token is clipped before rendering.

@@ -67,7 +67,8 @@ def prepare_preference_datasets(
         datasets = {}
         for split, sources in splits.items():
             records, split_report = collect_preferences(sources, tokenizer, limits)
-            datasets[split] = Dataset.from_list(records, features=PREFERENCE)
+            columns = {name: [record[name] for record in records] for name in PREFERENCE}
+            datasets[split] = Dataset.from_dict(columns, features=PREFERENCE)  # from_list fails on no records
             report.merge(split_report)
         cache.save_entry(entry, datasets, report)
         cached = cache.load_entry(entry)  # read back: the datasets are then backed by the cache files

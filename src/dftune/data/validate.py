@@ -156,7 +156,9 @@ def judge_samples(
     encoded: Dataset, conversations: Conversations, report: ValidationReport, max_length: int | None
 ) -> list[int]:
     """The rows to keep: samples with a labelled token of records the template accepted. A record none of whose
-    samples is kept goes to the report; kept records' length counts go to `report.lengths` by source."""
+    samples is kept goes to the report (for its length only when it is over max_length: a short record whose
+    template renders its replies as nothing has no assistant token at all); kept records' length counts go to
+    `report.lengths` by source."""
     columns = encoded.select_columns(["record", "template_error", "num_labels", "num_tokens", "pieces", "tokens_cut",
                                       "chars_clipped"]).to_dict()  # fmt: skip
     keep: list[int] = []
@@ -170,14 +172,14 @@ def judge_samples(
             continue
         seen.add(record)
         location = conversations.locations[record]
+        over = max_length is not None and columns["num_tokens"][row] > max_length
         if columns["template_error"][row]:
             report.reject(location, "chat template error", columns["template_error"][row])
-        elif record not in kept_rows:
-            reason = "no assistant token within max_length" if max_length is not None else "no assistant token"
+        elif record not in kept_rows:  # "within max_length" only when the length is what left no reply token
+            reason = "no assistant token within max_length" if over else "no assistant token"
             report.reject(location, reason)
         else:
             keep.extend(kept_rows[record])
-            over = max_length is not None and columns["num_tokens"][row] > max_length
             if over:
                 samples = len(kept_rows[record])
                 report.count_lengths(conversations.sources[record], over_length=1, split=int(samples > 1),

@@ -8,6 +8,7 @@ from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 
+from dftune.config.data_args import DataArguments
 from dftune.config.parse import RunConfig
 from dftune.data.collate import configure_packing
 from dftune.data.prepare import PreparedData, prepare_datasets
@@ -23,23 +24,30 @@ logger = logging.getLogger(__name__)
 
 
 def chat_tokenizer(config: RunConfig, *, masked_lm: bool = False) -> PreTrainedTokenizerBase:
-    """The run's tokenizer with the chat template the data is rendered with: `chat_template` when given, else the
-    tokenizer's own, else ChatML; `max_length` checked to leave room for a reply (as `load_checked_tokenizer`).
-    masked_lm (stage dllm): the end-of-reply conventions of `use_end_of_reply_token`, and the plain template
-    (`data.encode.PLAIN_TEMPLATE`) instead of ChatML for a tokenizer without one.
+    """The run's tokenizer with the chat template the data is rendered with (`with_template_keys`); `max_length`
+    checked to leave room for a reply (as `load_checked_tokenizer`). masked_lm (stage dllm): the end-of-reply
+    conventions of `use_end_of_reply_token`, and the plain template (`data.encode.PLAIN_TEMPLATE`) instead of ChatML
+    for a tokenizer without one."""
+    tokenizer = load_tokenizer(config.model)
+    if masked_lm:
+        use_end_of_reply_token(tokenizer)
+    with_template_keys(tokenizer, config.data, config.model.model_name_or_path, masked_lm=masked_lm)
+    check_max_length(tokenizer, config.data.max_length)
+    return tokenizer
+
+
+def with_template_keys(tokenizer: PreTrainedTokenizerBase, data: DataArguments, name: str | None, *,
+                       masked_lm: bool = False) -> PreTrainedTokenizerBase:  # fmt: skip
+    """`tokenizer` (in place) with the chat template the data is rendered with: `chat_template` when given, else
+    the tokenizer's own, else ChatML (plain when `masked_lm`). `train` and `dftune data check` share it.
 
     LLaMA-Factory's `template: <name>` picks one of its built-in templates; dftune renders with the tokenizer's own,
     so the key is accepted with one log line, and is an error when the tokenizer has none and no chat_template is
     given (silently training with ChatML instead of what the user named would not be what they asked for)."""
-    tokenizer = load_tokenizer(config.model)
-    if masked_lm:
-        use_end_of_reply_token(tokenizer)
-    data = config.data
     if data.chat_template:
         path = Path(data.chat_template).expanduser()
         tokenizer.chat_template = path.read_text(encoding="utf-8") if path.is_file() else data.chat_template
     if data.template is not None:
-        name = config.model.model_name_or_path
         if not tokenizer.chat_template:
             raise DftuneError(f"template: {data.template} names one of LLaMA-Factory's templates; dftune renders with "
                               f"the tokenizer's own chat template and {name} has none: set chat_template (Jinja text "
@@ -47,7 +55,6 @@ def chat_tokenizer(config: RunConfig, *, masked_lm: bool = False) -> PreTrainedT
         source = "chat_template" if data.chat_template else f"the tokenizer's own ({name})"
         logger.info("template: %s is LLaMA-Factory's name; dftune renders with %s chat template", data.template, source)
     tokenizer.chat_template = chat_template(tokenizer, "plain" if masked_lm else "ChatML")
-    check_max_length(tokenizer, data.max_length)
     return tokenizer
 
 
