@@ -66,6 +66,18 @@ def test_every_stage_trains_under_torchrun_with_zero3(stage, tiny_model_dir, tmp
 
 
 @pytest.mark.slow
+def test_psft_under_zero3_is_an_error_that_names_the_fix(tiny_model_dir, tmp_path, torchrun):
+    """PSFT's old policy is a snapshot of the parameters; under ZeRO-3 a process holds a shard: refused, no run."""
+    out = tmp_path / "out"
+    argv = [*torchrun(), "-m", "dftune", "train", "--loss", "psft", "--model_name_or_path", str(tiny_model_dir),
+            "--data_files", str(chat_records(tmp_path / "d.jsonl")), *common(out), "--deepspeed", ZERO3]  # fmt: skip
+    result = subprocess.run(argv, env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "loss: psft snapshots the policy's parameters, of which DeepSpeed ZeRO-3 keeps only a shard" in result.stderr
+    assert "ZeRO-1/2" in result.stderr and not (out / "model.safetensors").exists()
+
+
+@pytest.mark.slow
 def test_deepspeed_launcher(tiny_model_dir, tmp_path, torchrun):
     out = tmp_path / "out"
     port = torchrun()[-1]  # a free port

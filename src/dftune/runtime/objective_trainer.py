@@ -39,6 +39,7 @@ from dftune.losses import (
 from dftune.runtime.fused_head import FusedHead, fusable_head
 from dftune.runtime.guards import GuardedUpdates
 from dftune.runtime.metrics import MetricWindow, source_sums
+from dftune.runtime.parallelism import parameter_sharding
 from dftune.runtime.recent_policy import RecentPolicyForward
 from dftune.runtime.reference_forward import ReferenceForward
 
@@ -90,6 +91,10 @@ class ObjectiveTrainer(GuardedUpdates, Trainer):
         self.init_guards(max_nonfinite_steps)
         self.reference: ReferenceForward | None = None
         if self.spec.needs_reference and self.spec.reference == "recent":
+            if sharding := parameter_sharding(self):
+                raise DftuneError(f"loss: {objective} snapshots the policy's parameters, of which {sharding} keeps "
+                                  "only a shard per process: train it with DDP or DeepSpeed ZeRO-1/2 (drop fsdp, or "
+                                  "use configs/deepspeed/zero2.json), or pick another loss")
             refresh = next(s.default for s in self.spec.settings if s.kwarg == REFRESH_STEPS)
             self.reference = RecentPolicyForward(self.model, int(objective_kwargs.get(REFRESH_STEPS, refresh)))
         elif self.spec.needs_reference:

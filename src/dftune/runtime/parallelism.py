@@ -65,6 +65,13 @@ def engaged(trainer: Trainer) -> Parallelism:
     return Parallelism(world_size, sharding, str(torch.distributed.get_backend()) if distributed else "none")
 
 
+def parameter_sharding(trainer: Trainer) -> str | None:
+    """The engine that keeps only a shard of each parameter on a process (ZeRO-3, FSDP), or None."""
+    if trainer.is_deepspeed_enabled and trainer.accelerator.state.deepspeed_plugin.zero_stage == 3:
+        return "DeepSpeed ZeRO-3"
+    return "FSDP" if trainer.is_fsdp_enabled else None
+
+
 def accelerate_requested_processes() -> int | None:
     """N of `accelerate launch --num_processes N` (or of its --config_file's num_processes) when accelerate's
     single-process launcher started this process; None otherwise."""
