@@ -60,3 +60,36 @@ def test_probe_shares_equal_the_full_logits_computation(tiny_model_dir: Path, tm
     rarest = summary["rarest_frequent_tokens"][0]
     lowest = min(set(tokens), key=lambda t: float(probs[[tok == t for tok in tokens]].median()))
     assert rarest["token"] == lowest
+
+
+def test_probe_of_a_diffusion_model_equals_the_masked_full_logits(tmp_path: Path) -> None:
+    """Stage dllm with every answer token masked (mask_ratio 1): p(target) at each masked position, unshifted, from
+    the bidirectional model's full logits in float64."""
+    from dftune.config.model_args import ModelArguments
+    from dftune.data.encode import IGNORE_INDEX, encode_messages
+    from dftune.models.loading import load_diffusion_model, resolve_mask_token_id
+    from dftune.models.presets import init_model
+
+    model_dir = init_model("tiny-dllm", tmp_path / "dllm")
+    data = write_chats(tmp_path / "train.jsonl", ["the answer is 42", "a b c", "× ÷ +"])
+    out = tmp_path / "probe"
+    assert main(["probe", str(model_dir), str(data), "--stage", "dllm", "--mask_ratio", "1.0", "--output_dir",
+                 str(out), "--min_count", "1"]) == 0  # fmt: skip
+    summary = json.loads((out / "probe.json").read_text(encoding="utf-8"))
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = load_diffusion_model(ModelArguments(model_name_or_path=str(model_dir))).double().eval()
+    mask = resolve_mask_token_id(None, model.config, tokenizer)
+    probs = []
+    for line in data.read_text(encoding="utf-8").splitlines():
+        encoded = encode_messages(tokenizer, json.loads(line)["messages"])
+        labels = torch.tensor(encoded["labels"])
+        ids = torch.tensor(encoded["input_ids"]).masked_fill(labels != IGNORE_INDEX, mask)
+        with torch.no_grad():
+            p = torch.softmax(model(ids[None]).logits[0].double(), dim=-1)
+        probs += [float(p[i, labels[i]]) for i in (labels != IGNORE_INDEX).nonzero().flatten()]
+    probs_t = torch.tensor(probs, dtype=torch.float64)
+    assert summary["stage"] == "dllm" and summary["overall"]["targets"] == len(probs)
+    assert abs(summary["mean_p"] - float(probs_t.mean())) < 1e-5
+    for threshold in (0.01, 0.1):
+        assert summary["overall"][f"p<{threshold:g}"] == float((probs_t < threshold).double().mean())
