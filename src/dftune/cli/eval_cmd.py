@@ -36,6 +36,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from dftune.evaluation import evaluate_records
     from dftune.models.integrity import check_local_model
     from dftune.models.loading import (
+        check_vocabulary,
         is_diffusion_config,
         load_adapter,
         load_diffusion_model,
@@ -58,6 +59,7 @@ def run_eval(args: argparse.Namespace) -> int:
         tokenizer = AutoTokenizer.from_pretrained(args.adapter or args.model)
     except OSError as err:
         raise DftuneError(f"cannot load {args.model!r}: {err}") from None
+    check_vocabulary(model, tokenizer, f"--model {args.model}")
     if args.adapter:
         model = load_adapter(model, args.adapter)
     replies_of = None

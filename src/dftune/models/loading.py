@@ -128,6 +128,18 @@ def load_model(args: ModelArguments, *, what: str = "model_name_or_path") -> Pre
     return _from_pretrained(AutoModelForCausalLM, args, what)
 
 
+def check_vocabulary(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, what: str) -> None:
+    """The tokenizer's ids all have a row in the model's embedding table; else a DftuneError naming both sizes
+    and the fix, before step 1 (past the table, an id is an IndexError on CPU and a device-side assert on CUDA)."""
+    rows, size = model.get_input_embeddings().num_embeddings, len(tokenizer)
+    if size > rows:
+        raise DftuneError(
+            f"{what}: the tokenizer has {size} tokens but the model's embedding table has {rows} rows, so ids "
+            f"{rows} to {size - 1} have no embedding; use the tokenizer saved with this model, or resize the model to "
+            f"it first (model.resize_token_embeddings({size}), then save_pretrained into a new folder)"
+        )
+
+
 def is_diffusion_config(config: PreTrainedConfig) -> bool:
     """A masked LM, a decoder declared bidirectional (`is_causal: false`, e.g. the tiny-dllm preset), or a
     config naming a mask token (LLaDA's `mask_token_id: 126336`)."""
