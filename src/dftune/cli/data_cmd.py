@@ -70,12 +70,13 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def _tokenizer(path: str):
-    from transformers import AutoTokenizer
+    """The tokenizer of `path`, its chat template rendered once (a broken template is one error, not one per record)."""
+    from dftune.models.loading import tokenizer_at
+    from dftune.runtime.preflight import check_template
 
-    try:
-        return AutoTokenizer.from_pretrained(path)
-    except OSError as err:
-        raise DftuneError(f"--tokenizer {path!r}: {err}") from None
+    tokenizer = tokenizer_at(path, "--tokenizer")
+    check_template(tokenizer, f"the tokenizer of --tokenizer {path}")
+    return tokenizer
 
 
 def _length_stats(lengths: list[int], max_length: int | None) -> str:

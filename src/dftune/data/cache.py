@@ -65,7 +65,12 @@ def load_entry(entry: Path) -> tuple[dict[str, Dataset], ValidationReport] | Non
 
 
 def save_entry(entry: Path, datasets: dict[str, Dataset], report: ValidationReport) -> None:
-    """Write to a temporary folder then rename, so a killed run never leaves an entry that looks complete."""
+    """Write to a temporary folder then rename, so a killed run never leaves an entry that looks complete.
+
+    A split with no rows is not cached: `datasets` cannot load back a 0-row dataset it saved (an IndexError on every
+    later run); such a result (every record rejected) is quick to recompute and usually an error anyway."""
+    if any(len(dataset) == 0 for dataset in datasets.values()):
+        return
     partial = entry.with_name(f"{entry.name}.tmp{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     for split, dataset in datasets.items():

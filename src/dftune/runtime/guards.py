@@ -97,8 +97,10 @@ class GuardedUpdates:
         """The Trainer's checkpoint, then the `dftune_complete` marker, then rotation among complete checkpoints."""
         run_dir = Path(self._get_output_dir(trial=trial))
         checkpoint = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        if self.args.should_save and checkpoint.is_dir() and not is_complete(checkpoint):
-            shutil.rmtree(checkpoint)  # an interrupted save of this same step: no stale file may survive into it
+        if self.args.should_save and checkpoint.is_dir():
+            # An interrupted save of this step, or an earlier run's (resumed from an older checkpoint because this
+            # one was damaged): no stale file, nor its marker, may survive into the new save.
+            shutil.rmtree(checkpoint)
         self.accelerator.wait_for_everyone()
         # transformers' rotation would count the incomplete checkpoints too (and run before our marker): ours does not.
         limit, self.args.save_total_limit = self.args.save_total_limit, None

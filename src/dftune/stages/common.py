@@ -34,9 +34,11 @@ def chat_tokenizer(config: RunConfig, *, masked_lm: bool = False) -> PreTrainedT
     if masked_lm:
         use_end_of_reply_token(tokenizer)
     data = config.data
+    origin = f"the tokenizer of {config.model.model_name_or_path}"
     if data.chat_template:
         path = Path(data.chat_template).expanduser()
         tokenizer.chat_template = path.read_text(encoding="utf-8") if path.is_file() else data.chat_template
+        origin = f"chat_template file {path}" if path.is_file() else "the chat_template key's text"
     if data.template is not None:
         name = config.model.model_name_or_path
         if not tokenizer.chat_template:
@@ -46,7 +48,7 @@ def chat_tokenizer(config: RunConfig, *, masked_lm: bool = False) -> PreTrainedT
         source = "chat_template" if data.chat_template else f"the tokenizer's own ({name})"
         logger.info("template: %s is LLaMA-Factory's name; dftune renders with %s chat template", data.template, source)
     tokenizer.chat_template = chat_template(tokenizer, "plain" if masked_lm else "ChatML")
-    check_max_length(tokenizer, data.max_length)
+    check_max_length(tokenizer, data.max_length, origin)
     return tokenizer
 
 
