@@ -22,6 +22,7 @@ from typing import Any
 from dftune.config.data_args import DataArguments
 from dftune.config.method_args import MethodArguments
 from dftune.config.model_args import ModelArguments
+from dftune.config.number_keys import ranges_of
 from dftune.config.objective_args import ObjectiveArguments
 from dftune.config.reliability_args import ReliabilityArguments
 from dftune.losses import OBJECTIVES, Objective
@@ -114,12 +115,16 @@ def key_table() -> str:
 
 
 def key_reference() -> str:
-    """docs/keys.md's body: every key of every section with its default and help."""
+    """docs/keys.md's body: every key of every section with its default, range (number keys must be finite too)
+    and help."""
     parts = []
-    for title, _, section_fields in _sections():
-        parts += [f"### {title}\n", "| key | default | meaning |", "|---|---|---|"]
-        parts += [f"| `{f.name}` | {_cell(_default(f))} | {_cell(' '.join(str(f.metadata.get('help', '')).split()))} |"
-                  for f in section_fields]
+    for title, owner, section_fields in _sections():
+        ranges = ranges_of(owner)
+        parts += [f"### {title}\n", "| key | default | range | meaning |", "|---|---|---|---|"]
+        for f in section_fields:
+            span = _cell(ranges[f.name].describe()) if f.name in ranges else "-"
+            parts.append(f"| `{f.name}` | {_cell(_default(f))} | {span} | "
+                         f"{_cell(' '.join(str(f.metadata.get('help', '')).split()))} |")
         parts.append("")
     return "\n".join(parts)
 

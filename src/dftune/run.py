@@ -20,6 +20,7 @@ from dftune.config.machine import CPU_NOTE, accelerator_available
 from dftune.config.parse import CONFIG_FILE_NAME, RunConfig, apply_env
 from dftune.data.report import REPORT_FILE
 from dftune.errors import DftuneError, RunStopped
+from dftune.models.loading import check_vocabulary
 from dftune.outputs import output_folder, write_text
 from dftune.runtime.checkpoints import resolve_run_dir
 from dftune.runtime.guards import GuardedUpdates
@@ -74,7 +75,9 @@ def build_trainer(config: RunConfig, callbacks: list[TrainerCallback] | None = N
     config.training.resume_from_checkpoint = resolve_run_dir(config.training, config.reliability)
     if config.model.enable_gradient_checkpointing:
         config.training.gradient_checkpointing = True
-    return STAGES[config.method.stage].build_trainer(config, callbacks)
+    trainer = STAGES[config.method.stage].build_trainer(config, callbacks)
+    check_vocabulary(trainer.model, trainer.processing_class, f"model_name_or_path {config.model.model_name_or_path}")
+    return trainer
 
 
 def run_inputs(config: RunConfig) -> list[str | None]:

@@ -52,6 +52,9 @@ class Case:
 CASES = {
     "invalid JSON": Case("invalid JSON", ['{"messages": [', "{oops"]),
     "non-UTF-8 bytes": Case("non-UTF-8 bytes", [b'{"prompt": "\xff", "completion": "a"}', b"\xfe\xff"]),
+    "invalid Unicode": Case("invalid Unicode", ['{"prompt": "\\ud800", "completion": "a"}',
+                                                '{"messages": [{"role": "user", "content": "q"}, '
+                                                '{"role": "assistant", "content": "a\\udfff"}]}']),
     "not an object": Case("not an object", [[1, 2], "3"]),
     "no messages": Case("no messages", [{"text": "q"}, {"messages": []}]),
     "messages not a list": Case("messages not a list", [{"messages": "q"}, {"conversations": {"from": "gpt"}}]),

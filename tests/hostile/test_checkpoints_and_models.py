@@ -1,10 +1,13 @@
 """Damaged files inside a complete checkpoint or a model folder: `auto` falls back to the previous intact
 checkpoint (and the resumed run ends with the uninterrupted run's weights); a damaged checkpoint named explicitly,
-and a damaged or missing model for train, eval, generate and merge-lora, are errors naming the file."""
+and a damaged or missing model for train, eval, generate and merge-lora, are errors naming the file. A pickle of
+something other than weights counts as damage; a checkpoint still being written is named as such."""
 
 from __future__ import annotations
 
+import argparse
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -15,7 +18,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from dftune.cli.main import main
-from dftune.runtime.checkpoints import COMPLETE_MARKER
+from dftune.runtime.checkpoints import COMPLETE_MARKER, checkpoint_problem, mark_complete
+from dftune.runtime.run_lock import run_lock
 
 from .conftest import chat, clean_error, copy_model, dftune, train_argv, truncate, write_jsonl
 
@@ -127,3 +131,50 @@ def test_a_model_folder_without_weights_is_named(command, tiny_model_dir, data_f
     model = copy_model(tiny_model_dir, tmp_path / "model")
     (model / "model.safetensors").unlink()
     clean_error(dftune(capsys, *_commands(model, tmp_path, data_file)[command]), 2, "holds no weights (*.safetensors)")
+
+
+def _pickle_a_namespace(checkpoint: Path, name: str) -> None:
+    """`name` replaced by a pickle holding a non-weights object (safe to refuse, never run), and the marker written
+    again so its sizes match: only loading the pickle as the resume will tells it apart."""
+    torch.save({"last_epoch": 1, "extra": argparse.Namespace(note="not weights")}, checkpoint / name)
+    (checkpoint / COMPLETE_MARKER).unlink()
+    mark_complete(checkpoint, int(checkpoint.name.split("-")[1]))
+    assert checkpoint_problem(checkpoint) is not None and "argparse.Namespace" in checkpoint_problem(checkpoint)
+
+
+@pytest.mark.parametrize("name", ["optimizer.pt", "scheduler.pt", "rng_state.pth"])
+def test_a_non_weights_pickle_is_named_and_auto_falls_back(name, finished_run, tmp_path, capsys, caplog):
+    out, argv = _copy_run(finished_run, tmp_path)
+    _pickle_a_namespace(out / "checkpoint-4", name)
+    clean_error(dftune(capsys, *argv, "--resume_from_checkpoint", out / "checkpoint-4"), 2,
+                f"{out / 'checkpoint-4'} is damaged: {name} holds a pickled object that is not weights "
+                "(argparse.Namespace)", "resume from an older checkpoint")
+    with caplog.at_level(logging.INFO):
+        outcome = dftune(capsys, *argv, "--resume_from_checkpoint", "auto")
+    assert outcome.code == 0, outcome.text[-3000:]
+    assert f"skipping damaged checkpoint {out / 'checkpoint-4'}: {name} holds a pickled object" in caplog.text
+    resumed, uninterrupted = load_file(out / "model.safetensors"), load_file(finished_run[0] / "model.safetensors")
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)  # steps 3-4 retrained exactly
+    assert checkpoint_problem(out / "checkpoint-4") is None  # saved again whole, its old marker not in its sizes
+
+
+def _being_written(finished_run, tmp_path: Path) -> Path:
+    """checkpoint-4 as a killed or ongoing save leaves it: weights there, no tokenizer files yet, no marker."""
+    out, _ = _copy_run(finished_run, tmp_path)
+    checkpoint = out / "checkpoint-4"
+    for path in [checkpoint / COMPLETE_MARKER, *checkpoint.glob("tokenizer*"), *checkpoint.glob("chat_template*")]:
+        path.unlink()
+    return checkpoint
+
+
+@pytest.mark.parametrize("command", ["eval", "generate"])
+def test_a_checkpoint_its_run_is_still_writing_is_named(command, finished_run, tmp_path, capsys):
+    checkpoint = _being_written(finished_run, tmp_path)
+    argv = {"eval": ["eval", "--model", checkpoint, "--data", finished_run[1], "--output", tmp_path / "e.jsonl"],
+            "generate": ["generate", "--model", checkpoint, "--prompt", "hi"]}[command]
+    with run_lock(checkpoint.parent):  # the run that writes it: another open file, so flock sees it held
+        clean_error(dftune(capsys, *argv), 2, f"--model {checkpoint} is still being written by the run in "
+                    f"{checkpoint.parent} (pid {os.getpid()}", "give an earlier complete checkpoint")
+    # Its run gone (killed mid-save): the missing tokenizer is named, not a tokenizers traceback.
+    clean_error(dftune(capsys, *argv), 2, f"--model {checkpoint} holds no tokenizer", "give a complete checkpoint")
+    assert not (tmp_path / "e.jsonl").exists()

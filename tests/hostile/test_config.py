@@ -26,7 +26,7 @@ CASES = [
     ("learning_rate negative", "learning_rate: -0.1\n", [], [":6:", "learning_rate must be 0 or more"]),
     ("batch size zero", "per_device_train_batch_size: 0\n", [], [":6:", "per_device_train_batch_size must be 1 or more"]),
     ("accumulation zero", "gradient_accumulation_steps: 0\n", [], [":6:", "gradient_accumulation_steps must be 1"]),
-    ("max_length one", "max_length: 1\n", [], [":6:", "max_length must be at least 2"]),
+    ("max_length one", "max_length: 1\n", [], [":6:", "max_length must be 2 or more"]),
     ("max_steps a word", "max_steps: many\n", [], [":6: key max_steps: invalid int value: 'many'"]),
     ("flag max_steps negative", "", ["--max_steps", "-3"], ["command line:", "max_steps must be a positive number"]),
     ("flag learning_rate word", "", ["--learning_rate", "fast"], ["command line: key learning_rate: invalid float"]),

@@ -46,7 +46,7 @@ def test_dpo_config_keeps_training_arguments_off_trl_defaults(tmp_path):
     [
         (["--adapter_name_or_path", "a"], "apply to stage: dpo only"),
         (["--stage", "dpo", "--loss", "dft"], "loss_type"),
-        (["--stage", "dpo", "--beta", "0"], "beta must be positive"),
+        (["--stage", "dpo", "--beta", "0"], "beta must be above 0"),
         (["--stage", "dpo", "--adapter_name_or_path", "a"], "finetuning_type: lora"),
         (["--stage", "dpo", "--max_prompt_length", "0"], "max_prompt_length"),
         (["--quantization_bit", "3"], "quantization_bit must be 4 or 8"),

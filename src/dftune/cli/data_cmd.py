@@ -158,15 +158,10 @@ def _show_labels(dataset: Any, tokenizer: Any, count: int) -> None:
 
 def _tokenizer(path: str, data: DataArguments) -> Any:
     """The tokenizer with the chat template `train` renders the data with (`chat_template`, `template` keys)."""
-    from transformers import AutoTokenizer
-
+    from dftune.models.loading import tokenizer_at
     from dftune.stages.common import with_template_keys
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except OSError as err:
-        raise DftuneError(f"--tokenizer {path!r}: {err}") from None
-    return with_template_keys(tokenizer, data, path)
+    return with_template_keys(tokenizer_at(path, "--tokenizer"), data, f"--tokenizer {path}")
 
 
 def _length_stats(lengths: list[int], max_length: int | None) -> str:

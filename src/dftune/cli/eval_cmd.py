@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoConfig
 
     from dftune.config.model_args import ModelArguments
     from dftune.diffusion import sample_replies
@@ -36,28 +36,34 @@ def run_eval(args: argparse.Namespace) -> int:
     from dftune.evaluation.generate import evaluate_records
     from dftune.models.integrity import check_local_model
     from dftune.models.loading import (
+        check_vocabulary,
         is_diffusion_config,
         load_adapter,
         load_diffusion_model,
         load_model,
         resolve_mask_token_id,
+        tokenizer_at,
     )
     from dftune.outputs import output_file
+    from dftune.runtime.checkpoints import check_not_being_written
+    from dftune.runtime.preflight import check_template
 
     conversations = _conversations(args.data)[: args.limit]
     output = output_file(args.output or str(Path(args.adapter or args.model) / "eval_results.jsonl"), "--output",
                          "eval_results.jsonl", inputs=[*args.data, args.model, args.adapter])
-    check_local_model(args.model, "--model")
-    if args.adapter:
-        check_local_model(args.adapter, "--adapter")
+    for name, flag in ((args.model, "--model"), (args.adapter, "--adapter")):
+        check_not_being_written(name, flag)
+        if name:
+            check_local_model(name, flag)
     model_args = ModelArguments(model_name_or_path=args.model, torch_dtype="auto")
     config = AutoConfig.from_pretrained(args.model)
     diffusion = is_diffusion_config(config)
     model = load_diffusion_model(model_args) if diffusion else load_model(model_args, what="--model")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(args.adapter or args.model)
-    except OSError as err:
-        raise DftuneError(f"cannot load {args.model!r}: {err}") from None
+    source, flag = (args.adapter, "--adapter") if args.adapter else (args.model, "--model")
+    tokenizer = tokenizer_at(source, flag)
+    if tokenizer.chat_template:  # the one that will render the prompts
+        check_template(tokenizer, f"the tokenizer of {flag} {source}")
+    check_vocabulary(model, tokenizer, f"--model {args.model}")
     if args.adapter:
         model = load_adapter(model, args.adapter)
     replies_of = None

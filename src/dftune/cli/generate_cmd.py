@@ -38,25 +38,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_generate(args: argparse.Namespace) -> int:
     import torch
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoConfig
 
     from dftune.config.model_args import ModelArguments
     from dftune.diffusion.sampler import sample_replies
     from dftune.models.integrity import check_local_model
-    from dftune.models.loading import is_diffusion_config, load_diffusion_model, resolve_mask_token_id
+    from dftune.models.loading import is_diffusion_config, load_diffusion_model, resolve_mask_token_id, tokenizer_at
+    from dftune.runtime.checkpoints import check_not_being_written
+    from dftune.runtime.preflight import check_template
 
     if args.threshold is not None and not (0.0 < args.threshold <= 1.0 and args.steps is None
                                            and args.remasking == "low_confidence"):  # fmt: skip
         raise DftuneError("--threshold must be in (0, 1], with --remasking low_confidence and without --steps "
                           "(it decides the steps itself)")
     torch.manual_seed(args.seed)
+    check_not_being_written(args.model, "--model")
     check_local_model(args.model, "--model")  # a missing folder, no weights or a truncated file: said so, no Hub call
     base = _base_model(args.model)
+    tokenizer = tokenizer_at(args.model, "--model", trust_remote_code=args.trust_remote_code)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
         config = AutoConfig.from_pretrained(base, trust_remote_code=args.trust_remote_code)
     except (OSError, ValueError) as err:
         raise DftuneError(f"cannot load --model {args.model!r}: {err}") from None
+    if tokenizer.chat_template:  # the one that will render the prompt
+        check_template(tokenizer, f"the tokenizer of --model {args.model}")
     diffusion = args.kind == "diffusion" or (args.kind == "auto" and is_diffusion_config(config))
     messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
         {"role": "user", "content": args.prompt}

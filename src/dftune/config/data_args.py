@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
+
+from dftune.numbers import Range
 
 
 @dataclass
 class DataArguments:
+    ranges: ClassVar[dict[str, Range]] = {
+        "max_length": Range(2), "max_samples": Range(1), "preprocessing_num_workers": Range(0),
+        "reply_share": Range(0, 1, low_open=True, high_open=True),
+        "validation_split_percentage": Range(0, 100, high_open=True),
+    }
+    """The ranges of its number keys (`dftune.config.number_keys` checks them at parse time)."""
+
     data_files: list[str] = field(
         default_factory=list,
         metadata={"help": "Training data: .jsonl/.json/.parquet files, globs, directories or Hub dataset names."},
@@ -78,16 +87,6 @@ class DataArguments:
 
     def __post_init__(self) -> None:
         self.dataset, self.eval_dataset = split_names(self.dataset), split_names(self.eval_dataset)
-        if self.max_samples is not None and self.max_samples < 1:
-            raise ValueError(f"max_samples must be at least 1, got {self.max_samples}")
-        if not 0.0 < self.reply_share < 1.0:
-            raise ValueError(f"reply_share must be in (0, 1), got {self.reply_share}")
-        if self.max_length < 2:
-            raise ValueError(f"max_length must be at least 2, got {self.max_length}")
-        if not 0.0 <= self.validation_split_percentage < 100.0:
-            raise ValueError(
-                f"validation_split_percentage must be in [0, 100), got {self.validation_split_percentage}"
-            )
 
     def has_training_data(self) -> bool:
         return bool(self.data_files or self.dataset)

@@ -7,21 +7,27 @@ checked against that registry by `dftune.config.parse.parse_config`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from dftune.config.objective_args import (
     LossName,
     ObjectiveArguments,
-    check_settings,
     objective_settings,
     resolve_loss,
 )
+from dftune.numbers import Range
 
 
 @dataclass
 class MethodArguments(ObjectiveArguments):  # type: ignore[misc, valid-type]
     """The method keys; the objectives' own keys (`dft_alpha`, `bft_group_size`, `use_dft_loss`, ...) are inherited
     from `ObjectiveArguments`, which the objective registry declares."""
+
+    ranges: ClassVar[dict[str, Range]] = {
+        **ObjectiveArguments.ranges, "fused_chunk_size": Range(1), "lora_rank": Range(1),
+        "lora_alpha": Range(0, low_open=True), "lora_dropout": Range(0, 1, high_open=True),
+    }
+    """Its number keys' ranges, the objective settings' included (`dftune.config.number_keys` checks them)."""
 
     stage: str = field(default="sft", metadata={"help": "Training stage (the registry dftune.stages.STAGES)."})
     loss: LossName | None = field(  # type: ignore[valid-type]
@@ -57,9 +63,6 @@ class MethodArguments(ObjectiveArguments):  # type: ignore[misc, valid-type]
         self.fused_loss = str(self.fused_loss).lower()  # YAML `true` arrives as a bool or "True"
         if self.fused_loss not in ("auto", "true", "false"):
             raise ValueError(f"fused_loss must be auto, true or false, got {self.fused_loss}")
-        if self.fused_chunk_size is not None and self.fused_chunk_size < 1:
-            raise ValueError(f"fused_chunk_size must be at least 1, got {self.fused_chunk_size}")
-        check_settings(self)
         self.loss = resolve_loss(self)
 
     def objective_kwargs(self) -> dict[str, Any]:

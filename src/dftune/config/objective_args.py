@@ -3,7 +3,9 @@
 `ObjectiveArguments` has one field per `Setting` of every registered objective (`dft_alpha`, `bft_group_size`,
 ...: typed, with the setting's help; a key that selects its objective defaults to None, meaning "not given",
 the others to the environment's value or the declared default) and one boolean per alias (`use_dft_loss`).
-`MethodArguments` inherits it, so a run reads `config.method.dft_alpha` as a plain field.
+`MethodArguments` inherits it, so a run reads `config.method.dft_alpha` as a plain field; its class attribute
+`ranges` holds each setting's declared range, which `dftune.config.number_keys` checks at parse time (the keys of
+objectives not chosen too: a typo is a typo).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ ObjectiveArguments = make_dataclass(
     "ObjectiveArguments",
     [_setting_field(s) for o in OBJECTIVES.values() for s in o.settings]
     + [_alias_field(o) for o in OBJECTIVES.values() if o.alias],
+    namespace={"ranges": {s.key: s.range for o in OBJECTIVES.values() for s in o.settings if s.choices is None}},
 )
 
 
@@ -58,16 +61,6 @@ def resolve_loss(method: Any) -> str:
         if name != loss and stray:
             raise ValueError(f"{', '.join(stray)} applies to loss: {name} only, but the loss is {loss}")
     return loss
-
-
-def check_settings(method: Any) -> None:
-    """Every objective key within its declared range (the keys of objectives not chosen too: a typo is a typo)."""
-    for objective in OBJECTIVES.values():
-        for setting in objective.settings:
-            value = getattr(method, setting.key)
-            problem = None if value is None else setting.problem(value)
-            if problem:
-                raise ValueError(f"{setting.key} must be {problem}, got {value}")
 
 
 def objective_settings(method: Any) -> dict[str, Any]:

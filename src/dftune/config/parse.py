@@ -20,7 +20,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import yaml
@@ -32,10 +32,12 @@ from dftune.config.legacy import stage_aliases, translate
 from dftune.config.machine import needs_cpu
 from dftune.config.method_args import MethodArguments
 from dftune.config.model_args import ModelArguments
+from dftune.config.number_keys import check_given, check_section
 from dftune.config.reliability_args import ReliabilityArguments, check_training_numbers
 from dftune.config.yaml_source import Sourced as _Value
 from dftune.config.yaml_source import read_yaml
 from dftune.errors import DftuneError
+from dftune.numbers import Range
 
 CONFIG_FILE_NAME = "dftune_config.yaml"
 StageSections = Mapping[str, "type[StageArguments]"]  # stage name -> its keys, as the registry lists them
@@ -43,8 +45,11 @@ StageSections = Mapping[str, "type[StageArguments]"]  # stage name -> its keys, 
 
 @dataclass
 class StageArguments:
-    """Base of a stage's own keys (`dftune.stages.<name>`): the fields are its keys; `check` holds the rules that
-    need the rest of the config (the objective, packing, the fine-tuning type)."""
+    """Base of a stage's own keys (`dftune.stages.<name>`): the fields are its keys; the class attribute `ranges`
+    their ranges (key -> `dftune.numbers.Range`, checked at parse time); `check` holds the rules that need the rest
+    of the config (the objective, packing, the fine-tuning type)."""
+
+    ranges: ClassVar[dict[str, Range]] = {}
 
     def check(self, config: RunConfig) -> None:
         """Raise ValueError when this stage's keys contradict the rest of `config` (parse reports it)."""
@@ -159,10 +164,13 @@ def parse_config(argv: list[str], stages: StageSections) -> RunConfig:
             notes.append("DeepSpeed processes on a machine without CUDA: DeepSpeed started on gloo, use_cpu: true")
         if needs_cpu(resolved):  # no accelerator here: bf16 flags and torchrun DDP on CPU (dftune.config.machine)
             resolved["use_cpu"] = _Value(True, "dftune")
+        check_given({key: item.value for key, item in resolved.items()}, sections(stages))
         argv = to_argv(resolved, multi_word=multi_word_keys(parser))
         model, data, method, reliability, *per_stage, training = parser.parse_args_into_dataclasses(args=argv)
         stage_args = stage_keys(method.stage, dict(zip(stages, per_stage)), given=set(resolved))
         config = RunConfig(model, data, method, training, notes, env, reliability, stage_args)
+        for section in (model, data, method, reliability, stage_args, training):
+            check_section(section)
         check_training_numbers(training, reliability, given=set(resolved))
         stage_args.check(config)
     except ValueError as err:  # __post_init__ and stage checks: contradictions and out-of-range values

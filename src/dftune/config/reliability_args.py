@@ -7,12 +7,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from transformers import TrainingArguments
+
+from dftune.numbers import Range
 
 
 @dataclass
 class ReliabilityArguments:
+    ranges: ClassVar[dict[str, Range]] = {"max_nonfinite_steps": Range(0)}
+
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Train into an output_dir that holds another run; its checkpoint-* folders are removed "
@@ -25,10 +30,6 @@ class ReliabilityArguments:
                   "scheduler unchanged) and counted; after this many in a row the run saves a checkpoint of the "
                   "last good state and stops. 0: skip and count, never stop."},
     )
-
-    def __post_init__(self) -> None:
-        if self.max_nonfinite_steps < 0:
-            raise ValueError(f"max_nonfinite_steps must be 0 (never stop) or more, got {self.max_nonfinite_steps}")
 
 
 def check_training_numbers(training: TrainingArguments, reliability: ReliabilityArguments, *, given: set[str]) -> None:
@@ -43,11 +44,6 @@ def check_training_numbers(training: TrainingArguments, reliability: Reliability
     if training.max_steps <= 0 and training.num_train_epochs <= 0:
         raise ValueError(f"num_train_epochs {training.num_train_epochs} with no max_steps would train zero steps; "
                          "set num_train_epochs above 0 or max_steps")
-    for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
-        if getattr(training, key) < 1:
-            raise ValueError(f"{key} must be 1 or more, got {getattr(training, key)}")
-    if training.learning_rate < 0:
-        raise ValueError(f"learning_rate must be 0 or more, got {training.learning_rate}")
     resume = str(training.resume_from_checkpoint or "").strip().lower()
     if reliability.overwrite_output_dir and resume not in ("", "false", "none", "auto"):
         raise ValueError(f"overwrite_output_dir: true removes the checkpoints that resume_from_checkpoint: "

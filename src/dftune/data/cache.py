@@ -66,7 +66,8 @@ def load_entry(entry: Path) -> tuple[dict[str, Dataset], ValidationReport] | Non
 
 
 def save_entry(entry: Path, datasets: dict[str, Dataset], report: ValidationReport) -> None:
-    """Write to a temporary folder then rename, so a killed run never leaves an entry that looks complete."""
+    """Write to a temporary folder then rename, so a killed run never leaves an entry that looks complete.
+    `datasets` cannot load back a 0-row dataset it saved, so a split with no rows is stored as its columns."""
     partial = entry.with_name(f"{entry.name}.tmp{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     for split, dataset in datasets.items():

@@ -20,6 +20,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from dftune.data.surrogates import lone_surrogate, may_hold_surrogates
 from dftune.errors import DftuneError
 
 SUFFIXES = (".jsonl", ".json", ".parquet")
@@ -204,9 +205,11 @@ def _read_json_lines(source: str, data: bytes | None = None) -> Iterator[RawReco
             yield RawRecord(location, reason="non-UTF-8 bytes", detail=f"byte {exc.start}")
             continue
         try:
-            yield RawRecord(location, json.loads(text))
+            value = json.loads(text)
         except json.JSONDecodeError as exc:
             yield RawRecord(location, reason="invalid JSON", detail=f"{exc.msg} at column {exc.colno}")
+            continue
+        yield _checked(location, value, escaped=may_hold_surrogates(raw))
 
 
 def _read_json(source: str) -> Iterator[RawRecord]:
@@ -227,15 +230,16 @@ def _read_json(source: str) -> Iterator[RawRecord]:
         else:
             yield from _read_json_lines(source, data)
         return
+    escaped = may_hold_surrogates(data)
     if not isinstance(value, list):
-        yield RawRecord(Location(source, line=1), value)
+        yield _checked(Location(source, line=1), value, escaped=escaped)
         return
     for index, item in enumerate(value):
         location = Location(source, index=index)
-        if not valid_utf8 and _has_lone_surrogates(item):
+        if not valid_utf8 and lone_surrogate(item) is not None:  # undecodable bytes, as surrogateescape keeps them
             yield RawRecord(location, reason="non-UTF-8 bytes")
         else:
-            yield RawRecord(location, item)
+            yield _checked(location, item, escaped=escaped)
 
 
 def _read_broken_array(source: str, text: str) -> Iterator[RawRecord]:
@@ -250,7 +254,7 @@ def _read_broken_array(source: str, text: str) -> Iterator[RawRecord]:
         except json.JSONDecodeError as exc:
             message = f"{exc.msg} at line {exc.lineno} column {exc.colno}"
             break
-        yield RawRecord(Location(source, index=index), item)
+        yield _checked(Location(source, index=index), item, escaped=True)
         index += 1
         position = _skip_space(text, position)
         if text.startswith(",", position):
@@ -283,9 +287,7 @@ def _read_parquet(source: str) -> Iterator[RawRecord]:
         yield RawRecord(Location(source, index=index), row)
 
 
-def _has_lone_surrogates(value: Any) -> bool:
-    try:
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
+def _checked(location: Location, value: Any, *, escaped: bool) -> RawRecord:
+    """The record, or a bad one (`invalid Unicode`) when a string in it holds a lone surrogate (`data.surrogates`)."""
+    found = lone_surrogate(value) if escaped else None
+    return RawRecord(location, value) if found is None else RawRecord(location, reason="invalid Unicode", detail=found)

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from dftune.errors import DftuneError
 from dftune.losses.core import IGNORE_INDEX, Count
+from dftune.numbers import Range
 
 CE = "ce"
 """Cross-entropy of each target: every objective gets it."""
@@ -62,6 +63,8 @@ class Setting:
     help: str
     low: float | None = None
     high: float | None = None
+    low_open: bool = False
+    """The value must lie above `low`, not at it (`bft_gamma`: 0 would weigh every sample 0)."""
     choices: tuple[str, ...] | None = None
     scheduling: bool = False
     """A setting of the objective's schedule (`Objective.schedule`), not an argument of its loss functions."""
@@ -76,17 +79,15 @@ class Setting:
             return None
         return self.type(os.environ.get(self.env, self.default)) if self.env else self.default
 
+    @property
+    def range(self) -> Range:
+        return Range(self.low, self.high, low_open=self.low_open)
+
     def problem(self, value: Any) -> str | None:
-        """Why `value` is out of range (a phrase after "must be"), or None when it is fine."""
+        """Why `value` is out of range or not finite (a phrase after "must be"), or None when it is fine."""
         if self.choices is not None:
             return None if value in self.choices else f"one of {list(self.choices)}"
-        low_ok = self.low is None or value >= self.low
-        high_ok = self.high is None or value <= self.high
-        if low_ok and high_ok:
-            return None
-        if self.low is not None and self.high is not None:
-            return f"in [{self.low:g}, {self.high:g}]"
-        return f"at least {self.low:g}" if self.low is not None else f"at most {self.high:g}"
+        return self.range.problem(value)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,9 @@ killed save leave behind, named by file instead of surfacing as a `SafetensorErr
 - `*.safetensors`: the 8-byte header length, the JSON header, and the file as long as its last tensor's end.
 - `*.pt`, `*.pth` (torch.save's zip): the zip's central directory, which sits at the end of the file.
 - `*.json`: parses.
+- the pickles a resume unpickles (`optimizer.pt`, `scheduler.pt`, `rng_state.pth`): `pickle_problem` loads them as
+  the Trainer will, weights only, memory-mapped (the tensors are not read), so a pickle of anything else is named
+  here, not a raw `UnpicklingError` mid-resume.
 
 A local model folder must hold a config and whole safetensors weights, and its JSON files (config, tokenizer) must
 parse; a Hub name is left to transformers.
@@ -12,9 +15,14 @@ parse; a Hub name is left to transformers.
 from __future__ import annotations
 
 import json
+import pickle
+import re
 import struct
 import zipfile
 from pathlib import Path
+
+import torch
+from transformers.trainer_pt_utils import safe_globals
 
 from dftune.errors import DftuneError
 
@@ -59,6 +67,23 @@ def file_problem(path: Path) -> str | None:
         return f"is not valid JSON ({err}): truncated or damaged"
     except OSError as err:
         return f"cannot be read: {err.strerror or err}"
+    return None
+
+
+def pickle_problem(path: Path) -> str | None:
+    """Why `torch.load(path, weights_only=True)` would refuse the file (a pickled object that is not tensors and
+    plain values), or None. With the numpy types the Trainer allows for its RNG states (`safe_globals`), as it
+    loads them on resume; memory-mapped, so a large optimizer state costs its pickle only."""
+    try:
+        with safe_globals():
+            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        what = f" ({found.group(1)})" if found else ""
+        return (f"holds a pickled object that is not weights{what}: torch.load(weights_only=True) refuses it, and "
+                "dftune unpickles nothing else, since that can run code")
+    except (RuntimeError, ValueError, EOFError, OSError) as err:
+        return f"is damaged: torch.load fails ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
     return None
 
 

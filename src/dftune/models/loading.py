@@ -34,6 +34,8 @@ from dftune.errors import DftuneError
 from dftune.models.integrity import check_local_model, file_problem, looks_like_path
 
 logger = logging.getLogger(__name__)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
+"""A tokenizer is saved as at least one of these (fast, its config, sentencepiece, BPE, WordPiece)."""
 
 
 def check_attention(attn_implementation: str | None) -> None:
@@ -61,6 +63,20 @@ def load_tokenizer(args: ModelArguments) -> PreTrainedTokenizerBase:
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def tokenizer_at(path: str, what: str, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """The tokenizer saved in `path` (`what`: the flag it came from); a DftuneError naming the folder and the fix when
+    it cannot load, e.g. a checkpoint-N folder whose save has not reached its tokenizer files (they come last)."""
+    folder = Path(path).expanduser()
+    if folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise DftuneError(f"{what} {path} holds no tokenizer (tokenizer.json, tokenizer_config.json); a checkpoint-N "
+                          "folder gets them after its weights, so its save may not have finished: give a complete "
+                          "checkpoint (one holding dftune_complete) or the run's output_dir")
+    try:
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise DftuneError(f"cannot load the tokenizer of {what} {path}: {str(err).strip().splitlines()[0]}") from None
 
 
 def use_end_of_reply_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
@@ -126,6 +142,18 @@ def _from_pretrained(auto: type, args: ModelArguments, what: str) -> PreTrainedM
 def load_model(args: ModelArguments, *, what: str = "model_name_or_path") -> PreTrainedModel:
     """A causal LM; `what` names the model in errors (the key or flag it came from)."""
     return _from_pretrained(AutoModelForCausalLM, args, what)
+
+
+def check_vocabulary(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, what: str) -> None:
+    """The tokenizer's ids all have a row in the model's embedding table; else a DftuneError naming both sizes
+    and the fix, before step 1 (past the table, an id is an IndexError on CPU and a device-side assert on CUDA)."""
+    rows, size = model.get_input_embeddings().num_embeddings, len(tokenizer)
+    if size > rows:
+        raise DftuneError(
+            f"{what}: the tokenizer has {size} tokens but the model's embedding table has {rows} rows, so ids "
+            f"{rows} to {size - 1} have no embedding; use the tokenizer saved with this model, or resize the model to "
+            f"it first (model.resize_token_embeddings({size}), then save_pretrained into a new folder)"
+        )
 
 
 def is_diffusion_config(config: PreTrainedConfig) -> bool:

@@ -24,13 +24,16 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from dftune.config.reliability_args import ReliabilityArguments
 from dftune.errors import DftuneError
-from dftune.models.integrity import file_problem
+from dftune.models.integrity import file_problem, pickle_problem
+from dftune.runtime.run_lock import lock_holder
 
 logger = logging.getLogger(__name__)
 
 COMPLETE_MARKER = "dftune_complete"
 FINAL_SAVE_MARKER = "dftune_final_save"  # in output_dir while the final model and state are being written
 CHECKPOINT_RE = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+# The pickles a resume unpickles, weights only: optimizer, scheduler, fp16 scaler, RNG states (one per process).
+RESUME_PICKLES = re.compile(r"^(optimizer\.pt|scheduler\.pt|scaler\.pt|rng_state(_\d+)?\.pth)$")
 # Files that show a folder holds a run's results (data_report.json alone does not: data checks write it first).
 RUN_FILES = ("trainer_state.json", "dftune_config.yaml", "config.json", "adapter_config.json", "model.safetensors")
 
@@ -48,7 +51,8 @@ def mark_complete(checkpoint: Path, global_step: int) -> None:
     for path in sorted(checkpoint.rglob("*")):
         if path.is_file():
             _fsync(path)
-    sizes = {str(p.relative_to(checkpoint)): p.stat().st_size for p in sorted(checkpoint.rglob("*")) if p.is_file()}
+    sizes = {str(p.relative_to(checkpoint)): p.stat().st_size for p in sorted(checkpoint.rglob("*"))
+             if p.is_file() and p.name != COMPLETE_MARKER}  # fmt: skip
     tmp = checkpoint / f".{COMPLETE_MARKER}.tmp"
     tmp.write_text(json.dumps({"global_step": global_step, "files": sizes}) + "\n", encoding="utf-8")
     _fsync(tmp)
@@ -58,6 +62,18 @@ def mark_complete(checkpoint: Path, global_step: int) -> None:
 
 def is_complete(checkpoint: Path) -> bool:
     return (checkpoint / COMPLETE_MARKER).is_file()
+
+
+def check_not_being_written(name: str | None, what: str) -> None:
+    """A `checkpoint-N` folder given to `eval` or `generate` is not one its run is still saving: without its marker
+    while a run holds its output_dir's lock, its files are still arriving (the weights first, the tokenizer after)."""
+    path = Path(name or "").expanduser()
+    if not name or not CHECKPOINT_RE.match(path.name) or not path.is_dir() or is_complete(path):
+        return
+    holder = lock_holder(path.parent)
+    if holder is not None:
+        raise DftuneError(f"{what} {name} is still being written by the run in {path.parent} ({holder}): it has no "
+                          f"{COMPLETE_MARKER} yet; wait until it has, or give an earlier complete checkpoint")
 
 
 def checkpoint_problem(checkpoint: Path) -> str | None:
@@ -76,6 +92,8 @@ def checkpoint_problem(checkpoint: Path) -> str | None:
             return f"{name} is {path.stat().st_size} bytes, but {size} were written (truncated or overwritten)"
     for path in sorted(checkpoint.rglob("*")):
         problem = file_problem(path) if path.is_file() and path.name != COMPLETE_MARKER else None
+        if problem is None and path.parent == checkpoint and RESUME_PICKLES.match(path.name):
+            problem = pickle_problem(path)
         if problem:
             return f"{path.relative_to(checkpoint)} {problem}"
     return None

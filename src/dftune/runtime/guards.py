@@ -1,6 +1,7 @@
 """Reliability shared by every dftune trainer (objectives, diffusion, DPO): a step whose loss or gradient norm is
 not finite leaves weights, optimizer and scheduler as they were (counted as `nonfinite_steps`;
-`max_nonfinite_steps` in a row save the last good state and stop), and a checkpoint counts only once its
+`max_nonfinite_steps` in a row save the last good state and stop); an applied update that leaves a weight NaN or
+inf stops the run at that step before anything of it is saved (`FiniteWeights`); a checkpoint counts only once its
 `dftune_complete` marker is written (see `dftune.runtime.checkpoints`); a full disk while saving a checkpoint
 or the final model is one message saying what is kept (`dftune.runtime.disk`), and leaves an output_dir that
 `resume_from_checkpoint: auto` accepts.
@@ -17,6 +18,7 @@ from typing import Any
 import torch
 from accelerate.optimizer import AcceleratedOptimizer
 from torch import nn
+from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from dftune.runtime.checkpoints import (
@@ -26,6 +28,7 @@ from dftune.runtime.checkpoints import (
     mark_complete,
     rotate_checkpoints,
 )
+from dftune.errors import RunStopped
 from dftune.runtime.disk import disk_full_guard, folder_bytes
 
 logger = logging.getLogger(__name__)
@@ -41,6 +44,7 @@ class GuardedUpdates:
         self._nonfinite_in_a_row = 0
         self._nonfinite_window = 0  # skipped updates since the last log
         self.stopped_nonfinite_at: int | None = None  # the step whose checkpoint holds the last good state
+        self.add_callback(FiniteWeights(self))  # type: ignore[attr-defined]
 
     def flag_nonfinite(self, loss: torch.Tensor) -> bool:
         """True (and this optimizer step will be skipped) when a micro-batch's training loss is not finite."""
@@ -93,8 +97,10 @@ class GuardedUpdates:
         """The Trainer's checkpoint, then the `dftune_complete` marker, then rotation among complete checkpoints."""
         run_dir = Path(self._get_output_dir(trial=trial))
         checkpoint = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        if self.args.should_save and checkpoint.is_dir() and not is_complete(checkpoint):
-            shutil.rmtree(checkpoint)  # an interrupted save of this same step: no stale file may survive into it
+        if self.args.should_save and checkpoint.is_dir():
+            # An interrupted save of this step, or an earlier run's (resumed from an older checkpoint because this
+            # one was damaged): no stale file, nor its marker, may survive into the new save.
+            shutil.rmtree(checkpoint)
         self.accelerator.wait_for_everyone()
         # transformers' rotation would count the incomplete checkpoints too (and run before our marker): ours does not.
         limit, self.args.save_total_limit = self.args.save_total_limit, None
@@ -156,3 +162,54 @@ def _kept(output_dir: Path) -> str:
     last = _last_good(output_dir)
     return (f"The last complete checkpoint, {last}, is kept." if last
             else "No checkpoint was saved (save_steps); the run must start again.")
+
+
+class FiniteWeights(TrainerCallback):
+    """After each applied update, every trainable weight is finite, or the run stops there (exit 1, the step named)
+    before the Trainer can save a checkpoint or the final model of it. A finite loss and gradient norm do not
+    guarantee it: `learning_rate: 1e30` (or an optimizer state gone bad) turns finite gradients into infinite
+    weights, and every later loss is NaN. Weights already non-finite when training starts (the model's own) are a
+    warning instead: those steps are skipped and counted as non-finite, as before."""
+
+    def __init__(self, trainer: Any) -> None:
+        self.trainer = trainer
+        self.watch = True
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        bad = self._first_nonfinite()
+        if bad is not None:
+            self.watch = False
+            logger.warning("the model's weight %s holds NaN or inf before training: its losses will be non-finite "
+                           "(steps skipped, max_nonfinite_steps); check the model folder", bad)
+
+    def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if not self.watch or self.trainer.accelerator.optimizer_step_was_skipped:
+            return
+        bad = self._first_nonfinite()
+        if bad is None:
+            return
+        step = state.global_step + 1
+        raise RunStopped(
+            f"stopped at step {step}: its update made the weight {bad} non-finite (NaN or inf), though the loss and "
+            f"gradient norm were finite: the update was too large (learning_rate {args.learning_rate}). Nothing of "
+            f"step {step} is saved. {_kept(Path(args.output_dir))} Lower learning_rate and run again "
+            "(--resume_from_checkpoint auto continues from the last complete checkpoint)", exit_code=1,
+        )
+
+    def _first_nonfinite(self) -> str | None:
+        """The name of a trainable weight holding NaN or inf on any process, or None. One sum per weight (a NaN or
+        inf element makes it non-finite) and one device sync, not a boolean copy of every weight."""
+        model = self.trainer.model
+        trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+        if not trainable:
+            return None
+        sums = torch.stack([p.detach().sum(dtype=torch.float32) for _, p in trainable])
+        finite = torch.isfinite(sums)
+        if self.trainer.args.world_size > 1:  # every process stops at the same step (FSDP: each holds a shard)
+            flag = (~finite).any().float().reshape(1).to(self.trainer.args.device)
+            if not self.trainer.accelerator.reduce(flag, reduction="sum").item():
+                return None
+            return next((name for (name, _), ok in zip(trainable, finite.tolist()) if not ok), "on another process")
+        if bool(finite.all()):
+            return None
+        return next(name for (name, _), ok in zip(trainable, finite.tolist()) if not ok)

@@ -4,6 +4,7 @@ or weights load; eval data must exist when an eval_strategy asks for it."""
 from __future__ import annotations
 
 from datasets import Dataset
+from jinja2 import TemplateError
 from transformers import PreTrainedTokenizerBase, TrainingArguments
 
 from dftune.config.model_args import ModelArguments
@@ -18,18 +19,35 @@ def check_model_path(name: str | None) -> None:
     check_local_model(name)
 
 
-def template_overhead(tokenizer: PreTrainedTokenizerBase) -> int:
+def check_template(tokenizer: PreTrainedTokenizerBase, origin: str | None = None) -> str:
+    """The shortest conversation's prompt (an empty user turn + the reply header) in the tokenizer's chat template.
+
+    The first render of every command that renders: a template Jinja cannot compile, or that its sandbox refuses
+    (`__class__`, a method it does not allow), or that raises by itself, is one DftuneError naming where the template
+    came from (`origin`, default the tokenizer's folder), not a traceback."""
+    try:
+        return tokenizer.apply_chat_template([{"role": "user", "content": ""}], chat_template=chat_template(tokenizer),
+                                             tokenize=False, add_generation_prompt=True)  # fmt: skip
+    except TemplateError as err:
+        line = f" (template line {err.lineno})" if getattr(err, "lineno", None) else ""
+        raise DftuneError(
+            f"the chat template ({origin or f'the tokenizer of {tokenizer.name_or_path}'}) cannot render a "
+            f"conversation{line}: {type(err).__name__}: {str(err).rstrip('.')}; fix the template (it runs in Jinja's "
+            "sandbox: no attributes such as __class__, no Python calls beyond what transformers provides), or give "
+            "another with chat_template"
+        ) from None
+
+
+def template_overhead(tokenizer: PreTrainedTokenizerBase, origin: str | None = None) -> int:
     """Tokens before the first reply token of the shortest conversation (an empty user turn + the reply header)."""
-    text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": ""}], chat_template=chat_template(tokenizer), tokenize=False,
-        add_generation_prompt=True,
-    )
+    text = check_template(tokenizer, origin)
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def check_max_length(tokenizer: PreTrainedTokenizerBase, max_length: int) -> None:
-    """max_length must leave room for at least one reply token after the template's own tokens."""
-    overhead = template_overhead(tokenizer)
+def check_max_length(tokenizer: PreTrainedTokenizerBase, max_length: int, origin: str | None = None) -> None:
+    """max_length must leave room for at least one reply token after the template's own tokens (`origin`: where the
+    template came from, for its errors)."""
+    overhead = template_overhead(tokenizer, origin)
     if max_length <= overhead:
         raise DftuneError(
             f"max_length {max_length} leaves no room for a reply: the chat template alone takes {overhead} tokens "

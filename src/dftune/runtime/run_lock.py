@@ -40,6 +40,23 @@ def _describe(holder: dict) -> str:
     return f"pid {holder.get('pid')} on host {holder.get('host')} (started {started})"
 
 
+def lock_holder(output_dir: Path) -> str | None:
+    """Who holds output_dir's lock now ("pid N on host H (started ...)"), or None when no live run does."""
+    try:
+        handle = (output_dir / LOCK_FILE).open("r", encoding="utf-8")
+    except OSError:
+        return None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _describe(_holder(handle.read()))
+        except OSError:  # no flock on this file system: nothing can be said
+            return None
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return None
+
+
 @contextmanager
 def run_lock(output_dir: Path, *, enabled: bool = True) -> Iterator[None]:
     """Hold output_dir's lock for the body; DftuneError naming the holder when another live process has it.

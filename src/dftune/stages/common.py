@@ -18,7 +18,7 @@ from dftune.errors import DftuneError
 from dftune.losses import OBJECTIVES, Objective
 from dftune.models.loading import apply_lora, load_tokenizer, load_trainable_model, use_end_of_reply_token
 from dftune.models.reference import frozen_reference
-from dftune.runtime.preflight import check_max_length, require_eval_data
+from dftune.runtime.preflight import check_max_length, check_template, require_eval_data
 
 logger = logging.getLogger(__name__)
 
@@ -44,9 +44,11 @@ def with_template_keys(tokenizer: PreTrainedTokenizerBase, data: DataArguments, 
     LLaMA-Factory's `template: <name>` picks one of its built-in templates; dftune renders with the tokenizer's own,
     so the key is accepted with one log line, and is an error when the tokenizer has none and no chat_template is
     given (silently training with ChatML instead of what the user named would not be what they asked for)."""
+    origin = f"the tokenizer of {name}"
     if data.chat_template:
         path = Path(data.chat_template).expanduser()
         tokenizer.chat_template = path.read_text(encoding="utf-8") if path.is_file() else data.chat_template
+        origin = f"chat_template file {path}" if path.is_file() else "the chat_template key's text"
     if data.template is not None:
         if not tokenizer.chat_template:
             raise DftuneError(f"template: {data.template} names one of LLaMA-Factory's templates; dftune renders with "
@@ -55,6 +57,7 @@ def with_template_keys(tokenizer: PreTrainedTokenizerBase, data: DataArguments, 
         source = "chat_template" if data.chat_template else f"the tokenizer's own ({name})"
         logger.info("template: %s is LLaMA-Factory's name; dftune renders with %s chat template", data.template, source)
     tokenizer.chat_template = chat_template(tokenizer, "plain" if masked_lm else "ChatML")
+    check_template(tokenizer, origin)  # a template Jinja refuses: one error naming where it came from
     return tokenizer
 
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -42,6 +42,7 @@ from dftune.config.parse import RunConfig, StageArguments
 from dftune.data.encode import IGNORE_INDEX
 from dftune.losses import OBJECTIVES, diffusion_objective, fused_diffusion_objective
 from dftune.models.loading import resolve_mask_token_id
+from dftune.numbers import Range
 from dftune.runtime.objective_trainer import ObjectiveTrainer
 from dftune.stages.common import (
     chat_data,
@@ -55,6 +56,10 @@ from dftune.stages.dllm_samples import EvalSamples
 
 @dataclass
 class DllmArguments(StageArguments):
+    ranges: ClassVar[dict[str, Range]] = {
+        "diffusion_eps": Range(0, 1, low_open=True, high_open=True), "mask_token_id": Range(0),
+    }
+
     diffusion_eps: float = field(
         default=1e-3,
         metadata={"help": "stage dllm: mask ratios are t = (1 - eps) * u + eps with u ~ U(0, 1), so t >= eps."},
@@ -76,10 +81,6 @@ class DllmArguments(StageArguments):
                   "one (Dream; `dftune init-model --diffusion`). Default: the model config's "
                   "diffusion_shift_logits, else false (LLaDA: position i predicts token i)."},
     )
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.diffusion_eps < 1.0:
-            raise ValueError(f"diffusion_eps must be in (0, 1), got {self.diffusion_eps}")
 
     def check(self, config: RunConfig) -> None:
         loss = config.method.loss

@@ -25,7 +25,7 @@ import logging
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from datasets import Dataset
 from transformers import TrainerCallback, TrainingArguments
@@ -37,6 +37,7 @@ from dftune.data.lengths import PreferenceLimits
 from dftune.data.preference import PREFERENCE, prepare_preference_datasets
 from dftune.data.report import REPORT_FILE
 from dftune.models.reference import check_reference, load_policy_and_reference
+from dftune.numbers import Range
 from dftune.runtime.guards import GuardedUpdates
 from dftune.runtime.preflight import require_eval_data
 from dftune.stages.common import chat_tokenizer
@@ -46,6 +47,10 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class DpoArguments(StageArguments):
+    ranges: ClassVar[dict[str, Range]] = {
+        "beta": Range(0, low_open=True), "max_prompt_length": Range(1), "max_completion_length": Range(1),
+    }
+
     beta: float = field(
         default=0.1, metadata={"help": "stage dpo: how far the policy may move from the reference (TRL's beta)."}
     )
@@ -88,13 +93,8 @@ class DpoArguments(StageArguments):
     def check(self, config: RunConfig) -> None:
         if config.method.loss != "sft":  # resolved_loss() has run: sft is the default, so anything else was asked for
             raise ValueError(f"stage: dpo trains with loss_type (sigmoid, ipo, ...), not loss: {config.method.loss}")
-        if self.beta <= 0:
-            raise ValueError(f"beta must be positive, got {self.beta}")
         if not self.loss_type:
             raise ValueError("loss_type must name at least one TRL DPO loss, e.g. sigmoid")
-        for name in ("max_prompt_length", "max_completion_length"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.adapter_name_or_path is not None and config.method.finetuning_type != "lora":
             raise ValueError("adapter_name_or_path trains that LoRA adapter: set finetuning_type: lora")
         if config.data.packing:

@@ -15,8 +15,8 @@ GROUP_SIZE = Setting(
     help="BFT: target tokens per confidence window (default: $BFT_GROUP_SIZE, else 256).",
 )
 GAMMA = Setting(
-    "bft_gamma", "gamma", float, 1.0, env="BFT_CONF_GAMMA",
-    help="BFT: sample weight 1 - confidence ** gamma (default: $BFT_CONF_GAMMA, else 1.0).",
+    "bft_gamma", "gamma", float, 1.0, low=0.0, low_open=True, env="BFT_CONF_GAMMA",
+    help="BFT: sample weight 1 - confidence ** gamma, gamma above 0 (default: $BFT_CONF_GAMMA, else 1.0).",
 )
 
 
