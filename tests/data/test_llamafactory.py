@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 
+import processes
 import pytest
 
 from dftune.config.data_args import DataArguments
@@ -68,7 +68,8 @@ def test_hub_entries_fail_in_seconds_offline(data_dir, tmp_path):
             f"collect_conversations(registry_sources(['hub_alpaca'], {str(data_dir)!r}, ranking=False))")  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    result = processes.run([sys.executable, "-c", code], step="reading hub_alpaca offline", timeout=60, env=env,
+                           capture_output=True, text=True)
     assert time.monotonic() - started < 30
     assert result.returncode != 0 and "dataset 'hub_alpaca'" in result.stderr and "offline" in result.stderr
     with pytest.raises(DftuneError, match="dataset 'ms_only'.*ms_hub_url"):

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import processes
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -47,7 +48,8 @@ def stage_args(stage: str, tmp_path: Path, model_dir: Path) -> list[str]:
 
 
 def launch(argv: list[str], output_dir: Path) -> str:
-    result = subprocess.run(argv, env=ENV, capture_output=True, text=True, timeout=300)
+    result = processes.run(argv, step=f"training under {Path(argv[0]).name} {' '.join(argv[1:3])}", timeout=300,
+                           env=ENV, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (output_dir / "model.safetensors").is_file()
     return result.stderr
@@ -93,7 +95,8 @@ def test_two_nodes_train_like_one_node_of_two_processes(tiny_model_dir, tmp_path
         )  # fmt: skip
         for rank in (0, 1)
     ]
-    errors = [node.communicate(timeout=300)[1] for node in nodes]
+    errors = [processes.communicate(node, step=f"two-node torchrun, node {rank}", timeout=300)[1]
+              for rank, node in enumerate(nodes)]
     assert [node.returncode for node in nodes] == [0, 0], errors[0][-3000:] + errors[1][-3000:]
     assert "world size 2" in errors[0]
     one, two = load_file(one_node / "model.safetensors"), load_file(two_nodes / "model.safetensors")

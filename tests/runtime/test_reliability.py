@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import processes
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -55,10 +56,11 @@ def start_training(argv: list[str]) -> subprocess.Popen:
 
 
 def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + processes.scaled(timeout)
     while not path.exists():
         assert proc.poll() is None, f"training ended before {path} appeared: {proc.stderr.read()[-2000:]}"
-        assert time.monotonic() < deadline, f"{path} did not appear"
+        assert time.monotonic() < deadline, (f"training hung: {path} did not appear within {timeout:g} s x "
+                                             f"{processes.FACTOR_ENV}={processes.timeout_factor():g}")
         time.sleep(0.005)
 
 
@@ -108,7 +110,7 @@ def test_sigterm_saves_a_loadable_checkpoint_and_exits(tiny_model_dir, tmp_path)
     proc = start_training(train_args(tiny_model_dir, chat_file(tmp_path), out, 100_000))
     wait_for(out / "checkpoint-2" / COMPLETE_MARKER, proc)  # training (and the handler) is running
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
+    _, err = processes.communicate(proc, step="training after SIGTERM (the handler saves, then exits)", timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
     assert "stopped by SIGTERM" in err and "--resume_from_checkpoint auto" in err and "Traceback" not in err
     last = last_complete_checkpoint(out)
