@@ -251,7 +251,7 @@ def _another_run(tmp_path):
     ("resume true without checkpoints", "holds no complete checkpoint"),
     ("resume path incomplete", "is incomplete (no dftune_complete marker"),
 ])  # fmt: skip
-def test_hostile_inputs_fail_fast_and_clearly(case, message, tiny_model_dir, tmp_path, capsys):
+def test_hostile_inputs_fail_fast_and_clearly(case, message, tiny_model_dir, tmp_path, capsys, heavy_work):
     data, out = chat_file(tmp_path, 4), tmp_path / "out"
     argv = ["train", "--model_name_or_path", str(tiny_model_dir), "--data_files", data, "--output_dir", str(out),
             "--report_to", "none", "--use_cpu", "true"]
@@ -274,11 +274,10 @@ def test_hostile_inputs_fail_fast_and_clearly(case, message, tiny_model_dir, tmp
         if case == "resume path incomplete" else [],
     }[case]
     argv = ["train", str(tmp_path), *argv[1:]] if extra is None else argv + extra
-    started = time.monotonic()
     code = main(argv)
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err, err
-    assert time.monotonic() - started < 10  # before any weights load or data is tokenised
+    assert not heavy_work, heavy_work  # before any weights load or data is tokenised
 
 
 def test_overwrite_output_dir_replaces_the_old_run(tiny_model_dir, tmp_path):
