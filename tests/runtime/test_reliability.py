@@ -115,7 +115,10 @@ def test_sigterm_saves_a_loadable_checkpoint_and_exits(tiny_model_dir, tmp_path)
     assert "stopped by SIGTERM" in err and "--resume_from_checkpoint auto" in err and "Traceback" not in err
     last = last_complete_checkpoint(out)
     assert last is not None
-    assert AutoModelForCausalLM.from_pretrained(last) is not None
+    _, loading = AutoModelForCausalLM.from_pretrained(last, output_loading_info=True)
+    assert not any(loading.values()), loading  # every weight found, none unexpected or of the wrong shape
+    saved, initial = load_file(last / "model.safetensors"), load_file(tiny_model_dir / "model.safetensors")
+    assert any(not torch.equal(saved[name], initial[name]) for name in initial)  # the trained weights, saved
     assert {"optimizer.pt", "scheduler.pt", "rng_state.pth"} <= {p.name for p in last.iterdir()}
 
 
