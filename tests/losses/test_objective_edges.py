@@ -23,12 +23,24 @@ def public_loss(name: str):
 
 
 @pytest.mark.parametrize("name", BUILT_IN)
-def test_public_loss_function_defaults_are_the_registry_defaults(name):
-    """`<name>_loss(logits, labels)` without a setting computes what a config that leaves the key out trains."""
-    parameters = inspect.signature(public_loss(name)).parameters
+def test_public_loss_functions_compute_the_registry_defaults(name):
+    """`<name>_loss(logits, labels)` without a setting computes what a config that leaves the key out trains, on a
+    batch where every default matters: samples of 299 targets (past BFT's window of 256), V = 31 (past EAFT's
+    top 20), and a reference whose target logits are lowered by 0 to 6 (PSFT ratios across its clip of 1.28,
+    iw-SFT sample weights past their cap of 16)."""
+    logits, labels = ref.make_batch(2, 300, 31, seed=12, empty_row=None)
+    labels[:, :] = torch.randint(0, 31, labels.shape, generator=torch.Generator().manual_seed(13))
+    other = logits.detach().clone()
+    shift = torch.rand(2, 299, generator=torch.Generator().manual_seed(14), dtype=torch.float64) * 6.0
+    other[:, :-1].scatter_add_(2, labels[:, 1:, None], -shift[..., None])  # position t predicts label t + 1
+    reference = (other,) if OBJECTIVES[name].needs_reference else ()
+    out = public_loss(name)(logits, labels, *reference)
+    expected = compute_objective(name, logits, labels, **({"ref_logits": other} if reference else {}))
+    torch.testing.assert_close(out.loss, expected.loss, rtol=1e-14, atol=0)
+    signature = inspect.signature(public_loss(name)).parameters  # and the defaults a reader sees are those
     for setting in OBJECTIVES[name].settings:
         if not setting.scheduling:  # a schedule is the trainer's, not a loss argument
-            assert parameters[setting.kwarg].default == setting.default, setting.key
+            assert signature[setting.kwarg].default == setting.default, setting.key
 
 
 @pytest.mark.parametrize("name", [name for name in BUILT_IN if SEGMENTS in OBJECTIVES[name].needs])
