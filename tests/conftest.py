@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import socket
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -49,6 +50,30 @@ def nan_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
     weights["lm_head.weight"][0, 0] = float("nan")
     save_file(weights, poisoned / "model.safetensors", metadata={"format": "pt"})
     return poisoned
+
+
+@pytest.fixture
+def heavy_work(monkeypatch: pytest.MonkeyPatch) -> Counter:
+    """Counts the expensive steps a command takes, each still run as it is: model weight loads (`from_pretrained` of
+    a transformers model) and tokenisation of a dataset (`datasets.Dataset.map`). A test that a mistake fails fast
+    bounds this work (none of it) instead of timing the command, which flakes on a loaded machine."""
+    from datasets import Dataset
+    from transformers import PreTrainedModel
+
+    counts: Counter = Counter()
+    load, tokenise = PreTrainedModel.from_pretrained.__func__, Dataset.map
+
+    def counted_load(cls, *args, **kwargs):
+        counts["model loads"] += 1
+        return load(cls, *args, **kwargs)
+
+    def counted_map(self, *args, **kwargs):
+        counts["dataset maps"] += 1
+        return tokenise(self, *args, **kwargs)
+
+    monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(counted_load))
+    monkeypatch.setattr(Dataset, "map", counted_map)
+    return counts
 
 
 @pytest.fixture

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
+
+import processes
 
 ROOT = Path(__file__).parents[1]
 MAX_LINES = 300
@@ -14,7 +15,8 @@ def test_import_layers_hold():
     """Layers point down, the runtime imports no stage, no package imports a sibling in a cycle (lazy imports
     inside functions included: import-linter reads every import statement)."""
     lint_imports = Path(sys.executable).parent / "lint-imports"
-    result = subprocess.run([str(lint_imports)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = processes.run([str(lint_imports)], step="lint-imports", timeout=120, cwd=ROOT, capture_output=True,
+                           text=True)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
 
 

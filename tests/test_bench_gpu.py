@@ -6,6 +6,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import processes
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu" / "bench_gpu.py"
@@ -54,9 +55,7 @@ def test_zero3_runs_under_torchrun_with_the_repo_config(tmp_path):
 
 @pytest.mark.cuda
 def test_bench_gpu_runs(tmp_path):
-    import subprocess
-
-    done = subprocess.run([sys.executable, str(SCRIPT), "--tokens", "1024", "--steps", "2", "--out", str(tmp_path)],
-                          capture_output=True, text=True)  # fmt: skip
+    done = processes.run([sys.executable, str(SCRIPT), "--tokens", "1024", "--steps", "2", "--out", str(tmp_path)],
+                         step="benchmarks/gpu/bench_gpu.py", timeout=1800, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "| head | fused-dft | 1024 |" in (tmp_path / "results.md").read_text()

@@ -11,6 +11,7 @@ from matplotlib.image import imread
 
 from dftune.cli.main import main
 from dftune.compare import objective_config
+from dftune.evaluation import wilson_interval
 
 
 def write_config(tmp_path, model_dir, method: str) -> str:
@@ -66,12 +67,16 @@ def test_compare_writes_table_json_and_plot(tiny_model_dir, tmp_path):
     assert [r["name"] for r in runs] == ["base", "sft-seed42", "dft-seed42"]
     assert runs[0]["steps"] == 0 and runs[0]["final_eval_ce"] is None
     for run in runs:
-        low, high = run["accuracy_interval"]
-        assert 0 <= low <= run["accuracy"] <= high <= 1 and high - low > 0.2  # 4 records: a wide interval
         results = [json.loads(line) for line in (out / run["name"] / "eval_results.jsonl").read_text().splitlines()]
-        assert len(results) == 4 and sum(r["correct"] for r in results) == round(4 * run["accuracy"])
-    for run in runs[1:]:
-        assert run["steps"] == 2 and run["best_eval_ce"] <= run["final_eval_ce"]
+        correct = sum(r["correct"] for r in results)
+        assert len(results) == 4 and run["accuracy"] == correct / 4
+        low, high = run["accuracy_interval"]
+        assert (low, high) == pytest.approx(wilson_interval(correct, 4)) and high - low > 0.2  # 4 records: wide
+    for run in runs[1:]:  # best: the lowest eval CE the run logged, final: its last (not the minimum twice)
+        state = json.loads((out / run["name"] / "trainer_state.json").read_text())
+        eval_ce = [e["eval_ce"] for e in state["log_history"] if "eval_ce" in e]
+        assert run["steps"] == 2 and len(eval_ce) >= 2
+        assert (run["best_eval_ce"], run["final_eval_ce"]) == (min(eval_ce), eval_ce[-1])
         assert 0 < run["final_avg_p_correct"] < 1
     sft_config = (out / "sft-seed42" / "dftune_config.yaml").read_text()
     assert "loss: sft" in sft_config and "dft_alpha: null" in sft_config

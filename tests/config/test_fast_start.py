@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
+import processes
 import pytest
 
 import dftune
@@ -30,8 +30,8 @@ SRC = str(Path(dftune.__file__).resolve().parents[1])  # the dftune being tested
 def help_in_fresh_process(command: list[str]) -> dict:
     """Run `dftune COMMAND --help` in a new interpreter; its last stdout line is the child's report."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, *filter(None, [os.environ.get("PYTHONPATH")])])}
-    done = subprocess.run([sys.executable, "-c", CHILD, json.dumps([*command, "--help"])], capture_output=True,
-                          text=True, env=env, timeout=600)
+    done = processes.run([sys.executable, "-c", CHILD, json.dumps([*command, "--help"])], step=f"{command} --help",
+                         timeout=600, capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "usage:" in done.stdout, done.stdout[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])

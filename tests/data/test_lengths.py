@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
 import sys
 import textwrap
 
+import processes
 import pytest
 
 from dftune.config.data_args import DataArguments
@@ -121,7 +121,8 @@ def test_a_50_mb_reply_takes_bounded_memory(tmp_path):
         peak = peak_kib()
         print(json.dumps({{"base": base, "peak": peak, "rows": len(dataset), "kept": report.kept}}))
     """)
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    result = processes.run([sys.executable, "-c", code], step="validate_and_encode of one long record", timeout=120,
+                           capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     measured = json.loads(result.stdout.strip().splitlines()[-1])
     assert measured["rows"] == 1 and measured["kept"] == 1

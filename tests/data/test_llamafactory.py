@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-import time
 
+import processes
 import pytest
 
 from dftune.config.data_args import DataArguments
@@ -61,15 +60,19 @@ def test_stage_and_names_are_checked(data_dir):
         registry_sources(["identity"], str(data_dir / "chats"), ranking=False)
 
 
-def test_hub_entries_fail_in_seconds_offline(data_dir, tmp_path):
-    """HF_HUB_OFFLINE=1, in a fresh process (huggingface_hub reads it at import): the error names the entry."""
-    code = ("from dftune.data.validate import collect_conversations;"
+def test_hub_entries_fail_offline_without_touching_the_network(data_dir, tmp_path):
+    """HF_HUB_OFFLINE=1, in a fresh process (huggingface_hub reads it at import): the error names the entry, and no
+    socket was ever connected (an audit hook reports each attempt), so no retry loop can stall it."""
+    code = ("import sys;"
+            "sys.addaudithook(lambda event, args: event == 'socket.connect' and print('CONNECT', args[1], "
+            "file=sys.stderr));"
+            "from dftune.data.validate import collect_conversations;"
             "from dftune.data.llamafactory import registry_sources;"
             f"collect_conversations(registry_sources(['hub_alpaca'], {str(data_dir)!r}, ranking=False))")  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
-    started = time.monotonic()
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
-    assert time.monotonic() - started < 30
+    result = processes.run([sys.executable, "-c", code], step="reading hub_alpaca offline", timeout=60, env=env,
+                           capture_output=True, text=True)
+    assert "CONNECT" not in result.stderr, result.stderr[-2000:]
     assert result.returncode != 0 and "dataset 'hub_alpaca'" in result.stderr and "offline" in result.stderr
     with pytest.raises(DftuneError, match="dataset 'ms_only'.*ms_hub_url"):
         collect_conversations(registry_sources(["ms_only"], str(data_dir), ranking=False))

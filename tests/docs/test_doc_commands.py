@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import processes
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,8 +66,8 @@ def test_commands_run_as_printed(page, tmp_path):
         (tmp_path / name).symlink_to(ROOT / name)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     for block in RUN[page]:
-        result = subprocess.run(["bash", "-euo", "pipefail", "-c", block.commands], cwd=tmp_path, env=env,
-                                capture_output=True, text=True, timeout=1800)  # fmt: skip
+        result = processes.run(["bash", "-euo", "pipefail", "-c", block.commands], step=f"{page.name}:{block.line}",
+                               timeout=1800, cwd=tmp_path, env=env, capture_output=True, text=True)  # fmt: skip
         assert result.returncode == 0, (
             f"{page.name}:{block.line}: the block fails as printed (exit {result.returncode}):\n{block.commands}\n"
             f"{result.stdout[-2000:]}\n{result.stderr[-4000:]}"

@@ -7,9 +7,10 @@ import importlib.util
 import json
 import random
 import re
-import subprocess
 import sys
 from pathlib import Path
+
+import processes
 
 SCRIPT = Path(__file__).parents[2] / "examples" / "smollm2_math" / "make_data.py"
 STEP = re.compile(r"^Step (\d+): (\d+) ([×÷+-]) (\d+) = (\d+)$")
@@ -19,7 +20,7 @@ OPERATIONS = {"×": lambda a, b: a * b, "÷": lambda a, b: a / b, "+": lambda a,
 def generate(out: Path, seed: int = 7) -> tuple[list[dict], list[dict]]:
     argv = [sys.executable, str(SCRIPT), "--output_dir", str(out), "--num_train", "300", "--num_eval", "60",
             "--seed", str(seed)]  # fmt: skip
-    subprocess.run(argv, check=True, capture_output=True)
+    processes.run(argv, step="examples/smollm2_math/make_data.py", timeout=120, check=True, capture_output=True)
     read = lambda name: [json.loads(line) for line in (out / name).read_text(encoding="utf-8").splitlines()]  # noqa: E731
     return read("train.jsonl"), read("heldout.jsonl")
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import processes
 import pytest
 
 from dftune.outputs import replaced, write_text
@@ -128,7 +129,8 @@ def test_a_second_run_in_a_locked_output_dir_names_the_holder(tiny_model_dir, da
     out = tmp_path / "out"
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from pathlib import Path; from dftune.runtime.run_lock import "
-         "run_lock\nwith run_lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(60)", str(out)],
+         "run_lock\nwith run_lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(float(sys.argv[2]))", str(out),
+         str(processes.scaled(60))],
         stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
     )
     try:

@@ -103,6 +103,21 @@ def test_linear_alpha_schedule_rises_from_sft_to_dft():
     torch.testing.assert_close(at_start.loss, sft_loss(logits, labels).loss, rtol=1e-15, atol=0)
 
 
+def test_alpha_schedule_edges():
+    """Constant ignores a warmup; linear over 0 steps is alpha from the start (no division by 0), over 1 step SFT
+    at step 0 then alpha; an alpha not given rises to the default's. (mutmut's survivors in `alpha_in_force`.)"""
+    from dftune.losses import OBJECTIVES
+    from dftune.losses.objectives.dft import ALPHA
+
+    def alpha_at(step: int, **kwargs) -> float:
+        return OBJECTIVES["dft"].kwargs_at(kwargs, step)["alpha"]
+
+    assert alpha_at(0, alpha=0.8, alpha_schedule="constant", alpha_warmup_steps=4) == 0.8
+    assert [alpha_at(s, alpha=0.8, alpha_schedule="linear", alpha_warmup_steps=0) for s in (0, 1)] == [0.8, 0.8]
+    assert [alpha_at(s, alpha=0.8, alpha_schedule="linear", alpha_warmup_steps=1) for s in (0, 1, 2)] == [0, 0.8, 0.8]
+    assert alpha_at(2, alpha_schedule="linear", alpha_warmup_steps=4) == ALPHA.default / 2
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("scale", SCALES)
 @pytest.mark.parametrize(("alpha", "min_weight"), [(1.0, 0.1), (0.8, 0.5), (1.0, 1.0)])

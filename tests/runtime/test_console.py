@@ -7,9 +7,9 @@ import json
 import math
 import os
 import re
-import subprocess
 import sys
 
+import processes
 import pytest
 
 from dftune.runtime.console import log_line, number
@@ -49,7 +49,8 @@ def _train(tiny_model_dir, tmp_path, *flags):
             "--max_steps", "4", "--logging_steps", "2", "--eval_strategy", "steps", "--eval_steps", "2",
             "--per_device_train_batch_size", "8", "--save_strategy", "no", "--report_to", "none",
             "--output_dir", str(tmp_path / "out"), *flags]  # fmt: skip
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "200"})
+    result = processes.run(argv, step=f"dftune train {' '.join(flags)}", timeout=600, capture_output=True, text=True,
+                           env={**os.environ, "COLUMNS": "200"})
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout + result.stderr
 

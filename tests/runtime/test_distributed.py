@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 import os
 import random
-import subprocess
 import sys
 from pathlib import Path
 
+import processes
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -45,7 +45,8 @@ def train(launcher: list[str], model_dir, data, output_dir, loss: str, batch: in
         "--gradient_accumulation_steps", "2", "--output_dir", str(output_dir), *extra,
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
-    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    result = processes.run(argv, step=f"training {loss} on {output_dir.name} ({len(launcher)}-word launcher)",
+                           timeout=300, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     (output_dir / "stderr.txt").write_text(result.stderr, encoding="utf-8")
     state = json.loads((output_dir / "trainer_state.json").read_text())

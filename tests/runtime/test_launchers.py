@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import processes
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -47,7 +48,8 @@ def stage_args(stage: str, tmp_path: Path, model_dir: Path) -> list[str]:
 
 
 def launch(argv: list[str], output_dir: Path) -> str:
-    result = subprocess.run(argv, env=ENV, capture_output=True, text=True, timeout=300)
+    result = processes.run(argv, step=f"training under {Path(argv[0]).name} {' '.join(argv[1:3])}", timeout=300,
+                           env=ENV, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (output_dir / "model.safetensors").is_file()
     return result.stderr
@@ -71,7 +73,7 @@ def test_psft_under_zero3_is_an_error_that_names_the_fix(tiny_model_dir, tmp_pat
     out = tmp_path / "out"
     argv = [*torchrun(), "-m", "dftune", "train", "--loss", "psft", "--model_name_or_path", str(tiny_model_dir),
             "--data_files", str(chat_records(tmp_path / "d.jsonl")), *common(out), "--deepspeed", ZERO3]  # fmt: skip
-    result = subprocess.run(argv, env=ENV, capture_output=True, text=True, timeout=300)
+    result = processes.run(argv, step="psft under ZeRO-3", timeout=300, env=ENV, capture_output=True, text=True)
     assert result.returncode != 0
     assert "loss: psft snapshots the policy's parameters, of which DeepSpeed ZeRO-3 keeps only a shard" in result.stderr
     assert "ZeRO-1/2" in result.stderr and not (out / "model.safetensors").exists()
@@ -105,7 +107,8 @@ def test_two_nodes_train_like_one_node_of_two_processes(tiny_model_dir, tmp_path
         )  # fmt: skip
         for rank in (0, 1)
     ]
-    errors = [node.communicate(timeout=300)[1] for node in nodes]
+    errors = [processes.communicate(node, step=f"two-node torchrun, node {rank}", timeout=300)[1]
+              for rank, node in enumerate(nodes)]
     assert [node.returncode for node in nodes] == [0, 0], errors[0][-3000:] + errors[1][-3000:]
     assert "world size 2" in errors[0]
     one, two = load_file(one_node / "model.safetensors"), load_file(two_nodes / "model.safetensors")

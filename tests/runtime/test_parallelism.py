@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
+import processes
 import pytest
 
 
@@ -19,8 +19,8 @@ def write_data(path) -> None:
 
 
 def run(argv: list[str]) -> str:
-    result = subprocess.run(argv, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                            timeout=300)  # fmt: skip
+    result = processes.run(argv, step=f"dftune train ({' '.join(argv[:4])})", timeout=300,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stderr
 

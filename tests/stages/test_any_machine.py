@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 import os
 import random
-import subprocess
 import sys
 
+import processes
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -73,7 +73,8 @@ def run_train(launcher: list[str], model_dir, data, output_dir, batch: int) -> s
             "--train_sampling_strategy", "sequential", "--per_device_train_batch_size", str(batch),
             "--gradient_accumulation_steps", "2", "--output_dir", str(output_dir)]  # fmt: skip  (no --use_cpu)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    result = processes.run(argv, step=f"dftune train on {output_dir.name} without --use_cpu", timeout=300, env=env,
+                           capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stderr
 

@@ -61,7 +61,8 @@ def test_full_model_starts_at_ln2_and_learns_a_separable_preference(tiny_model_d
     assert margins[-1] > margins[len(margins) // 2] > margins[2] > 0.0
     assert last["loss"] < 0.1
     assert (out / "data_report.json").is_file() and (out / "dftune_config.yaml").is_file()
-    assert AutoModelForCausalLM.from_pretrained(out) is not None
+    _, loading = AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
+    assert not any(loading.values()), loading  # every weight found, none unexpected or of the wrong shape
 
 
 @pytest.mark.slow

@@ -131,7 +131,9 @@ def test_seed_002_bft_lora_yaml(tiny_model_dir, tmp_path):
 
     train_logs = [e for e in history(out) if "loss" in e and "train_runtime" not in e]
     assert len(train_logs) == 3
-    assert all(0.0 < e["bft_sample_weight"] <= 1.0 and "bft_min_group_conf" in e for e in train_logs)
+    for e in train_logs:  # gamma 1: each sample's weight is 1 - its confidence, so the two means add up to 1
+        assert 0.0 < e["bft_sample_weight"] < 1.0 and e["bft_sample_weight"] + e["bft_min_group_conf"] == \
+            pytest.approx(1.0, abs=1e-6), e  # fmt: skip
     assert (out / "adapter_config.json").is_file()
     model = AutoPeftModelForCausalLM.from_pretrained(out)
     targets = {name.rsplit(".", 1)[-1] for name in model.peft_config["default"].target_modules}

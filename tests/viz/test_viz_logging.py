@@ -5,9 +5,9 @@ from __future__ import annotations
 import io
 import logging
 import os
-import subprocess
 import sys
 
+import processes
 import pytest
 
 from dftune.runlog import ProcessInfo, RankFilter, process_info, setup_logging
@@ -58,7 +58,8 @@ def test_two_processes_print_the_header_once(tiny_model_dir, tmp_path, torchrun)
         "--report_to", "none", "--use_cpu", "true", "--disable_tqdm", "true", "--output_dir", str(tmp_path / "out"),
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    result = processes.run(argv, step="dftune train under torchrun (2 processes)", timeout=300, env=env,
+                           capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     err = result.stderr
     assert err.count("---- dftune run") == 1 and err.count("---- dftune done") == 1, err[-3000:]
