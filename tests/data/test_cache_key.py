@@ -9,7 +9,7 @@ import dataclasses
 import pytest
 
 from dftune.config.data_args import DataArguments
-from dftune.data import prepare_datasets
+from dftune.data.prepare import prepare_datasets
 
 from .conftest import chat, write_jsonl
 from .llamafactory_files import write_data_folder
