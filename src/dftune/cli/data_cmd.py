@@ -10,6 +10,7 @@ same length policy, the same errors for a bad value.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 import typing
@@ -67,8 +68,14 @@ def data_key_fields() -> list[Field]:
     return own + [f for f in fields(PreferenceLimits) if f.name not in names]
 
 
+@functools.cache
+def _hints() -> dict[str, Any]:
+    """The data keys' types, resolved once (every CLI start registers `data check`)."""
+    return {**typing.get_type_hints(PreferenceLimits), **typing.get_type_hints(DataArguments)}
+
+
 def _kind(f: Field) -> Any:
-    return {**typing.get_type_hints(PreferenceLimits), **typing.get_type_hints(DataArguments)}[f.name]
+    return _hints()[f.name]
 
 
 def _arity(f: Field) -> str | None:

@@ -32,14 +32,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_probe(args: argparse.Namespace) -> int:
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoConfig
 
     from dftune.config.model_args import ModelArguments
     from dftune.data.readers import resolve_sources
     from dftune.data.validate import validate_and_encode
     from dftune.errors import DftuneError
     from dftune.models.integrity import check_local_model
-    from dftune.models.loading import is_diffusion_config, load_diffusion_model, load_model, resolve_mask_token_id
+    from dftune.models.loading import (
+        is_diffusion_config, load_diffusion_model, load_model, resolve_mask_token_id, tokenizer_at,
+    )
     from dftune.outputs import output_file, write_text
     from dftune.runtime.probe import probe_targets, summarise
     from dftune.viz.probe import plot_probe
@@ -49,10 +51,7 @@ def run_probe(args: argparse.Namespace) -> int:
     json_path = output_file(Path(args.output_dir) / "probe.json", "--output_dir", "probe.json",
                             [*args.data, args.model])
     check_local_model(args.model, "model")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(args.model)
-    except OSError as err:
-        raise DftuneError(f"cannot load the tokenizer of {args.model!r}: {err}") from None
+    tokenizer = tokenizer_at(args.model, "model")
     sources = resolve_sources(args.data)
     dataset, report = validate_and_encode(sources, tokenizer, max_length=args.max_length)
     if len(dataset) == 0:

@@ -56,10 +56,7 @@ def load_tokenizer(args: ModelArguments) -> PreTrainedTokenizerBase:
         raise DftuneError("model_name_or_path is required (a local folder, e.g. from `dftune init-model`)")
     if looks_like_path(args.model_name_or_path) and not Path(args.model_name_or_path).expanduser().exists():
         raise DftuneError(f"model_name_or_path {args.model_name_or_path}: no such folder")  # not a Hub error
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
-    except OSError as err:
-        raise DftuneError(f"cannot load a tokenizer from model_name_or_path {args.model_name_or_path!r}: {err}") from None
+    tokenizer = tokenizer_at(args.model_name_or_path, "model_name_or_path", trust_remote_code=args.trust_remote_code)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
