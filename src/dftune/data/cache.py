@@ -137,7 +137,8 @@ def _move_aside(entry: Path, reason: str) -> None:
         moved = f"moved it to {aside.name}"
     except FileNotFoundError:
         moved = "another process moved it aside"
-    logger.warning("cache entry %s is damaged: %s; %s and building it again", entry, reason, moved)
+    one_line = " ".join(reason.split())  # an exception's message may span lines
+    logger.warning("cache entry %s is damaged: %s; %s and building it again", entry, one_line, moved)
 
 
 def _sweep_stale(folder: Path) -> None:

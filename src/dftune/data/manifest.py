@@ -55,12 +55,15 @@ def check_manifest(folder: Path) -> str | None:
         sizes = {name: (folder / name, int(entry["size"]), str(entry["sha256"])) for name, entry in files.items()}
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return f"{MANIFEST} cannot be read ({type(exc).__name__}: {exc})"
-    for name, (path, size, _digest) in sizes.items():
-        if not path.is_file():
-            return f"{name} is missing"
-        if path.stat().st_size != size:
-            return f"{name} is {path.stat().st_size} bytes, its manifest says {size}"
-    for name, (path, _size, digest) in sizes.items():
-        if sha256_file(path) != digest:
-            return f"{name} does not match its SHA-256 in the manifest"
+    try:
+        for name, (path, size, _digest) in sizes.items():
+            if not path.is_file():
+                return f"{name} is missing"
+            if path.stat().st_size != size:
+                return f"{name} is {path.stat().st_size} bytes, its manifest says {size}"
+        for name, (path, _size, digest) in sizes.items():
+            if sha256_file(path) != digest:
+                return f"{name} does not match its SHA-256 in the manifest"
+    except OSError as exc:  # unreadable (permissions, I/O error) or removed while checked
+        return f"{name} cannot be read ({type(exc).__name__}: {exc})"
     return None
