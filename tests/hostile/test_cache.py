@@ -21,7 +21,9 @@ import pytest
 
 from dftune.config.data_args import DataArguments
 from dftune.data import cache
+from dftune.data.lengths import PreferenceLimits
 from dftune.data.manifest import MANIFEST, write_manifest
+from dftune.data.preference import prepare_preference_datasets
 from dftune.data.prepare import PreparedData, prepare_datasets
 from dftune.data.report import ValidationReport
 from dftune.models.presets import build_tokenizer
@@ -124,8 +126,24 @@ def test_train_recovers_from_a_truncated_entry_without_a_traceback(tiny_model_di
     assert dftune(capsys, *argv("first")).code == 0
     truncate(_arrow(the_entry(cache_dir)))
     with caplog.at_level(logging.INFO):
-        assert dftune(capsys, *argv("second")).code == 0  # `dftune` fails the test on a traceback
-    assert len(cache_warnings(caplog)) == 1 and (tmp_path / "second" / "model.safetensors").is_file()
+        outcome = dftune(capsys, *argv("second"))  # `dftune` fails the test on a traceback
+    assert outcome.code == 0 and (tmp_path / "second" / "model.safetensors").is_file()
+    assert len(cache_warnings(caplog)) == 1 and outcome.text.count(" is damaged: ") == 1, outcome.text[-3000:]
+
+
+def test_a_damaged_preference_entry_is_rebuilt(tmp_path, tokenizer, caplog):
+    data = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": f"{i}?", "chosen": str(i), "rejected": "no"}
+                                                  for i in range(8)])  # fmt: skip
+    build = lambda cache_dir: prepare_preference_datasets(
+        DataArguments(data_files=[str(data)], dataset_cache_dir=str(cache_dir)), tokenizer,
+        limits=PreferenceLimits(64), seed=0)  # fmt: skip
+    first = build(tmp_path / "cache").train.to_dict()
+    (entry,) = [p for p in (tmp_path / "cache" / "preference").iterdir() if ENTRY.fullmatch(p.name)]
+    truncate(_arrow(entry))
+    with caplog.at_level(logging.INFO):
+        rebuilt = build(tmp_path / "cache")
+    assert not rebuilt.cache_hit and rebuilt.train.to_dict() == first and len(cache_warnings(caplog)) == 1
+    assert build(tmp_path / "cache").cache_hit
 
 
 def test_a_stale_temporary_folder_is_removed_and_a_live_one_kept(data, tmp_path, tokenizer, caplog):
