@@ -5,11 +5,13 @@ classified, so a new setting cannot silently reuse data tokenised without it (`r
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
 from dftune.config.data_args import DataArguments
 from dftune.data.prepare import prepare_datasets
+from dftune.models.presets import build_tokenizer
 
 from .conftest import chat, write_jsonl
 from .llamafactory_files import write_data_folder
@@ -79,3 +81,36 @@ def test_a_key_outside_the_fingerprint_reuses_the_cache(key, files, tmp_path, to
     prepare_datasets(base_args(files, tmp_path), tokenizer, seed=0)
     value, _why = OUTSIDE_THE_KEY[key]
     assert prepare_datasets(base_args(files, tmp_path, **{key: value}), tokenizer, seed=0).cache_hit
+
+
+
+class _OtherClass(type(build_tokenizer())):
+    """A tokenizer class of its own, as a model's subclass that encodes its own way would be."""
+
+
+def _reloaded(tokenizer, folder: Path, kind: type | None = None):
+    tokenizer.save_pretrained(folder)
+    return (kind or type(tokenizer)).from_pretrained(folder)
+
+
+def _changed(setting: str, tokenizer, folder: Path):
+    """The same vocabulary, template and specials (the same backend JSON), one setting outside them changed."""
+    if setting == "class":
+        return _reloaded(tokenizer, folder, _OtherClass)
+    changed = _reloaded(tokenizer, folder)
+    changed.split_special_tokens = True
+    return changed
+
+
+@pytest.mark.parametrize("setting", ["split_special_tokens", "class"])
+def test_a_tokenizer_setting_outside_its_vocabulary_misses_the_cache(setting, files, tmp_path, tokenizer):
+    """`<|im_end|>` written inside a reply: split_special_tokens tokenises it as text, so the samples differ."""
+    args = base_args(files, tmp_path, data_files=[str(write_jsonl(tmp_path / "s.jsonl", [chat("q", "a <|im_end|>")]))])
+    first = prepare_datasets(args, _reloaded(tokenizer, tmp_path / "same"), seed=0)
+    assert prepare_datasets(args, _reloaded(tokenizer, tmp_path / "again"), seed=0).cache_hit
+    changed = _changed(setting, tokenizer, tmp_path / "changed")
+    assert changed.backend_tokenizer.to_str() == tokenizer.backend_tokenizer.to_str()
+    other = prepare_datasets(args, changed, seed=0)
+    assert not other.cache_hit, f"the tokenizer's {setting} changed, the old data was reused"
+    if setting == "split_special_tokens":
+        assert other.train["input_ids"] != first.train["input_ids"]

@@ -71,8 +71,8 @@ def prepare_preference_datasets(
             datasets[split] = Dataset.from_dict(columns, features=PREFERENCE)  # from_list fails on no records
             report.merge(split_report)
         cache.save_entry(entry, datasets, report)
-        cached = cache.load_entry(entry)  # read back: the datasets are then backed by the cache files
-        assert cached is not None
+        # read back: the datasets are then backed by the cache files (in memory only when a damaged entry won the race)
+        cached = cache.load_entry(entry) or (datasets, report)
     else:
         logger.info("using cached preference data %s", entry)
     datasets, report = cached
