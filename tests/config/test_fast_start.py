@@ -5,6 +5,7 @@ sys.modules."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -82,3 +83,10 @@ def test_train_help_imports_no_trainer_and_lists_every_stage_key() -> None:
     for name, section in stage_sections().items():
         for f in fields(section):
             assert len(re.findall(rf"^  --{f.name}\b", out, re.MULTILINE)) == 1, (name, f.name)
+
+
+@pytest.mark.parametrize("name", list(STAGES))
+def test_every_stage_module_builds_a_trainer(name: str) -> None:
+    """The registry names a module by its path: a typo would surface only when that stage runs."""
+    module = importlib.import_module(STAGES[name].module)
+    assert callable(module.build_trainer), STAGES[name].module
