@@ -5,7 +5,8 @@
 Each command is a fresh interpreter, timed wall clock from start to exit; the commands run round-robin, so load on
 the machine falls on all of them alike, and the median of the repeats is reported. `dftune --help` imports neither
 torch nor transformers (tests/config/test_fast_start.py), so its ratio should stay well under 1; `dftune train
---help` lists TrainingArguments' keys and the stages', so it pays for transformers, torch and the stage modules.
+--help` lists TrainingArguments' keys, so it pays for torch and what `transformers.TrainingArguments` imports
+(accelerate's state and, in transformers 5.23, peft), and for the stages' keys, but no stage module, TRL or datasets.
 """
 
 from __future__ import annotations

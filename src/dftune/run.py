@@ -1,9 +1,14 @@
 """One run, top to bottom: parse the config, set up what every stage shares, let the stage build its trainer,
 then train, evaluate, save and summarise.
 
-The stage (sft, dllm, dpo) comes from the registry `dftune.stages.STAGES`: each stage's module owns its keys, data,
-collator and trainer. What they share is here, once: the environment legacy keys asked for, trackers, the
-model-folder and output_dir checks, resume, gradient checkpointing, the run header, signals and the summary.
+`parse_config` is the registry's (`dftune.stages`), named here too so a caller parses and runs from one module;
+`dftune train --help` imports its parser from `dftune.stages`, which imports no trainer (this module imports the whole
+runtime).
+
+The stage (sft, dllm, dpo) comes from the registry `dftune.stages.STAGES`: each stage owns its keys
+(`dftune.stages.keys`) and a module of its data, collator and trainer. What they share is here, once: the environment
+legacy keys asked for, trackers, the model-folder and output_dir checks, resume, gradient checkpointing, the run
+header, signals and the summary.
 """
 
 from __future__ import annotations
@@ -15,7 +20,6 @@ from pathlib import Path
 
 from transformers import Trainer, TrainerCallback
 
-from dftune.config import parse
 from dftune.config.machine import CPU_NOTE, accelerator_available
 from dftune.config.parse import CONFIG_FILE_NAME, RunConfig, apply_env
 from dftune.data.report import REPORT_FILE
@@ -33,24 +37,10 @@ from dftune.runtime.run_lock import run_lock
 from dftune.runtime.signals import SaveOnSignal
 from dftune.runtime.tracking import tracker_callbacks
 from dftune.stages import STAGES
+from dftune.stages import parse_config  # noqa: F401 - named here too: callers parse and run from one module
 
 logger = logging.getLogger(__name__)
 PLOT_FILE = "training_curves.png"
-
-
-def stage_sections() -> dict[str, type[parse.StageArguments]]:
-    """Every stage's keys, by stage name: the sections `parse_config` adds to the generic ones."""
-    return {name: stage.arguments for name, stage in STAGES.items()}
-
-
-def parse_config(argv: list[str]) -> RunConfig:
-    """`[CONFIG.yaml] [--key value ...]` -> a RunConfig whose `stage_args` are the chosen stage's keys."""
-    return parse.parse_config(argv, stage_sections())
-
-
-def train_help_parser() -> parse.ConfigArgumentParser:
-    """The parser behind `dftune train --help`: every key, the stages' included."""
-    return parse.config_parser(stage_sections(), prog="dftune train")
 
 
 def build_trainer(config: RunConfig, callbacks: list[TrainerCallback] | None = None) -> Trainer:

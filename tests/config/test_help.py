@@ -9,7 +9,7 @@ import pytest
 
 from cli_commands import command_paths
 from dftune.cli.main import main
-from dftune.run import stage_sections, train_help_parser
+from dftune.stages import stage_sections, train_help_parser
 from dftune.config.parse import sections
 
 

@@ -90,7 +90,7 @@ def test_every_data_key_of_train_is_a_data_check_flag():
 
     from dftune.config.data_args import DataArguments
     from dftune.data.lengths import PreferenceLimits
-    from dftune.stages.dpo import DpoArguments
+    from dftune.stages.keys import DpoArguments
 
     subparsers = argparse.ArgumentParser(prog="dftune").add_subparsers(dest="command", required=True)
     data_cmd.register(subparsers)

@@ -13,7 +13,7 @@ from transformers import TrainingArguments
 
 from dftune.config.parse import sections
 from dftune.losses import OBJECTIVES
-from dftune.run import stage_sections
+from dftune.stages import stage_sections
 
 ROOT = Path(__file__).parents[2]
 

@@ -17,7 +17,8 @@ from transformers import AutoTokenizer
 from dftune.config.number_keys import is_number_type
 from dftune.config.parse import sections
 from dftune.errors import DftuneError
-from dftune.run import parse_config, stage_sections
+from dftune.run import parse_config
+from dftune.stages import stage_sections
 from dftune.runtime.checkpoints import COMPLETE_MARKER
 
 from .conftest import clean_error, copy_model, dftune, hashes, train_argv

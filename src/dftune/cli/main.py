@@ -17,11 +17,13 @@ from dftune.runlog import setup_logging
 
 
 def _train(args: argparse.Namespace) -> int:
-    from dftune.run import parse_config, run, train_help_parser
+    if {"-h", "--help"} & set(args.rest):  # the keys alone: dftune.run would import every trainer first
+        from dftune.stages import train_help_parser
 
-    if {"-h", "--help"} & set(args.rest):
         train_help_parser().print_help()
         return 0
+    from dftune.run import parse_config, run
+
     run(parse_config(args.rest))
     return 0
 

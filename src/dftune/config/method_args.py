@@ -1,6 +1,6 @@
 """Method keys of a run: the training stage, the objective and the fine-tuning type.
 
-The stage's own keys (diffusion_eps, beta, ...) are its dataclass in `dftune.stages.<stage>`; `stage` itself is
+The stage's own keys (diffusion_eps, beta, ...) are its dataclass in `dftune.stages.keys`; `stage` itself is
 checked against that registry by `dftune.config.parse.parse_config`.
 """
 

@@ -4,8 +4,8 @@ Flags override YAML keys. Both are merged into one argv for `HfArgumentParser`, 
 value given as a flag are converted by the same code: every `TrainingArguments` flag works as transformers
 documents it.
 
-The stages' own keys come from the caller (`dftune.run.parse_config` passes the registry's dataclasses, each a
-`StageArguments`): this module knows no stage. The chosen stage's keys become `RunConfig.stage_args`; another
+The stages' own keys come from the caller (`dftune.stages.parse_config` passes the registry's dataclasses, each
+a `StageArguments`): this module knows no stage. The chosen stage's keys become `RunConfig.stage_args`; another
 stage's key set to a value of its own is an error.
 """
 
@@ -45,7 +45,7 @@ StageSections = Mapping[str, "type[StageArguments]"]  # stage name -> its keys, 
 
 @dataclass
 class StageArguments:
-    """Base of a stage's own keys (`dftune.stages.<name>`): the fields are its keys; the class attribute `ranges`
+    """Base of a stage's own keys (`dftune.stages.keys`): the fields are its keys; the class attribute `ranges`
     their ranges (key -> `dftune.numbers.Range`, checked at parse time); `check` holds the rules that need the rest
     of the config (the objective, packing, the fine-tuning type)."""
 
@@ -128,7 +128,7 @@ def known_keys(stages: StageSections) -> set[str]:
 def parse_config(argv: list[str], stages: StageSections) -> RunConfig:
     """Parse `[CONFIG.yaml] [--key value ...]` into a RunConfig; raise DftuneError naming the key and its origin.
 
-    `stages`: the stage registry's keys (`dftune.run.parse_config` passes them)."""
+    `stages`: the stage registry's keys (`dftune.stages.parse_config` passes them)."""
     values: dict[str, _Value] = {}
     if argv and not argv[0].startswith("--"):
         values.update(read_yaml(Path(argv[0])))

@@ -15,10 +15,11 @@ from dftune.data.prepare import PreparedData, prepare_datasets
 from dftune.data.encode import chat_template
 from dftune.data.report import REPORT_FILE
 from dftune.errors import DftuneError
-from dftune.losses import OBJECTIVES, Objective
+from dftune.losses import OBJECTIVES
 from dftune.models.loading import apply_lora, load_tokenizer, load_trainable_model, use_end_of_reply_token
 from dftune.models.reference import frozen_reference
 from dftune.runtime.preflight import check_max_length, check_template, require_eval_data
+from dftune.stages.keys import compares_with_start
 
 logger = logging.getLogger(__name__)
 
@@ -85,20 +86,6 @@ def trainable_model(config: RunConfig, *, diffusion: bool) -> PreTrainedModel:
             model.enable_input_require_grads()  # checkpointed LoRA needs grads flowing into frozen embeddings
         model = apply_lora(model, config.method)
     return model
-
-
-def check_reference_keys(config: RunConfig) -> None:
-    """`ref_model_name_or_path` belongs to stage dpo and to objectives with a KL anchor (a ValueError, which parse
-    reports)."""
-    if config.model.ref_model_name_or_path is not None and not compares_with_start(OBJECTIVES[config.method.loss]):
-        anchored = [name for name, objective in OBJECTIVES.items() if compares_with_start(objective)]
-        raise ValueError(f"ref_model_name_or_path applies to stage: dpo and to loss: {', '.join(anchored)} (a "
-                         f"reference model), not to stage {config.method.stage} with loss: {config.method.loss}")
-
-
-def compares_with_start(objective: Objective) -> bool:
-    """The objective needs a frozen reference model (the starting one, or `ref_model_name_or_path`)."""
-    return objective.needs_reference and objective.reference == "start"
 
 
 def objective_reference(config: RunConfig) -> PreTrainedModel | None:

@@ -31,66 +31,26 @@ The metric window, evaluation and everything else are ObjectiveTrainer's.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 from transformers import TrainerCallback
 
-from dftune.config.parse import RunConfig, StageArguments
+from dftune.config.parse import RunConfig
 from dftune.data.encode import IGNORE_INDEX
-from dftune.losses import OBJECTIVES, diffusion_objective, fused_diffusion_objective
+from dftune.losses import diffusion_objective, fused_diffusion_objective
 from dftune.models.loading import resolve_mask_token_id
-from dftune.numbers import Range
 from dftune.runtime.objective_trainer import ObjectiveTrainer
 from dftune.stages.common import (
     chat_data,
     chat_tokenizer,
-    check_reference_keys,
     objective_trainer_kwargs,
     trainable_model,
 )
 from dftune.stages.dllm_samples import EvalSamples
-
-
-@dataclass
-class DllmArguments(StageArguments):
-    ranges: ClassVar[dict[str, Range]] = {
-        "diffusion_eps": Range(0, 1, low_open=True, high_open=True), "mask_token_id": Range(0),
-    }
-
-    diffusion_eps: float = field(
-        default=1e-3,
-        metadata={"help": "stage dllm: mask ratios are t = (1 - eps) * u + eps with u ~ U(0, 1), so t >= eps."},
-    )
-    mask_token_id: int | None = field(
-        default=None,
-        metadata={"help": "stage dllm: the mask token id (default: the model config's mask_token_id, "
-                  "else the tokenizer's mask token; LLaDA's is 126336)."},
-    )
-    noise_schedule: Literal["linear", "cosine"] = field(
-        default="linear",
-        metadata={"help": "stage dllm: how a sample's mask ratio follows its diffusion time s = (1 - eps) u + eps: "
-                  "linear, ratio s and ELBO weight 1 / s (LLaDA); cosine, ratio 1 - cos(pi s / 2) and weight "
-                  "(pi / 2) sin(pi s / 2) / ratio (MaskGIT/MDLM)."},
-    )
-    diffusion_shift_logits: bool | None = field(
-        default=None,
-        metadata={"help": "stage dllm: position i - 1 predicts token i, as in a model turned from an autoregressive "
-                  "one (Dream; `dftune init-model --diffusion`). Default: the model config's "
-                  "diffusion_shift_logits, else false (LLaDA: position i predicts token i)."},
-    )
-
-    def check(self, config: RunConfig) -> None:
-        loss = config.method.loss
-        supported = [name for name, objective in OBJECTIVES.items() if "dllm" in objective.stages]
-        if loss not in supported:
-            raise ValueError(f"stage: dllm supports loss: {', '.join(supported)} (sft: the masked-diffusion loss), "
-                             f"not {loss}")
-        if config.data.packing:
-            raise ValueError("stage: dllm pads every row with EOS (answer tokens); set packing: false")
-        check_reference_keys(config)
+from dftune.stages.keys import DllmArguments
 
 
 def mask_ratio_and_weight(s: torch.Tensor, schedule: str) -> tuple[torch.Tensor, torch.Tensor]:

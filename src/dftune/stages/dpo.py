@@ -23,82 +23,26 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any
 
 from datasets import Dataset
 from transformers import TrainerCallback, TrainingArguments
 from trl import DPOConfig, DPOTrainer
 
-from dftune.config.parse import RunConfig, StageArguments
+from dftune.config.parse import RunConfig
 from dftune.data.encode import chat_template
 from dftune.data.lengths import PreferenceLimits
 from dftune.data.preference import PREFERENCE, prepare_preference_datasets
 from dftune.data.report import REPORT_FILE
 from dftune.models.reference import check_reference, load_policy_and_reference
-from dftune.numbers import Range
 from dftune.runtime.guards import GuardedUpdates
 from dftune.runtime.preflight import require_eval_data
 from dftune.stages.common import chat_tokenizer
+from dftune.stages.keys import DpoArguments
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class DpoArguments(StageArguments):
-    ranges: ClassVar[dict[str, Range]] = {
-        "beta": Range(0, low_open=True), "max_prompt_length": Range(1), "max_completion_length": Range(1),
-    }
-
-    beta: float = field(
-        default=0.1, metadata={"help": "stage dpo: how far the policy may move from the reference (TRL's beta)."}
-    )
-    loss_type: list[str] = field(
-        default_factory=lambda: ["sigmoid"],
-        metadata={"help": "stage dpo: TRL's DPO loss_type, passed through (sigmoid = DPO, ipo, hinge, robust, ...)."},
-    )
-    max_prompt_length: int | None = field(
-        default=None,
-        metadata={"help": "stage dpo: prompts longer than this are cut to max_prompt_length tokens (by "
-                  "truncation_mode), keeping the generation header."},
-    )
-    max_completion_length: int | None = field(
-        default=None, metadata={"help": "stage dpo: replies longer than this keep their first max_completion_length "
-                                "tokens."},  # fmt: skip
-    )
-    truncation_mode: Literal["keep_end", "keep_start"] = field(
-        default="keep_end",
-        metadata={"help": "stage dpo: which part of a prompt cut to fit stays: keep_end its end (older TRL's and "
-                  "LLaMA-Factory's way), keep_start its start; the generation header stays either way."},
-    )
-    precompute_ref_log_probs: bool = field(
-        default=False,
-        metadata={"help": "stage dpo: compute the reference log-probs once before training, then free the reference."},
-    )
-    adapter_name_or_path: str | None = field(
-        default=None,
-        metadata={"help": "stage dpo: a trained LoRA adapter (e.g. from SFT), loaded as the trainable policy and as "
-                  "the frozen reference (seed 004's set-up); needs finetuning_type: lora."},
-    )
-
-    def __post_init__(self) -> None:
-        if isinstance(self.loss_type, str):
-            self.loss_type = [self.loss_type]
-        self.loss_type = [name for item in self.loss_type for name in item.split(",") if name]
-
-    def own_objective(self) -> str:
-        return f"stage dpo, loss_type {','.join(self.loss_type)} beta={self.beta}"
-
-    def check(self, config: RunConfig) -> None:
-        if config.method.loss != "sft":  # resolved_loss() has run: sft is the default, so anything else was asked for
-            raise ValueError(f"stage: dpo trains with loss_type (sigmoid, ipo, ...), not loss: {config.method.loss}")
-        if not self.loss_type:
-            raise ValueError("loss_type must name at least one TRL DPO loss, e.g. sigmoid")
-        if self.adapter_name_or_path is not None and config.method.finetuning_type != "lora":
-            raise ValueError("adapter_name_or_path trains that LoRA adapter: set finetuning_type: lora")
-        if config.data.packing:
-            raise ValueError("stage: dpo pads each pair (TRL 1.16 has no packing for DPO); set packing: false")
 
 
 def dpo_keys(config: RunConfig) -> DpoArguments:

@@ -6,29 +6,18 @@ The objective (`loss`: sft, dft, bft, and its settings) is a method key; the tra
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from transformers import TrainerCallback
 
-from dftune.config.parse import RunConfig, StageArguments
+from dftune.config.parse import RunConfig
 from dftune.data.collate import DataCollatorForChat
 from dftune.runtime.objective_trainer import ObjectiveTrainer
 from dftune.stages.common import (
     chat_data,
     chat_tokenizer,
-    check_reference_keys,
     objective_reference,
     objective_trainer_kwargs,
     trainable_model,
 )
-
-
-@dataclass
-class SftArguments(StageArguments):
-    """Stage sft has no keys of its own: its objective keys (`loss`, `dft_alpha`, ...) are MethodArguments'."""
-
-    def check(self, config: RunConfig) -> None:
-        check_reference_keys(config)
 
 
 def build_trainer(config: RunConfig, callbacks: list[TrainerCallback]) -> ObjectiveTrainer:
