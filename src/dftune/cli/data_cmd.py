@@ -117,7 +117,7 @@ def run_check(args: argparse.Namespace) -> int:
     lengths: list[int] = []
     if args.stage == "dpo":
         from dftune.data.preference import collect_preferences
-        from dftune.stages.dpo import preference_limits
+        from dftune.stages.keys import preference_limits
 
         _, report = collect_preferences(sources, tokenizer, preference_limits(config))
     elif tokenizer is None:

@@ -33,29 +33,15 @@ from trl import DPOConfig, DPOTrainer
 
 from dftune.config.parse import RunConfig
 from dftune.data.encode import chat_template
-from dftune.data.lengths import PreferenceLimits
 from dftune.data.preference import PREFERENCE, prepare_preference_datasets
 from dftune.data.report import REPORT_FILE
 from dftune.models.reference import check_reference, load_policy_and_reference
 from dftune.runtime.guards import GuardedUpdates
 from dftune.runtime.preflight import require_eval_data
 from dftune.stages.common import chat_tokenizer
-from dftune.stages.keys import DpoArguments
+from dftune.stages.keys import DpoArguments, dpo_keys, preference_limits
 
 logger = logging.getLogger(__name__)
-
-
-def dpo_keys(config: RunConfig) -> DpoArguments:
-    """This run's stage dpo keys."""
-    assert isinstance(config.stage_args, DpoArguments)  # parse_config built it from this stage's registry entry
-    return config.stage_args
-
-
-def preference_limits(config: RunConfig) -> PreferenceLimits:
-    """How this run fits pairs to the length: the data keys and the stage's."""
-    keys = dpo_keys(config)
-    return PreferenceLimits(config.data.max_length, keys.max_prompt_length, keys.max_completion_length,
-                            keys.truncation_mode, config.data.reply_share)  # fmt: skip
 
 
 def dpo_config(config: RunConfig) -> DPOConfig:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 from dftune.config.parse import RunConfig, StageArguments
+from dftune.data.lengths import PreferenceLimits
 from dftune.losses import OBJECTIVES, Objective
 from dftune.numbers import Range
 
@@ -130,3 +131,16 @@ class DpoArguments(StageArguments):
             raise ValueError("adapter_name_or_path trains that LoRA adapter: set finetuning_type: lora")
         if config.data.packing:
             raise ValueError("stage: dpo pads each pair (TRL 1.16 has no packing for DPO); set packing: false")
+
+
+def dpo_keys(config: RunConfig) -> DpoArguments:
+    """This run's stage dpo keys."""
+    assert isinstance(config.stage_args, DpoArguments)  # parse_config built it from this stage's registry entry
+    return config.stage_args
+
+
+def preference_limits(config: RunConfig) -> PreferenceLimits:
+    """How this run fits pairs to the length: the data keys and the stage's."""
+    keys = dpo_keys(config)
+    return PreferenceLimits(config.data.max_length, keys.max_prompt_length, keys.max_completion_length,
+                            keys.truncation_mode, config.data.reply_share)  # fmt: skip
