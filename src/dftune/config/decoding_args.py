@@ -22,6 +22,7 @@ class DecodingArguments:
         "max_new_tokens": Range(1), "min_new_tokens": Range(0), "steps": Range(1), "block_length": Range(1),
         "temperature": Range(0), "threshold": Range(0, low_open=True), "cfg_scale": Range(0),
     }
+    diffusion_only: ClassVar[tuple[str, ...]] = ("steps", "block_length", "remasking", "threshold", "cfg_scale")
 
     max_new_tokens: int = field(default=64, metadata={"help": f"{USED_BY}: tokens generated after the prompt."})
     min_new_tokens: int = field(
@@ -86,6 +87,16 @@ class DecodingArguments:
         if self.remasking != "entropy" and self.threshold > 1.0:
             raise ValueError(f"threshold must be in (0, 1] with remasking {self.remasking} (a probability), got "
                              f"{self.threshold}")
+
+    def decoding(self) -> DecodingArguments:
+        """These keys alone, from a section that includes them (stage dllm's `DllmArguments`)."""
+        return DecodingArguments(**{f.name: getattr(self, f.name) for f in fields(DecodingArguments)})
+
+    def diffusion_keys_given(self) -> list[str]:
+        """The keys only a diffusion LM uses (steps, remasking, ...) that are not at their defaults: a causal
+        model's decoding refuses them rather than ignore them."""
+        default = DecodingArguments(max_new_tokens=self.max_new_tokens)
+        return [key for key in self.diffusion_only if getattr(self, key) != getattr(default, key)]
 
     def block_length_or_all(self) -> int:
         """The block length in effect: one block of max_new_tokens unless given."""

@@ -24,7 +24,9 @@ What `DiffusionTrainer` changes from stage sft's `ObjectiveTrainer`, and why:
 - the fused loss head (`fused_loss`, as in stage sft) runs over the masked positions only, unshifted, each sample's
   coefficients times 1 / t (`losses.fused_diffusion_objective`); a head it cannot fuse (BERT's output layer has a
   bias) falls back with one log line;
-- after each evaluation, a few held-out prompts are decoded and logged with their references (`dllm_samples`).
+- after each evaluation, a few held-out prompts are decoded with the decoding keys (`max_new_tokens`, `steps`,
+  `remasking`, ...: `config.decoding_args`, as `dftune generate` and `dftune eval`) and logged with their
+  references (`dllm_samples`).
 The metric window, evaluation and everything else are ObjectiveTrainer's.
 """
 
@@ -38,6 +40,7 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
+from dftune.config.decoding_args import DecodingArguments
 from dftune.config.parse import RunConfig, StageArguments
 from dftune.data.encode import IGNORE_INDEX
 from dftune.losses import OBJECTIVES, diffusion_objective, fused_diffusion_objective
@@ -55,8 +58,12 @@ from dftune.stages.dllm_samples import EvalSamples
 
 
 @dataclass
-class DllmArguments(StageArguments):
+class DllmArguments(StageArguments, DecodingArguments):
+    """Stage dllm's keys, and the decoding keys its evaluation samples use (`DecodingArguments`, as `dftune
+    generate` and `dftune eval` take them)."""
+
     ranges: ClassVar[dict[str, Range]] = {
+        **DecodingArguments.ranges,
         "diffusion_eps": Range(0, 1, low_open=True, high_open=True), "mask_token_id": Range(0),
     }
 
@@ -220,5 +227,6 @@ def build_trainer(config: RunConfig, callbacks: list[TrainerCallback]) -> Diffus
         **objective_trainer_kwargs(config, prepared, tokenizer, callbacks),
     )
     if prepared.eval is not None:
-        trainer.add_callback(EvalSamples(tokenizer, mask_token_id, shift_logits=shift_logits).attach(trainer))
+        samples = EvalSamples(tokenizer, mask_token_id, shift_logits=shift_logits, options=stage_args.decoding())
+        trainer.add_callback(samples.attach(trainer))
     return trainer
