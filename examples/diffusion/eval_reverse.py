@@ -12,6 +12,7 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
+from dftune.cli.decoding_flags import add_decoding_flags, decoding_options
 from dftune.config.model_args import ModelArguments
 from dftune.diffusion import decode_replies
 from dftune.models.loading import load_diffusion_model, resolve_mask_token_id
@@ -21,20 +22,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model")
     parser.add_argument("--eval_file", default=str(Path(__file__).parent / "reverse_eval.jsonl"))
-    parser.add_argument("--max_new_tokens", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=None, help="fixed schedule (default: one token per step)")
-    parser.add_argument("--threshold", type=float, default=None, help="confidence-threshold unmasking instead")
-    parser.add_argument("--block_length", type=int, default=None)
-    parser.add_argument("--remasking", default="low_confidence")
+    add_decoding_flags(parser)  # dftune generate's and eval's decoding flags (--steps, --threshold, --remasking, ...)
+    parser.set_defaults(max_new_tokens=8)
     args = parser.parse_args()
+    options = decoding_options(args)
     records = [json.loads(line) for line in Path(args.eval_file).read_text(encoding="utf-8").splitlines()]
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = load_diffusion_model(ModelArguments(model_name_or_path=args.model))
     replies, steps = decode_replies(
         model, tokenizer, [[{"role": "user", "content": r["input"]}] for r in records],
-        mask_token_id=resolve_mask_token_id(None, model.config, tokenizer),
-        max_new_tokens=args.max_new_tokens, steps=args.steps, block_length=args.block_length,
-        remasking=args.remasking, threshold=args.threshold,
+        mask_token_id=resolve_mask_token_id(None, model.config, tokenizer), options=options,
         shift_logits=bool(getattr(model.config, "diffusion_shift_logits", False)),
     )  # fmt: skip
     correct = sum(reply == r["output"] for reply, r in zip(replies, records))

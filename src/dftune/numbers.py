@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -55,3 +56,9 @@ def _number(value: float) -> str:
 
 FINITE = Range()
 """No bounds, but finite: the range of a number key that declares none."""
+
+
+def out_of_range(key: str, value: Any, ranges: Mapping[str, Range], written: Any = None) -> ValueError | None:
+    """The error for `key` when `value` is not fine (showing `written`, the value as given, when known), else None."""
+    phrase = ranges.get(key, FINITE).problem(value)
+    return ValueError(f"{key} must be {phrase}, got {value if written is None else written}") if phrase else None

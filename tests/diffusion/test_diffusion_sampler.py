@@ -1,4 +1,5 @@
-"""The sampler's contract: exactly the scheduled number of tokens unmasked per step, none ever changed."""
+"""The sampler's contract: exactly the scheduled number of tokens unmasked per step (every remasking strategy), all
+masks filled in exactly `steps` steps per block, none ever changed."""
 
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ def test_transfer_schedule_splits_evenly_remainder_first():
 @pytest.mark.parametrize(
     "max_new_tokens, steps, block_length, remasking, cfg_scale",
     [(12, 12, None, "low_confidence", 0.0), (12, 8, 3, "random", 0.0), (10, 4, 5, "low_confidence", 1.5),
-     (9, 2, 9, "random", 0.0)],
+     (9, 2, 9, "random", 0.0), (12, 8, 3, "margin", 0.0), (10, 4, 5, "entropy", 1.5), (12, 12, None, "entropy", 0.0),
+     (9, 3, 3, "margin", 0.5)],
 )  # fmt: skip
 def test_unmasks_the_scheduled_count_and_never_changes_a_token(
     max_new_tokens, steps, block_length, remasking, cfg_scale
@@ -136,7 +138,7 @@ def test_threshold_unmasks_every_confident_position_at_once_and_reports_its_step
     assert decoded.steps == len(states) == 2 and not (decoded.ids == MASK).any()
 
 
-def test_threshold_needs_low_confidence_and_no_fixed_steps():
+def test_threshold_needs_no_fixed_steps_and_a_probability_for_low_confidence():
     with pytest.raises(ValueError, match="threshold"):
         decode(RandomLogits(), torch.tensor([[1]]), mask_token_id=MASK, max_new_tokens=2, threshold=0.9, steps=2)
     with pytest.raises(ValueError, match="threshold"):

@@ -8,6 +8,7 @@ from functools import partial
 from pathlib import Path
 
 from dftune.cli.checks import NoValidRecords, positive_int
+from dftune.cli.decoding_flags import add_decoding_flags, decoding_options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -18,12 +19,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--adapter", help="a LoRA adapter folder to apply on top of --model")
     ev.add_argument("--data", required=True, nargs="+", help="records whose last assistant turn is the reference")
     ev.add_argument("--extractor", default="exact", choices=sorted(EXTRACTORS))
-    ev.add_argument("--max_new_tokens", type=positive_int, default=64)
     ev.add_argument("--batch_size", type=positive_int, default=32)
     ev.add_argument("--limit", type=positive_int, help="evaluate the first N records only")
     ev.add_argument("--output", help="per-record results as JSONL (default: eval_results.jsonl beside the model)")
-    ev.add_argument("--threshold", type=float, help="diffusion models: confidence-threshold decoding instead of one "
-                    "token per step")
+    add_decoding_flags(ev)
     ev.set_defaults(func=run_eval)
 
 
@@ -32,7 +31,6 @@ def run_eval(args: argparse.Namespace) -> int:
 
     from dftune.config.model_args import ModelArguments
     from dftune.diffusion import sample_replies
-    from dftune.errors import DftuneError
     from dftune.evaluation.generate import evaluate_records
     from dftune.models.integrity import check_local_model
     from dftune.models.loading import (
@@ -48,6 +46,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from dftune.runtime.checkpoints import check_not_being_written
     from dftune.runtime.preflight import check_template
 
+    options = decoding_options(args)  # checked before a model loads
     conversations = _conversations(args.data)[: args.limit]
     output = output_file(args.output or str(Path(args.adapter or args.model) / "eval_results.jsonl"), "--output",
                          "eval_results.jsonl", inputs=[*args.data, args.model, args.adapter])
@@ -58,6 +57,7 @@ def run_eval(args: argparse.Namespace) -> int:
     model_args = ModelArguments(model_name_or_path=args.model, torch_dtype="auto")
     config = AutoConfig.from_pretrained(args.model)
     diffusion = is_diffusion_config(config)
+    decoding_options(args, diffusion=diffusion)  # a causal model refuses --steps, --remasking, ...
     model = load_diffusion_model(model_args) if diffusion else load_model(model_args, what="--model")
     source, flag = (args.adapter, "--adapter") if args.adapter else (args.model, "--model")
     tokenizer = tokenizer_at(source, flag)
@@ -67,17 +67,16 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.adapter:
         model = load_adapter(model, args.adapter)
     replies_of = None
-    if diffusion:  # a masked-diffusion LM replies through the sampler, one token per step or by threshold
-        if args.threshold is not None and not 0.0 < args.threshold <= 1.0:
-            raise DftuneError(f"--threshold must be in (0, 1], got {args.threshold}")
+    if diffusion:  # a masked-diffusion LM replies through the sampler, with the decoding flags
         replies_of = partial(
             sample_replies, model, tokenizer, mask_token_id=resolve_mask_token_id(None, config, tokenizer),
-            max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, threshold=args.threshold,
+            options=options, batch_size=args.batch_size,
             shift_logits=bool(getattr(config, "diffusion_shift_logits", False)),
         )  # fmt: skip
     report = evaluate_records(
         model, tokenizer, conversations, extractor=args.extractor, replies_of=replies_of,
-        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+        max_new_tokens=options.max_new_tokens, min_new_tokens=options.min_new_tokens,
+        temperature=options.temperature, batch_size=args.batch_size,
     )  # fmt: skip
     report.write_jsonl(output)
     print(f"{report.summary()}; per-record results: {output}")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dftune.cli.checks import non_negative_float, positive_int
+from dftune.cli.decoding_flags import add_decoding_flags, decoding_options
 from dftune.errors import DftuneError
 
 
@@ -22,15 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--prompt", required=True)
     gen.add_argument("--system", help="optional system message")
     gen.add_argument("--kind", choices=["auto", "causal", "diffusion"], default="auto")
-    gen.add_argument("--max_new_tokens", type=positive_int, default=64)
-    gen.add_argument("--temperature", type=non_negative_float, default=0.0, help="0: greedy / argmax")
-    gen.add_argument("--steps", type=positive_int, help="diffusion: denoising steps (default max_new_tokens)")
-    gen.add_argument("--block_length", type=positive_int, help="diffusion: semi-autoregressive block (default: one block)")
-    gen.add_argument("--remasking", choices=["low_confidence", "random"], default="low_confidence")
-    gen.add_argument("--cfg_scale", type=float, default=0.0, help="diffusion: classifier-free guidance (0: off)")
     gen.add_argument("--mask_token_id", type=int, help="diffusion: default from the config or tokenizer")
-    gen.add_argument("--threshold", type=float, help="diffusion: confidence-threshold parallel unmasking (Fast-dLLM): "
-                     "each step keeps every masked token of the block above it (at least one); replaces --steps")
+    add_decoding_flags(gen)
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--trust_remote_code", action="store_true")
     gen.set_defaults(func=run_generate)
@@ -47,10 +40,7 @@ def run_generate(args: argparse.Namespace) -> int:
     from dftune.runtime.checkpoints import check_not_being_written
     from dftune.runtime.preflight import check_template
 
-    if args.threshold is not None and not (0.0 < args.threshold <= 1.0 and args.steps is None
-                                           and args.remasking == "low_confidence"):  # fmt: skip
-        raise DftuneError("--threshold must be in (0, 1], with --remasking low_confidence and without --steps "
-                          "(it decides the steps itself)")
+    options = decoding_options(args)  # checked before a model loads
     torch.manual_seed(args.seed)
     check_not_being_written(args.model, "--model")
     check_local_model(args.model, "--model")  # a missing folder, no weights or a truncated file: said so, no Hub call
@@ -63,6 +53,7 @@ def run_generate(args: argparse.Namespace) -> int:
     if tokenizer.chat_template:  # the one that will render the prompt
         check_template(tokenizer, f"the tokenizer of --model {args.model}")
     diffusion = args.kind == "diffusion" or (args.kind == "auto" and is_diffusion_config(config))
+    decoding_options(args, diffusion=diffusion)  # a causal model refuses --steps, --remasking, ...
     messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
         {"role": "user", "content": args.prompt}
     ]
@@ -73,27 +64,24 @@ def run_generate(args: argparse.Namespace) -> int:
         model = _with_adapter(model, args.model, base)
         reply = sample_replies(
             model, tokenizer, [messages],
-            mask_token_id=resolve_mask_token_id(args.mask_token_id, config, tokenizer),
-            max_new_tokens=args.max_new_tokens, steps=args.steps, block_length=args.block_length,
-            temperature=args.temperature, remasking=args.remasking, cfg_scale=args.cfg_scale,
-            threshold=args.threshold, shift_logits=bool(getattr(config, "diffusion_shift_logits", False)),
+            mask_token_id=resolve_mask_token_id(args.mask_token_id, config, tokenizer), options=options,
+            shift_logits=bool(getattr(config, "diffusion_shift_logits", False)),
         )[0]  # fmt: skip
     else:
-        reply = _causal_reply(args, base, tokenizer, messages)
+        reply = _causal_reply(args, base, tokenizer, messages, options)
     print(reply)
     return 0
 
 
-def _causal_reply(args: argparse.Namespace, base: str, tokenizer, messages) -> str:
+def _causal_reply(args: argparse.Namespace, base: str, tokenizer, messages, options) -> str:
     from dftune.config.model_args import ModelArguments
     from dftune.evaluation.generate import generate_replies
     from dftune.models.loading import load_model
 
     base_args = ModelArguments(model_name_or_path=base, torch_dtype="auto", trust_remote_code=args.trust_remote_code)
     model = _with_adapter(load_model(base_args, what="--model"), args.model, base)
-    replies = generate_replies(
-        model, tokenizer, [messages], max_new_tokens=args.max_new_tokens, temperature=args.temperature
-    )
+    replies = generate_replies(model, tokenizer, [messages], max_new_tokens=options.max_new_tokens,
+                               min_new_tokens=options.min_new_tokens, temperature=options.temperature)
     return replies[0]
 
 

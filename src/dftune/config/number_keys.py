@@ -17,7 +17,7 @@ from typing import Any
 
 from transformers import TrainingArguments
 
-from dftune.numbers import FINITE, Range
+from dftune.numbers import FINITE, Range, out_of_range
 
 SEED = Range(0, 2**32 - 1)
 """numpy's seeds: `seed: -1` used to end in a traceback from numpy."""
@@ -56,12 +56,6 @@ def is_number_type(kind: Any) -> bool:
     options = typing.get_args(kind) if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union \
         else (kind,)
     return any(option in (int, float) for option in options)
-
-
-def out_of_range(key: str, value: Any, ranges: Mapping[str, Range], written: Any = None) -> ValueError | None:
-    """The error for `key` when `value` is not fine (showing `written`, the value as given, when known), else None."""
-    phrase = ranges.get(key, FINITE).problem(value)
-    return ValueError(f"{key} must be {phrase}, got {value if written is None else written}") if phrase else None
 
 
 def check_given(values: Mapping[str, Any], sections: Iterable[type]) -> None:

@@ -3,27 +3,32 @@
 LLaDA's sampler (Nie et al. 2025, Sec. 2.4 and Appendix B.3, "semi-autoregressive remasking"): the answer is
 `max_new_tokens` mask tokens after the prompt, cut into blocks of `block_length` filled left to right; each
 block gets `steps / num_blocks` steps. At every step the model predicts all masked positions at once, and the
-`k` most confident predictions in the current block are kept (`low_confidence` remasking: the others go back
-to masks) or `k` random ones (`random`). k follows a linear schedule: the block's masks split evenly over
-its steps, the remainder to the first steps. Tokens once unmasked are never changed.
+`k` most confident predictions in the current block are kept, the others go back to masks. Confidence is the
+`remasking` strategy's (`remasking.py`: low_confidence, margin, entropy, random). k follows a linear schedule:
+the block's masks split evenly over its steps, the remainder to the first steps. Tokens once unmasked are never
+changed.
 
 Confidence-threshold parallel unmasking (Fast-dLLM, Wu et al. 2025): with `threshold`, a step keeps every masked
-position of the current block whose confidence exceeds it, and at least the most confident one, until the block
+position of the current block whose confidence passes it, and at least the most confident one, until the block
 is filled; the number of steps follows from the model's confidence (`decode` reports it). threshold 1.0 is
-one token per step.
+one token per step for low_confidence and margin.
+
+The decoding keys and their checks are `dftune.config.decoding_args.DecodingArguments`, shared by `dftune
+generate`, `dftune eval` and stage dllm's evaluation samples.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
-Remasking = Literal["low_confidence", "random"]
+from dftune.config.decoding_args import DecodingArguments
+from dftune.diffusion.remasking import confidence, cutoff
 
 
 def transfer_schedule(num_masked: Tensor, steps: int) -> Tensor:
@@ -61,71 +66,61 @@ def decode(
     prompt_ids: Tensor,
     *,
     mask_token_id: int,
-    max_new_tokens: int = 64,
-    steps: int | None = None,
-    block_length: int | None = None,
-    temperature: float = 0.0,
-    remasking: Remasking = "low_confidence",
-    cfg_scale: float = 0.0,
-    threshold: float | None = None,
+    options: DecodingArguments | None = None,
     shift_logits: bool = False,
     eos_token_id: int | Sequence[int] | None = None,
     generator: torch.Generator | None = None,
     on_step: Callable[[Tensor], None] | None = None,
+    **keys: Any,
 ) -> Decoded:
     """Generated ids [B, max_new_tokens] after `prompt_ids` [B, P] (same-length prompts, no padding), and the steps.
 
-    steps: denoising steps in all (default max_new_tokens: one token per step); must be a multiple of the
-    number of blocks. block_length: default max_new_tokens (one block); must divide max_new_tokens.
+    options: the decoding keys (`DecodingArguments`: max_new_tokens, min_new_tokens, steps, block_length,
+    temperature, remasking, threshold, cfg_scale; their checks); `keys` override single ones (`steps=8`).
     temperature: 0 = argmax, else Gumbel-max sampling from softmax(logits / temperature).
-    cfg_scale: classifier-free guidance, logits = u + (cfg_scale + 1) * (c - u) with u the logits when the
-    prompt is all masks (LLaDA Appendix B.3); 0 = off.
+    remasking: the confidence that orders the masked positions (`remasking.confidence`); with `threshold`, a step
+    keeps every position past `remasking.cutoff` (and at least the most confident one): `steps` is not used.
+    cfg_scale: classifier-free guidance (`guided_logits`); 0 = off.
+    min_new_tokens: the logits of every `eos_token_id` are -inf at the first min_new_tokens answer positions.
     eos_token_id: once every row has an EOS in its finished blocks, the remaining blocks are skipped and filled
     with EOS (what full decoding converges to after a trained model's EOS). The output is not truncated:
     see `truncate_at_eos`.
-    threshold: confidence-threshold unmasking (in (0, 1], low_confidence remasking only): `steps` is not used.
     shift_logits: the model predicts position i from position i - 1 (`model_logits`).
     on_step: called with the current [B, P + max_new_tokens] ids after every step (tests, visualisation).
     """
-    if threshold is not None and not (0.0 < threshold <= 1.0 and remasking == "low_confidence" and steps is None):
-        raise ValueError("threshold must be in (0, 1], with low_confidence remasking and no fixed steps")
-    block_length = block_length or max_new_tokens
-    steps = steps or max_new_tokens
-    if max_new_tokens % block_length:
-        raise ValueError(f"block_length {block_length} must divide max_new_tokens {max_new_tokens}")
-    num_blocks = max_new_tokens // block_length
-    if steps % num_blocks:
-        raise ValueError(f"steps {steps} must be a multiple of the number of blocks {num_blocks}")
-    if remasking not in ("low_confidence", "random"):
-        raise ValueError(f"remasking must be low_confidence or random, got {remasking!r}")
-    steps_per_block = steps // num_blocks
-    eos = torch.as_tensor([] if eos_token_id is None else eos_token_id, device=prompt_ids.device).flatten()
+    options = replace(options, **keys) if options is not None else DecodingArguments(**keys)
+    eos = torch.as_tensor([] if eos_token_id is None else eos_token_id, device=prompt_ids.device).flatten().long()
+    if options.min_new_tokens and not eos.numel():
+        raise ValueError("min_new_tokens needs an eos_token_id: the token it holds back")
+    block_length, threshold = options.block_length_or_all(), options.threshold
 
     was_training = getattr(model, "training", False)
     if isinstance(model, nn.Module):
         model.eval()
     batch, prompt_length = prompt_ids.shape
-    x = torch.full((batch, prompt_length + max_new_tokens), mask_token_id, dtype=torch.long, device=prompt_ids.device)
+    x = torch.full((batch, prompt_length + options.max_new_tokens), mask_token_id, dtype=torch.long,
+                   device=prompt_ids.device)  # fmt: skip
     x[:, :prompt_length] = prompt_ids
+    no_eos = slice(prompt_length, prompt_length + options.min_new_tokens)
     taken = 0
     try:
-        for block in range(num_blocks):
+        for block in range(options.num_blocks()):
             start, end = prompt_length + block * block_length, prompt_length + (block + 1) * block_length
-            schedule = transfer_schedule((x[:, start:end] == mask_token_id).sum(1), steps_per_block)  # [B, S]
-            step = 0
-            while (x[:, start:end] == mask_token_id).any() if threshold is not None else step < steps_per_block:
+            schedule = transfer_schedule((x[:, start:end] == mask_token_id).sum(1), options.steps_per_block())
+            step = 0  # schedule: [B, steps per block]
+            while (x[:, start:end] == mask_token_id).any() if threshold is not None else step < schedule.shape[1]:
                 masked = x == mask_token_id  # [B, L]
-                logits = _guided_logits(model, x, prompt_length, mask_token_id, cfg_scale, shift_logits).float()
+                logits = guided_logits(model, x, prompt_length, mask_token_id, options.cfg_scale, shift_logits)
+                logits = logits.float()
                 logits[..., mask_token_id] = -torch.inf  # a prediction must be a real token
-                x0 = _pick(logits, temperature, generator)  # [B, L]
-                if remasking == "low_confidence":
-                    confidence = torch.softmax(logits, -1).gather(-1, x0[..., None]).squeeze(-1)
-                else:
-                    confidence = torch.rand(x.shape, generator=generator, device=x.device)
-                confidence[:, end:] = -torch.inf  # later blocks wait for their turn
-                confidence = confidence.masked_fill(~masked, -torch.inf)  # unmasked tokens stay as they are
+                logits[:, no_eos, eos] = -torch.inf  # min_new_tokens: no EOS there
+                x0 = _pick(logits, options.temperature, generator)  # [B, L]
+                score = confidence(logits, x0, options.remasking, generator)  # [B, L]
+                score[:, end:] = -torch.inf  # later blocks wait for their turn
+                score = score.masked_fill(~masked, -torch.inf)  # unmasked tokens stay as they are
+                bar = None if threshold is None else cutoff(options.remasking, threshold)
                 for row in range(batch):
-                    keep = _kept(confidence[row], threshold, None if threshold is not None else int(schedule[row, step]))
+                    keep = _kept(score[row], bar, None if bar is not None else int(schedule[row, step]))
                     x[row, keep] = x0[row, keep]
                 step += 1
                 if on_step is not None:
@@ -143,7 +138,8 @@ def decode(
 
 def _kept(confidence: Tensor, threshold: float | None, k: int | None) -> Tensor:
     """Positions of one row to unmask: the `k` most confident, or (threshold) every one whose confidence exceeds
-    `threshold` and at least the most confident; none when the row has no masked position left in the block."""
+    `threshold` and at least the most confident; none when the row has no masked position left in the block.
+    `confidence` [L]: -inf where a position is not a candidate."""
     candidates = torch.isfinite(confidence)
     if threshold is None:
         return torch.topk(confidence, k).indices if k else confidence.new_empty(0, dtype=torch.long)
@@ -165,10 +161,12 @@ def truncate_at_eos(ids: Sequence[int], eos_token_id: int | Sequence[int] | None
     return out
 
 
-def _guided_logits(
-    model: nn.Module, x: Tensor, prompt_length: int, mask_token_id: int, cfg_scale: float, shift: bool
+def guided_logits(
+    model: nn.Module, x: Tensor, prompt_length: int, mask_token_id: int, cfg_scale: float, shift: bool = False
 ) -> Tensor:
-    """[B, L, V] logits, with classifier-free guidance when `cfg_scale` > 0."""
+    """[B, L, V] logits of `x` [B, L]; with `cfg_scale` > 0, classifier-free guidance in LLaDA's form (Appendix
+    B.3, Eq. 16): u + (cfg_scale + 1) * (c - u), c = the logits of `x`, u = those of `x` with its first
+    `prompt_length` tokens (the prompt) replaced by the mask token, both from one batch of 2B rows."""
     if cfg_scale <= 0.0:
         return model_logits(model, x, shift)
     unconditional = x.clone()

@@ -24,9 +24,10 @@ def generate_replies(
     max_new_tokens: int = 32,
     batch_size: int = 64,
     temperature: float = 0.0,
+    min_new_tokens: int = 0,
 ) -> list[str]:
     """The model's reply to each conversation prefix (left-padded batches, special tokens stripped): greedy, or
-    sampled at `temperature` when it is above 0."""
+    sampled at `temperature` when it is above 0; no EOS in the first `min_new_tokens` (HF generate's key)."""
     sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
     was_training = model.training
     model.eval()
@@ -42,6 +43,7 @@ def generate_replies(
             output = model.generate(
                 **batch,
                 max_new_tokens=max_new_tokens,
+                min_new_tokens=min_new_tokens or None,
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=tokenizer.eos_token_id,
                 **sampling,
@@ -61,7 +63,7 @@ def evaluate_records(
     *,
     extractor: str = "exact",
     replies_of: Callable[[list[Messages]], list[str]] | None = None,
-    **kwargs: int,
+    **kwargs: float,
 ) -> EvalReport:
     """Greedy replies to each conversation's turns before its last (the reference assistant turn), scored by
     comparing `extractor(reply)` with `extractor(reference)`. `replies_of(prefixes)` writes the replies (e.g. a

@@ -24,7 +24,9 @@ What `DiffusionTrainer` changes from stage sft's `ObjectiveTrainer`, and why:
 - the fused loss head (`fused_loss`, as in stage sft) runs over the masked positions only, unshifted, each sample's
   coefficients times 1 / t (`losses.fused_diffusion_objective`); a head it cannot fuse (BERT's output layer has a
   bias) falls back with one log line;
-- after each evaluation, a few held-out prompts are decoded and logged with their references (`dllm_samples`).
+- after each evaluation, a few held-out prompts are decoded with the decoding keys (`max_new_tokens`, `steps`,
+  `remasking`, ...: `config.decoding_args`, as `dftune generate` and `dftune eval`) and logged with their
+  references (`dllm_samples`).
 The metric window, evaluation and everything else are ObjectiveTrainer's.
 """
 
@@ -180,5 +182,6 @@ def build_trainer(config: RunConfig, callbacks: list[TrainerCallback]) -> Diffus
         **objective_trainer_kwargs(config, prepared, tokenizer, callbacks),
     )
     if prepared.eval is not None:
-        trainer.add_callback(EvalSamples(tokenizer, mask_token_id, shift_logits=shift_logits).attach(trainer))
+        samples = EvalSamples(tokenizer, mask_token_id, shift_logits=shift_logits, options=stage_args.decoding())
+        trainer.add_callback(samples.attach(trainer))
     return trainer

@@ -14,8 +14,9 @@ import torch
 from transformers import PreTrainedTokenizerBase, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.integrations import TensorBoardCallback
 
+from dftune.config.decoding_args import DecodingArguments
 from dftune.data.encode import IGNORE_INDEX
-from dftune.diffusion import decode
+from dftune.diffusion import decode, truncate_at_eos
 
 logger = logging.getLogger(__name__)
 SAMPLES_FILE = "eval_samples.jsonl"
@@ -29,12 +30,15 @@ def split_record(input_ids: list[int], labels: list[int]) -> tuple[list[int], li
 
 
 class EvalSamples(TrainerCallback):
-    """Decodes the first `count` eval records after each evaluation (greedy, one token per step)."""
+    """Decodes the first `count` eval records after each evaluation with `options` (stage dllm's decoding keys, the
+    ones `dftune generate` and `dftune eval` take), cut at the first EOS as `dftune eval` scores a reply. Each row
+    also has the denoising steps the sample took."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, mask_token_id: int, *, shift_logits: bool,
-                 count: int = 3) -> None:  # fmt: skip
+                 options: DecodingArguments | None = None, count: int = 3) -> None:  # fmt: skip
         self.tokenizer, self.mask_token_id = tokenizer, mask_token_id
         self.shift_logits, self.count = shift_logits, count
+        self.options = options or DecodingArguments()
         self.trainer: Any = None  # set by `attach`
 
     def attach(self, trainer: Any) -> EvalSamples:
@@ -52,11 +56,12 @@ class EvalSamples(TrainerCallback):
             prompt, reference = split_record(list(record["input_ids"]), list(record["labels"]))
             if not prompt or not reference:
                 continue
-            ids = decode(model, torch.tensor([prompt], device=device), mask_token_id=self.mask_token_id,
-                         max_new_tokens=len(reference), shift_logits=self.shift_logits).ids[0]  # fmt: skip
+            eos = self.tokenizer.eos_token_id
+            out = decode(model, torch.tensor([prompt], device=device), mask_token_id=self.mask_token_id,
+                         options=self.options, eos_token_id=eos, shift_logits=self.shift_logits)  # fmt: skip
             text = lambda tokens: self.tokenizer.decode(tokens, skip_special_tokens=True).strip()  # noqa: E731
             rows.append({"step": state.global_step, "prompt": text(prompt), "reference": text(reference),
-                         "sample": text(ids.tolist())})  # fmt: skip
+                         "sample": text(truncate_at_eos(out.ids[0].tolist(), eos)), "decode_steps": out.steps})
         for row in rows:
             logger.info("eval sample at step %d: %r -> %r (reference %r)", row["step"], row["prompt"][-60:],
                         row["sample"], row["reference"])  # fmt: skip

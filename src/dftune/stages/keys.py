@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
+from dftune.config.decoding_args import DecodingArguments
 from dftune.config.parse import RunConfig, StageArguments
 from dftune.data.lengths import PreferenceLimits
 from dftune.losses import OBJECTIVES, Objective
@@ -39,8 +40,12 @@ class SftArguments(StageArguments):
 
 
 @dataclass
-class DllmArguments(StageArguments):
+class DllmArguments(StageArguments, DecodingArguments):
+    """Stage dllm's keys, and the decoding keys its evaluation samples use (`DecodingArguments`, as `dftune
+    generate` and `dftune eval` take them)."""
+
     ranges: ClassVar[dict[str, Range]] = {
+        **DecodingArguments.ranges,
         "diffusion_eps": Range(0, 1, low_open=True, high_open=True), "mask_token_id": Range(0),
     }
 
