@@ -37,7 +37,9 @@ from dftune.data.readers import is_local, load_hub_dataset
 from dftune.data.report import ValidationReport
 from dftune.data.sources import Source, as_sources
 
-CODE_VERSION = "dftune-data-3"  # 2: long conversations split, source_id, per-source length counts; 3: lone replies
+# 2: long conversations split, source_id, per-source length counts; 3: lone replies; 4: special strings in content as
+# text, targets by token overlap, plain-text ends of turn trained, empty replies counted
+CODE_VERSION = "dftune-data-4"
 _REPORT = "report.json"
 _EMPTY = "empty.json"  # an empty split's features: `datasets` 5.2 saves a table without rows but cannot load it back
 _TMP, _BAD = ".tmp-", ".bad-"  # <key>.tmp-<uuid4>: being written; <key>.bad-<uuid4>: a damaged entry moved aside
