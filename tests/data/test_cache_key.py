@@ -27,6 +27,7 @@ IN_THE_KEY = {
     "max_samples": lambda files: 2,
     "long_conversations": lambda files: "truncate",
     "reply_share": lambda files: 0.2,
+    "special_tokens_in_content": lambda files: "reject",
 }
 # key -> (a value other than the base's, why the cached data stays right): a change must hit the cache
 OUTSIDE_THE_KEY = {

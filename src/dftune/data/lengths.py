@@ -125,7 +125,7 @@ def encode_batch(
         dropped = 0
         if max_length is not None:
             messages, dropped = clip_messages(messages, max_length, long_conversations)
-        reason = detail = ""
+        reason, detail = "", ""
         try:
             turns = encode_turns(tokenizer, messages, mask_history, special_tokens_in_content)
         except TemplateError as exc:
