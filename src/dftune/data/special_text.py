@@ -109,7 +109,7 @@ def tokenize(tokenizer: PreTrainedTokenizerBase, text: str, forged: Sequence[tup
             first = offsets[lo - 1][1] if lo else 0
             last = offsets[hi][0] if hi < len(ids) else len(text)
             piece_ids, piece_offsets = _encode(tokenizer, text[first:last], split=True, after_newline=first > 0)
-            if special & set(piece_ids):
+            if {i for i, f in zip(ids[lo:hi], fake[lo:hi]) if f} & set(piece_ids):  # e.g. a vocabulary merge
                 raise InvalidRecord(REASON, "the tokenizer makes a special token of its plain text; remove the "
                                     "special-token strings from the data")  # fmt: skip
             out.extend(piece_ids, [(a + first, b + first) for a, b in piece_offsets], [False] * len(piece_ids))
