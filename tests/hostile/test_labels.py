@@ -17,8 +17,9 @@ from dftune.models.loading import tokenizer_at
 
 from .conftest import clean_error, dftune, hashes, train_argv, write_jsonl
 
-LLAMA3 = ("{{ '<|begin_of_text|>' }}{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\n\n'"
-          " + m['content'] | trim + '<|eot_id|>' }}{% endfor %}"
+LLAMA3 = ("{{ '<|begin_of_text|>' }}{% for m in messages %}"
+          "{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\n\n' + m['content'] | trim + '<|eot_id|>' }}"
+          "{% endfor %}"
           "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}")
 GEMMA = ("{{ '<bos>' }}{% for m in messages %}{% set role = 'model' if m['role'] == 'assistant' else m['role'] %}"
          "{{ '<start_of_turn>' + role + '\n' + m['content'] | trim + '<end_of_turn>\n' }}{% endfor %}"

@@ -163,7 +163,7 @@ def validate_and_encode(
 def judge_samples(
     encoded: Dataset, conversations: Conversations, report: ValidationReport, max_length: int | None
 ) -> list[int]:
-    """The rows to keep: samples with a labelled token of records encoding accepted (no `reason`). A record none of whose
+    """The rows to keep: samples with a labelled token of records that encoded (no `reason`). A record none of whose
     samples is kept goes to the report (for its length only when it is over max_length: a short record whose
     template renders its replies as nothing has no assistant token at all); kept records' length counts go to
     `report.lengths` by source."""
