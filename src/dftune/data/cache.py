@@ -168,7 +168,8 @@ def _content_hash(source: str) -> str:
 def _tokenizer_hash(tokenizer: PreTrainedTokenizerBase) -> str:
     """What of the tokenizer changes the tokens: its template, specials and backend (vocabulary, merges, added tokens,
     normalizer, pre-tokenizer), and what lives outside the backend's JSON: the class (a subclass may encode its own
-    way), `split_special_tokens` (special-token text in content tokenised as text), and the library versions."""
+    way), `split_special_tokens` (kept to be safe: `special_tokens_in_content` now decides how special-token text in
+    content is tokenised, `dftune.data.special_text`), and the library versions."""
     digest = hashlib.sha256(chat_template(tokenizer).encode())
     digest.update(json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str).encode())
     digest.update(require_fast(tokenizer).backend_tokenizer.to_str().encode())
