@@ -119,7 +119,8 @@ def run_check(args: argparse.Namespace) -> int:
         from dftune.data.preference import collect_preferences
         from dftune.stages.keys import preference_limits
 
-        _, report = collect_preferences(sources, tokenizer, preference_limits(config))
+        _, report = collect_preferences(sources, tokenizer, preference_limits(config),
+                                        special_tokens_in_content=data.special_tokens_in_content)
     elif tokenizer is None:
         from dftune.data.validate import collect_conversations
 

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from dftune.data.formats import InvalidRecord, Messages
-from dftune.data.special_text import REASON, first_special, forged_ranges, special_strings, tokenize
+from dftune.data.formats import Messages
+from dftune.data.special_text import check_content, tokenize_rendered
 from dftune.errors import DftuneError
 
 if TYPE_CHECKING:  # annotations only: importing the data layer stays light (dftune data check --help)
@@ -116,13 +116,8 @@ def encode_turns(
             part, chat_template=template, tokenize=False, add_generation_prompt=generation_prompt
         )
 
-    strings = special_strings(tokenizer)
-    found = first_special(messages, strings)
-    if found is not None and special_tokens_in_content == "reject":
-        i, string = found
-        raise InvalidRecord(REASON, f"{string!r} in message {i} ({messages[i]['role']}); remove it, or set "
-                            "special_tokens_in_content: text to train it as plain text")  # fmt: skip
-    text = render(messages, False)
+    strings = check_content(tokenizer, messages, special_tokens_in_content)
+    text, tokens = tokenize_rendered(tokenizer, lambda part: render(part, False), messages, strings)
     turns = [i for i, message in enumerate(messages) if message["role"] == "assistant"]
     labelled = set(turns[-1:] if mask_history else turns)
     spans, cuts = [], [0]
@@ -143,8 +138,6 @@ def encode_turns(
         spans.append((len(before), len(through)))
         cuts.append(len(through))  # the next turn starts here (after the reply's end-of-turn text)
 
-    forged = [] if found is None else forged_ranges(lambda part: render(part, False), messages, text, strings)
-    tokens = tokenize(tokenizer, text, forged)
     control_ends = {end for (_start, end), control in zip(tokens.offsets, tokens.control) if control}
     spans = [(first, _end_of_turn(text, first, end, control_ends)) for first, end in spans]
     labels = [IGNORE_INDEX] * len(tokens.ids)

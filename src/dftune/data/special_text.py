@@ -38,6 +38,28 @@ def special_strings(tokenizer: PreTrainedTokenizerBase) -> list[str]:
     return sorted({t.content for t in tokenizer.added_tokens_decoder.values() if t.special}, key=len, reverse=True)
 
 
+def check_content(tokenizer: PreTrainedTokenizerBase, messages: Messages, mode: str) -> list[str]:
+    """The tokenizer's special strings when a message's content holds one, else [] (nothing to keep as text).
+    mode "reject" (`special_tokens_in_content`): a content holding one raises InvalidRecord naming it."""
+    strings = special_strings(tokenizer)
+    found = first_special(messages, strings)
+    if found is None:
+        return []
+    if mode == "reject":
+        i, string = found
+        raise InvalidRecord(REASON, f"{string!r} in message {i} ({messages[i]['role']}); remove it, or set "
+                            "special_tokens_in_content: text to train it as plain text")  # fmt: skip
+    return strings
+
+
+def tokenize_rendered(
+    tokenizer: PreTrainedTokenizerBase, render: Callable[[Messages], str], messages: Messages, strings: Sequence[str]
+) -> tuple[str, Tokens]:
+    """`render(messages)` and its tokens, the content's special strings (`strings`, from `check_content`) as text."""
+    text = render(messages)
+    return text, tokenize(tokenizer, text, forged_ranges(render, messages, text, strings) if strings else [])
+
+
 def first_special(messages: Messages, strings: Sequence[str]) -> tuple[int, str] | None:
     """(message index, special string) of the first message whose content holds one, or None."""
     for i, message in enumerate(messages):
