@@ -14,7 +14,8 @@ user turn, trained as control tokens. Here only the template's own special token
 
 Records without special strings in their content are tokenised exactly as before. Only tokens the tokenizer marks
 special count (other added tokens, e.g. Qwen3's `<think>`, stay tokens, as with split_special_tokens).
-`special_tokens_in_content: reject` makes such a record a bad record instead (`first_special`).
+`special_tokens_in_content: reject` makes such a record a bad record instead (`check_content`). SFT conversations
+(`dftune.data.encode`) and preference pairs (`dftune.data.preference`) both go through `tokenize_rendered`.
 """
 
 from __future__ import annotations
