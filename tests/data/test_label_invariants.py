@@ -14,7 +14,9 @@ from dftune.models.presets import build_tokenizer
 
 TOKENIZER = build_tokenizer()  # byte-level ChatML: one token per character of content
 
-contents = st.text(alphabet="abcdefgh \n", max_size=60)
+# Special-token strings among the characters: they are plain text inside content (`dftune.data.special_text`).
+contents = st.lists(st.sampled_from([*"abcdefgh \n", "<|im_end|>", "<|im_start|>", "<|endoftext|>"]),
+                    max_size=40).map("".join)
 # Each message starts with its own digit, so a sample (which always holds the first token of a reply) is found at
 # one place only in the whole conversation.
 conversations = st.lists(contents, min_size=2, max_size=7).map(

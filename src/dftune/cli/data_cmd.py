@@ -119,7 +119,8 @@ def run_check(args: argparse.Namespace) -> int:
         from dftune.data.preference import collect_preferences
         from dftune.stages.keys import preference_limits
 
-        _, report = collect_preferences(sources, tokenizer, preference_limits(config))
+        _, report = collect_preferences(sources, tokenizer, preference_limits(config),
+                                        special_tokens_in_content=data.special_tokens_in_content)
     elif tokenizer is None:
         from dftune.data.validate import collect_conversations
 
@@ -130,11 +131,13 @@ def run_check(args: argparse.Namespace) -> int:
         dataset, report = validate_and_encode(
             sources, tokenizer, max_length=max_length, mask_history=data.mask_history,
             num_proc=data.preprocessing_num_workers, long_conversations=data.long_conversations,
-            reply_share=data.reply_share,
+            reply_share=data.reply_share, special_tokens_in_content=data.special_tokens_in_content,
         )  # fmt: skip
         lengths = list(dataset["num_tokens"])
 
     print(report.format_table())
+    if report.empty_replies:
+        print(f"\nwarning: {report.format_empty_replies()}")
     if lengths:
         print(_length_stats(lengths, max_length))
     if args.show_labels:

@@ -70,6 +70,12 @@ class DataArguments:
         metadata={"help": "When a reply's own prompt does not fit, the prompt is cut from the left; a long reply keeps "
                   "at least this share of max_length."},
     )
+    special_tokens_in_content: Literal["text", "reject"] = field(
+        default="text",
+        metadata={"help": "A special-token string inside a message (e.g. '<|im_end|>' in a reply): text: tokenised as "
+                  "plain text, never a control token (LLaMA-Factory's split_special_tokens); reject: the record is "
+                  "a bad record (see on_bad_record)."},
+    )
     template: str | None = field(
         default=None,
         metadata={"help": "LLaMA-Factory's template name: accepted; dftune renders with the tokenizer's own chat "

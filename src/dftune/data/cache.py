@@ -37,7 +37,9 @@ from dftune.data.readers import is_local, load_hub_dataset
 from dftune.data.report import ValidationReport
 from dftune.data.sources import Source, as_sources
 
-CODE_VERSION = "dftune-data-3"  # 2: long conversations split, source_id, per-source length counts; 3: lone replies
+# 2: long conversations split, source_id, per-source length counts; 3: lone replies; 4: special strings in content as
+# text, targets by token overlap, plain-text ends of turn trained, empty replies counted
+CODE_VERSION = "dftune-data-4"
 _REPORT = "report.json"
 _EMPTY = "empty.json"  # an empty split's features: `datasets` 5.2 saves a table without rows but cannot load it back
 _TMP, _BAD = ".tmp-", ".bad-"  # <key>.tmp-<uuid4>: being written; <key>.bad-<uuid4>: a damaged entry moved aside
@@ -166,7 +168,8 @@ def _content_hash(source: str) -> str:
 def _tokenizer_hash(tokenizer: PreTrainedTokenizerBase) -> str:
     """What of the tokenizer changes the tokens: its template, specials and backend (vocabulary, merges, added tokens,
     normalizer, pre-tokenizer), and what lives outside the backend's JSON: the class (a subclass may encode its own
-    way), `split_special_tokens` (special-token text in content tokenised as text), and the library versions."""
+    way), `split_special_tokens` (kept to be safe: `special_tokens_in_content` now decides how special-token text in
+    content is tokenised, `dftune.data.special_text`), and the library versions."""
     digest = hashlib.sha256(chat_template(tokenizer).encode())
     digest.update(json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str).encode())
     digest.update(require_fast(tokenizer).backend_tokenizer.to_str().encode())

@@ -1,9 +1,13 @@
 """Tokenise a conversation with its chat template and label exactly the assistant replies.
 
-Labels (unshifted, Hugging Face convention: -100 = no loss) cover each assistant reply and its end-of-turn
-token, never the role header, the newline after the end-of-turn token, or position 0. Spans are found by
-rendering, not by `{% generation %}` markers, so any template that renders conversations incrementally works:
+Labels (unshifted, Hugging Face convention: -100 = no loss) cover each assistant reply and its end of turn, never
+the role header, the whitespace after an end-of-turn control token, or position 0. Spans are found by rendering, not
+by `{% generation %}` markers, so any template that renders conversations incrementally works:
   header + reply  =  render(messages[:i+1])  minus  render(messages[:i], add_generation_prompt=True)
+A token is a target when it overlaps the reply's characters, so the first reply token is trained even when BPE
+merges it with the header (" hello" after Vicuna's "ASSISTANT: "). The turn's end is trained as the template writes
+it: trailing whitespace is dropped only right after a control token (`<|im_end|>` + "\n"), never from a plain-text
+end ("\n", "</s>" as text). Special-token strings inside content are plain text (`dftune.data.special_text`).
 A reply that opens the conversation (no user turn before it) has an empty prompt: it is trained whole, after the
 header the template renders before it (`_opening`).
 """
@@ -18,6 +22,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from dftune.data.formats import Messages
+from dftune.data.special_text import check_content, tokenize_rendered
 from dftune.errors import DftuneError
 
 if TYPE_CHECKING:  # annotations only: importing the data layer stays light (dftune data check --help)
@@ -97,8 +102,13 @@ class Turns:
     replies: list[tuple[int, int]] = field(default_factory=list)
 
 
-def encode_turns(tokenizer: PreTrainedTokenizerBase, messages: Messages, mask_history: bool) -> Turns:
-    """The whole conversation tokenised once, labels on the assistant replies, and its turn boundaries."""
+def encode_turns(
+    tokenizer: PreTrainedTokenizerBase, messages: Messages, mask_history: bool, special_tokens_in_content: str = "text"
+) -> Turns:
+    """The whole conversation tokenised once, labels on the assistant replies, and its turn boundaries.
+
+    special_tokens_in_content: "text" tokenises special-token strings of the content as plain text
+    (`dftune.data.special_text`); "reject" raises InvalidRecord for a record that holds one."""
     template = chat_template(require_fast(tokenizer))
 
     def render(part: Messages, generation_prompt: bool) -> str:
@@ -106,7 +116,8 @@ def encode_turns(tokenizer: PreTrainedTokenizerBase, messages: Messages, mask_hi
             part, chat_template=template, tokenize=False, add_generation_prompt=generation_prompt
         )
 
-    text = render(messages, False)
+    strings = check_content(tokenizer, messages, special_tokens_in_content)
+    text, tokens = tokenize_rendered(tokenizer, lambda part: render(part, False), messages, strings)
     turns = [i for i, message in enumerate(messages) if message["role"] == "assistant"]
     labelled = set(turns[-1:] if mask_history else turns)
     spans, cuts = [], [0]
@@ -124,25 +135,32 @@ def encode_turns(tokenizer: PreTrainedTokenizerBase, messages: Messages, mask_hi
                 "assistant turns), so assistant replies cannot be located; use a template without this "
                 "behaviour"
             )
-        spans.append((len(before), len(through.rstrip())))
+        spans.append((len(before), len(through)))
         cuts.append(len(through))  # the next turn starts here (after the reply's end-of-turn text)
 
-    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
-    input_ids: list[int] = encoding["input_ids"]
-    offsets = [start for start, _end in encoding["offset_mapping"]]
-    labels = [IGNORE_INDEX] * len(input_ids)
+    control_ends = {end for (_start, end), control in zip(tokens.offsets, tokens.control) if control}
+    spans = [(first, _end_of_turn(text, first, end, control_ends)) for first, end in spans]
+    labels = [IGNORE_INDEX] * len(tokens.ids)
     ranges: dict[int, tuple[int, int]] = {}  # span -> (first, end) of its labelled tokens
     span = 0
-    for position, start in enumerate(offsets):
+    for position, (start, end) in enumerate(tokens.offsets):
         while span < len(spans) and start >= spans[span][1]:
             span += 1
         if span == len(spans):
             break
-        if position > 0 and start >= spans[span][0]:
-            labels[position] = input_ids[position]
+        if position > 0 and max(end, start + 1) > spans[span][0]:  # overlaps the reply: " hello" after "A: " too
+            labels[position] = tokens.ids[position]
             ranges[span] = (ranges.get(span, (position, 0))[0], position + 1)
-    boundaries = sorted({bisect_left(offsets, cut) for cut in cuts if bisect_left(offsets, cut) < len(offsets)})
-    return Turns(input_ids, labels, boundaries, [ranges[k] for k in sorted(ranges)])
+    starts = [start for start, _end in tokens.offsets]
+    boundaries = sorted({bisect_left(starts, cut) for cut in cuts if bisect_left(starts, cut) < len(starts)})
+    return Turns(tokens.ids, labels, boundaries, [ranges[k] for k in sorted(ranges)])
+
+
+def _end_of_turn(text: str, first: int, end: int, control_ends: set[int]) -> int:
+    """Where a reply's target ends: its turn's end, less trailing whitespace only when that follows a control token
+    (`<|im_end|>` + "\\n": the newline opens the next turn); a plain-text end ("\\n", "</s>" as text) is trained."""
+    stripped = len(text[:end].rstrip())
+    return stripped if first < stripped and stripped in control_ends else end
 
 
 def _opening(render: Callable[[Messages, bool], str], reply: dict[str, str]) -> str:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from jinja2 import TemplateError
 
 from dftune.data.encode import IGNORE_INDEX, Turns, encode_turns
-from dftune.data.formats import Messages
+from dftune.data.formats import InvalidRecord, Messages
 
 if TYPE_CHECKING:  # annotations only: importing the data layer stays light (dftune data check --help)
     from transformers import PreTrainedTokenizerBase
@@ -101,7 +101,7 @@ def _cut(prompt: int, reply: int, first: int, max_length: int, reply_share: floa
 
 
 ENCODED_COLUMNS = ("source", "source_id", "record", "input_ids", "labels", "num_tokens", "num_labels",
-                   "template_error", "pieces", "tokens_cut", "chars_clipped")
+                   "reason", "detail", "pieces", "tokens_cut", "chars_clipped")
 
 
 def encode_batch(
@@ -112,22 +112,26 @@ def encode_batch(
     mask_history: bool,
     long_conversations: str = "split",
     reply_share: float = 0.5,
+    special_tokens_in_content: str = "text",
 ) -> dict[str, list[Any]]:
     """`datasets.map` function (batched, one record -> one or more rows): per sample input_ids, labels, and of its
     record: source, source_id, record (its row in the input), num_tokens (before fitting to max_length),
-    num_labels (of this sample), template_error (a record the template itself rejects, e.g. "roles must
-    alternate"; else ""), pieces (samples the record became), tokens_cut (tokens it lost to max_length) and
+    num_labels (of this sample), reason and detail (why the record is bad: "chat template error" when the template
+    itself rejects it, e.g. "roles must alternate", or "special token in content" with special_tokens_in_content:
+    reject; else ""), pieces (samples the record became), tokens_cut (tokens it lost to max_length) and
     chars_clipped (characters of huge messages dropped before tokenising, see `clip_messages`)."""
     out: dict[str, list[Any]] = {k: [] for k in ENCODED_COLUMNS}
     for row, messages in enumerate(batch["messages"]):
         dropped = 0
         if max_length is not None:
             messages, dropped = clip_messages(messages, max_length, long_conversations)
+        reason, detail = "", ""
         try:
-            turns = encode_turns(tokenizer, messages, mask_history)
-            error = ""
+            turns = encode_turns(tokenizer, messages, mask_history, special_tokens_in_content)
         except TemplateError as exc:
-            turns, error = Turns([], []), str(exc) or type(exc).__name__
+            turns, reason, detail = Turns([], []), "chat template error", str(exc) or type(exc).__name__
+        except InvalidRecord as exc:
+            turns, reason, detail = Turns([], []), exc.reason, exc.detail
         num_tokens = len(turns.input_ids)
         if max_length is None:
             samples, cut = [(turns.input_ids, turns.labels)], 0
@@ -141,7 +145,8 @@ def encode_batch(
             out["labels"].append(labels)
             out["num_tokens"].append(num_tokens)
             out["num_labels"].append(sum(label != IGNORE_INDEX for label in labels))
-            out["template_error"].append(error)
+            out["reason"].append(reason)
+            out["detail"].append(detail)
             out["pieces"].append(len(samples))
             out["tokens_cut"].append(cut)
             out["chars_clipped"].append(dropped + batch.get("chars_clipped", [0] * (row + 1))[row])

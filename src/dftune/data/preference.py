@@ -34,11 +34,12 @@ from dftune.data.formats import Messages
 from dftune.data.lengths import FittedPair, PreferenceLimits, clip_messages, fit_preference
 from dftune.data.prepare import PreparedData, finish, resolve_splits
 from dftune.data.sources import Source, as_sources
+from dftune.data.special_text import check_content, tokenize_rendered
 from dftune.data.validate import records_by_source
 
 logger = logging.getLogger(__name__)
 
-CODE_VERSION = "dftune-preference-3"  # bump when validation or the stored form changes
+CODE_VERSION = "dftune-preference-4"  # bump when validation or the stored form changes (4: special strings as text)
 PREFERENCE = Features({name: List(Value("int32")) for name in ("prompt_ids", "chosen_ids", "rejected_ids")})
 
 
@@ -57,7 +58,8 @@ def prepare_preference_datasets(
     """
     splits = resolve_splits(data_args, ranking=True)
 
-    data_key = cache.fingerprint(splits, tokenizer, max_length=data_args.max_length, mask_history=False)
+    data_key = cache.fingerprint(splits, tokenizer, max_length=data_args.max_length, mask_history=False,
+                                 special_tokens_in_content=data_args.special_tokens_in_content)
     key = hashlib.sha256(f"{CODE_VERSION}\0{data_key}\0{limits!r}".encode()).hexdigest()[:32]
     entry = cache.cache_root(data_args.dataset_cache_dir) / "preference" / key
     cached = cache.load_entry(entry)
@@ -66,7 +68,8 @@ def prepare_preference_datasets(
         report = ValidationReport()
         datasets = {}
         for split, sources in splits.items():
-            records, split_report = collect_preferences(sources, tokenizer, limits)
+            records, split_report = collect_preferences(sources, tokenizer, limits,
+                                                        special_tokens_in_content=data_args.special_tokens_in_content)
             columns = {name: [record[name] for record in records] for name in PREFERENCE}
             datasets[split] = Dataset.from_dict(columns, features=PREFERENCE)  # from_list fails on no records
             report.merge(split_report)
@@ -84,9 +87,12 @@ def collect_preferences(
     sources: Sequence[str | Source],
     tokenizer: PreTrainedTokenizerBase | None,
     limits: PreferenceLimits,
+    *,
+    special_tokens_in_content: str = "text",
 ) -> tuple[list[dict[str, Any]], ValidationReport]:
     """The kept records (token ids when a tokenizer is given, else the prompt/chosen/rejected message lists), and
-    the report of every record; the chat template and the limits apply when a tokenizer is given."""
+    the report of every record; the chat template, the limits and `special_tokens_in_content` apply when a tokenizer
+    is given."""
     report = ValidationReport()
     kept: list[dict[str, Any]] = []
     for source, location, pair in records_by_source(as_sources(sources), normalize_preference, report):
@@ -94,7 +100,7 @@ def collect_preferences(
             kept.append(pair)
             continue
         try:
-            fitted, clipped = encode_preference(pair, tokenizer, limits)
+            fitted, clipped = encode_preference(pair, tokenizer, limits, special_tokens_in_content)
         except InvalidRecord as exc:
             report.reject(location, exc.reason, exc.detail)
             continue
@@ -106,13 +112,16 @@ def collect_preferences(
 
 
 def encode_preference(
-    pair: dict[str, Messages], tokenizer: PreTrainedTokenizerBase, limits: PreferenceLimits
+    pair: dict[str, Messages], tokenizer: PreTrainedTokenizerBase, limits: PreferenceLimits,
+    special_tokens_in_content: str = "text",
 ) -> tuple[FittedPair, int]:
     """The pair's token ids fitted to `limits`, and the characters of huge messages clipped before tokenising.
 
     Tokenised as TRL 1.16 does: the prompt with the generation prompt; each reply is what prompt + reply adds after
     their common prefix. The generation header is what the generation prompt adds to the prompt rendered without it.
-    Raises InvalidRecord when the template refuses the pair or when not one reply token fits."""
+    Special-token strings of the content are text (`dftune.data.special_text`; SFT's rule), and TRL's tokens
+    otherwise. Raises InvalidRecord when the template refuses the pair, when not one reply token fits, or (reject)
+    when a content holds a special-token string."""
     template = chat_template(tokenizer)
     clipped = 0
     if limits.max_length is not None:  # a 50 MB message costs the budget, not the record (`clip_messages`)
@@ -122,9 +131,14 @@ def encode_preference(
             clipped += dropped
         pair = parts
 
+    strings = check_content(tokenizer, [m for messages in pair.values() for m in messages], special_tokens_in_content)
+
     def ids(messages: Messages, generation_prompt: bool = False) -> list[int]:
-        return list(tokenizer.apply_chat_template(messages, chat_template=template, tokenize=True, return_dict=True,
-                                                  add_generation_prompt=generation_prompt)["input_ids"])  # fmt: skip
+        def render(part: Messages) -> str:
+            return tokenizer.apply_chat_template(part, chat_template=template, tokenize=False,
+                                                 add_generation_prompt=generation_prompt)  # fmt: skip
+
+        return tokenize_rendered(tokenizer, render, messages, strings)[1].ids
 
     try:
         prompt = ids(pair["prompt"], True)

@@ -56,6 +56,7 @@ def prepare_datasets(
     key = cache.fingerprint(
         splits, tokenizer, max_length=data_args.max_length, mask_history=data_args.mask_history,
         long_conversations=data_args.long_conversations, reply_share=data_args.reply_share,
+        special_tokens_in_content=data_args.special_tokens_in_content,
     )  # fmt: skip
     entry = cache.cache_root(data_args.dataset_cache_dir) / "prepared" / key
     cached = cache.load_entry(entry)
@@ -110,6 +111,8 @@ def finish(
         raise DftuneError(f"no valid training records left (see {full_report})")
     if data_args.validation_split_percentage > 0:
         train, evaluation = _split_off(train, data_args.validation_split_percentage, seed)
+    if report.empty_replies:
+        logger.warning("%s (full report: %s)", report.format_empty_replies(), full_report)
     lengths = report.format_lengths()
     if lengths:
         logger.info("conversations over max_length %d (long_conversations: %s):\n%s", data_args.max_length,
@@ -133,6 +136,7 @@ def _build(
             long_conversations=data_args.long_conversations,
             reply_share=data_args.reply_share,
             source_names=name_table(splits),
+            special_tokens_in_content=data_args.special_tokens_in_content,
         )
         datasets[split] = dataset.select_columns(list(COLUMNS))
         report.merge(split_report)

@@ -2,9 +2,11 @@
 
 JSON schema: {"total", "kept", "rejected", "files": {path: {"total", "kept", "rejected", "reasons"}},
 "errors": [{"file", "line" (1-based) or "index" (0-based), "reason", "detail"?}],
-"lengths": {source: {"over_length", "split", "samples", "tokens_cut", "chars_clipped"}}} (lengths: what
+"lengths": {source: {"over_length", "split", "samples", "tokens_cut", "chars_clipped"}},
+"empty_replies": [{"file", "line" or "index", "reason": "empty reply", "detail": "message N"}]} (lengths: what
 max_length did to the kept records of each source that had records over it, see `dftune.data.lengths`; absent
-when none had).
+when none had. empty_replies: every empty or whitespace-only assistant reply, which trains only the end of turn; the
+record is kept; absent when there is none).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 from dftune.data.readers import Location
 from dftune.outputs import write_text
 
+EMPTY_REPLY = "empty reply"
 REPORT_FILE = "data_report.json"
 """The data report's name in a run's output_dir (and `dftune data check`'s default --report)."""
 
@@ -49,6 +52,11 @@ class ValidationReport:
     errors: list[RecordIssue] = field(default_factory=list)
     lengths: dict[str, Counter[str]] = field(default_factory=dict)
     """Per source name: records over max_length, records split into several samples, samples made, tokens cut."""
+    empty_replies: list[RecordIssue] = field(default_factory=list)
+    """Each empty or whitespace-only assistant reply of a kept-so-far record (it is trained: only its end of turn)."""
+
+    def note_empty_reply(self, location: Location, message: int) -> None:
+        self.empty_replies.append(RecordIssue(location, EMPTY_REPLY, f"message {message}"))
 
     def count_lengths(self, source: str, **counts: int) -> None:
         self.lengths.setdefault(source, Counter()).update(counts)
@@ -68,6 +76,7 @@ class ValidationReport:
         for file, total in other.totals.items():
             self.add_file(file, total)
         self.errors.extend(other.errors)
+        self.empty_replies.extend(other.empty_replies)
         for source, counts in other.lengths.items():
             self.count_lengths(source, **counts)
 
@@ -86,15 +95,17 @@ class ValidationReport:
     def reasons(self, file: str) -> Counter[str]:
         return Counter(issue.reason for issue in self.errors if issue.location.file == file)
 
-    def sorted_errors(self) -> list[RecordIssue]:
-        """Errors in file order, then by position (tokenisation rejects are found after structural ones)."""
+    def sorted_errors(self, issues: list[RecordIssue] | None = None) -> list[RecordIssue]:
+        """Errors (or `issues`) in file order, then by position (tokenisation rejects are found after structural
+        ones)."""
+        issues = self.errors if issues is None else issues
         order = {file: i for i, file in enumerate(self.totals)}
 
         def key(issue: RecordIssue) -> tuple[int, int]:
             loc = issue.location
             return order.get(loc.file, len(order)), loc.line if loc.line is not None else loc.index or 0
 
-        return sorted(self.errors, key=key)
+        return sorted(issues, key=key)
 
     def to_dict(self) -> dict[str, Any]:
         files = {}
@@ -109,14 +120,17 @@ class ValidationReport:
             "files": files,
             "errors": [issue.to_dict() for issue in self.sorted_errors()],
             **({"lengths": self.over_length()} if self.over_length() else {}),
+            **({"empty_replies": [i.to_dict() for i in self.sorted_errors(self.empty_replies)]}
+               if self.empty_replies else {}),
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ValidationReport:
         report = cls({file: counts["total"] for file, counts in data["files"].items()})
-        for err in data["errors"]:
-            location = Location(err["file"], line=err.get("line"), index=err.get("index"))
-            report.reject(location, err["reason"], err.get("detail", ""))
+        for kind, issues in (("errors", report.errors), ("empty_replies", report.empty_replies)):
+            for err in data.get(kind, []):
+                location = Location(err["file"], line=err.get("line"), index=err.get("index"))
+                issues.append(RecordIssue(location, err["reason"], err.get("detail", "")))
         for source, counts in data.get("lengths", {}).items():
             report.count_lengths(source, **counts)
         return report
@@ -143,6 +157,16 @@ class ValidationReport:
             + (f", {c['chars_clipped']} characters clipped" if c["chars_clipped"] else "")
             for source, c in self.lengths.items() if c["over_length"]
         )
+
+    def format_empty_replies(self, limit: int = 5) -> str:
+        """One line: how many replies are empty or whitespace only, and where the first `limit` are ("" if none)."""
+        issues = self.sorted_errors(self.empty_replies)
+        if not issues:
+            return ""
+        where = ", ".join(f"{i.location} ({i.detail})" for i in issues[:limit])
+        more = f" and {len(issues) - limit} more" if len(issues) > limit else ""
+        return (f"{len(issues)} empty or whitespace-only assistant replies (each trains only its end of turn; fill "
+                f"or drop them): {where}{more}")
 
     def format_errors(self, limit: int = 20, full_report: str | Path | None = None) -> str:
         """The first `limit` bad records, one per line, then how many more and where the full list is."""

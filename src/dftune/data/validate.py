@@ -39,7 +39,8 @@ ENCODED = Features(
         "labels": List(Value("int32")),
         "num_tokens": Value("int32"),
         "num_labels": Value("int32"),
-        "template_error": Value("string"),
+        "reason": Value("string"),
+        "detail": Value("string"),
         "pieces": Value("int32"),
         "tokens_cut": Value("int64"),
         "chars_clipped": Value("int64"),
@@ -87,9 +88,13 @@ def records_by_source(
 
 
 def collect_conversations(sources: Sequence[str | Source]) -> tuple[Conversations, ValidationReport]:
-    """Read and normalise every record; bad ones go to the report with their reason."""
+    """Read and normalise every record; bad ones go to the report with their reason, empty or whitespace-only
+    replies to its `empty_replies` (their records are kept)."""
     conversations, report = Conversations(), ValidationReport()
     for source, location, messages in records_by_source(as_sources(sources), normalize_messages, report):
+        for i, message in enumerate(messages):
+            if message["role"] == "assistant" and not message["content"].strip():
+                report.note_empty_reply(location, i)
         conversations.messages.append(messages)
         conversations.locations.append(location)
         conversations.sources.append(source.name)
@@ -107,10 +112,12 @@ def validate_and_encode(
     long_conversations: str = "split",
     reply_share: float = 0.5,
     source_names: Sequence[str] = (),
+    special_tokens_in_content: str = "text",
 ) -> tuple[Dataset, ValidationReport]:
     """Tokenised samples (input_ids, labels, source, source_id, num_tokens) of the kept records, and the report.
 
-    A record is rejected here when the chat template raises on it, or when none of its samples has a labelled
+    A record is rejected here when the chat template raises on it, when its content holds a special-token string
+    and special_tokens_in_content is reject, or when none of its samples has a labelled
     token (`truncate`: in its first `max_length` tokens). A kept record may make several samples (`split`), and
     the report counts per source what max_length did (`ValidationReport.lengths`). `source_id` indexes
     `source_names` (default: the sources' own order). `fingerprint` names the map result for `datasets`.
@@ -135,7 +142,8 @@ def validate_and_encode(
         encoded = Dataset.from_dict({name: [] for name in ENCODED}, features=ENCODED)
     else:
         encode = partial(encode_batch, tokenizer=tokenizer, max_length=max_length, mask_history=mask_history,
-                         long_conversations=long_conversations, reply_share=reply_share)  # fmt: skip
+                         long_conversations=long_conversations, reply_share=reply_share,
+                         special_tokens_in_content=special_tokens_in_content)  # fmt: skip
         encoded = table.map(
             encode,
             batched=True,
@@ -148,23 +156,23 @@ def validate_and_encode(
         )
     keep = judge_samples(encoded, conversations, report, max_length)
     kept = encoded.select(keep) if len(keep) < len(encoded) else encoded
-    internal = ["template_error", "num_labels", "record", "pieces", "tokens_cut", "chars_clipped"]
+    internal = ["reason", "detail", "num_labels", "record", "pieces", "tokens_cut", "chars_clipped"]
     return kept.remove_columns(internal), report
 
 
 def judge_samples(
     encoded: Dataset, conversations: Conversations, report: ValidationReport, max_length: int | None
 ) -> list[int]:
-    """The rows to keep: samples with a labelled token of records the template accepted. A record none of whose
+    """The rows to keep: samples with a labelled token of records that encoded (no `reason`). A record none of whose
     samples is kept goes to the report (for its length only when it is over max_length: a short record whose
     template renders its replies as nothing has no assistant token at all); kept records' length counts go to
     `report.lengths` by source."""
-    columns = encoded.select_columns(["record", "template_error", "num_labels", "num_tokens", "pieces", "tokens_cut",
-                                      "chars_clipped"]).to_dict()  # fmt: skip
+    columns = encoded.select_columns(["record", "reason", "detail", "num_labels", "num_tokens", "pieces",
+                                      "tokens_cut", "chars_clipped"]).to_dict()  # fmt: skip
     keep: list[int] = []
     kept_rows: dict[int, list[int]] = {}
     for row, record in enumerate(columns["record"]):
-        if not columns["template_error"][row] and columns["num_labels"][row] > 0:
+        if not columns["reason"][row] and columns["num_labels"][row] > 0:
             kept_rows.setdefault(record, []).append(row)
     seen: set[int] = set()
     for row, record in enumerate(columns["record"]):
@@ -173,8 +181,8 @@ def judge_samples(
         seen.add(record)
         location = conversations.locations[record]
         over = max_length is not None and columns["num_tokens"][row] > max_length
-        if columns["template_error"][row]:
-            report.reject(location, "chat template error", columns["template_error"][row])
+        if columns["reason"][row]:
+            report.reject(location, columns["reason"][row], columns["detail"][row])
         elif record not in kept_rows:  # "within max_length" only when the length is what left no reply token
             reason = "no assistant token within max_length" if over else "no assistant token"
             report.reject(location, reason)
