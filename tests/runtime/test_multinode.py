@@ -35,7 +35,8 @@ def inputs(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tu
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(model_dir)
     data = folder / "data.jsonl"
     data.write_text("".join(json.dumps({"messages": [
-        {"role": "user", "content": f"{i} + 3?" + " x" * (i % 5)}, {"role": "assistant", "content": f"{i + 3}" * (1 + i % 3)},
+        {"role": "user", "content": f"{i} + 3?" + " x" * (i % 5)},
+        {"role": "assistant", "content": f"{i + 3}" * (1 + i % 3)},
     ]}) + "\n" for i in range(16)), encoding="utf-8")  # fmt: skip
     return model_dir, data
 
