@@ -21,6 +21,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from dftune.runtime.checkpoints import mark_complete
+
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 ACCELERATE = str(Path(sys.executable).parent / "accelerate")
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
@@ -60,13 +62,18 @@ def launch_once(argv: list[str], step: str) -> str:
     return result.stderr
 
 
-def launch_two_nodes(argvs: list[list[str]], step: str) -> list[str]:
-    """Start both nodes' launches side by side (each waits for the other at the rendezvous); their stderr."""
+def run_nodes(argvs: list[list[str]], step: str) -> tuple[list[int], list[str]]:
+    """Both nodes' launches side by side (each waits for the other at the rendezvous): exit codes, stderr."""
     nodes = [subprocess.Popen(argv, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
              for argv in argvs]  # fmt: skip
     errors = [processes.communicate(node, step=f"{step}, node {rank}", timeout=120)[1]
               for rank, node in enumerate(nodes)]  # fmt: skip
-    assert [node.returncode for node in nodes] == [0, 0], errors[0][-3000:] + errors[1][-3000:]
+    return [node.returncode for node in nodes], errors
+
+
+def launch_two_nodes(argvs: list[list[str]], step: str) -> list[str]:
+    codes, errors = run_nodes(argvs, step)
+    assert codes == [0, 0], errors[0][-3000:] + errors[1][-3000:]
     return errors
 
 
@@ -160,3 +167,25 @@ def test_accelerate_config_file_of_two_machines_trains_like_one_node(inputs, one
     errors = launch_two_nodes(argvs, "accelerate launch --config_file, 2 machines")
     node_header(errors[0], "accelerate launch")
     assert relative_update_difference(inputs, one_node, out) < 1e-5
+
+
+@pytest.mark.slow
+def test_nodes_that_find_different_checkpoints_stop_before_training(inputs, tmp_path, free_port):
+    """Node-local output_dirs: node 0's holds a complete checkpoint-1, node 1's none (global rank 0 alone writes
+    them). `resume_from_checkpoint: auto` would resume node 0 at step 1 and start node 1 afresh; both stop, saying
+    why, before any model loads."""
+    outs = [tmp_path / "node0", tmp_path / "node1"]
+    checkpoint = outs[0] / "checkpoint-1"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": 1}), encoding="utf-8")
+    mark_complete(checkpoint, 1)
+    port = free_port()
+    argvs = [[*TORCHRUN, "--nnodes", "2", "--node_rank", str(rank), "--nproc_per_node", "1", "--master_addr",
+              "127.0.0.1", "--master_port", port, *train_flags(inputs, outs[rank]), "--resume_from_checkpoint", "auto"]
+             for rank in (0, 1)]  # fmt: skip
+    codes, errors = run_nodes(argvs, "resume on 2 nodes")
+    assert all(code != 0 for code in codes)
+    for err in errors:
+        assert "the processes of this run found different checkpoints to resume from" in err, err[-3000:]
+        assert "rank 0: checkpoint-1; rank 1: no complete checkpoint, a fresh start" in err
+        assert "put it on a file system all nodes share" in err and "---- dftune run" not in err
