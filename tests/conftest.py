@@ -93,6 +93,12 @@ def _free_port() -> str:
         return str(s.getsockname()[1])
 
 
+@pytest.fixture(scope="session")
+def free_port() -> Callable[[], str]:
+    """A free TCP port on this machine, fresh each call: a rendezvous endpoint for a launcher."""
+    return _free_port
+
+
 @pytest.fixture
 def torchrun() -> Callable[[], list[str]]:
     """`torchrun --nproc_per_node 2` on a fresh free port each call (tests run side by side)."""

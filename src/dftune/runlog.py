@@ -7,13 +7,15 @@ Named `runlog`, not `logging`, so no module of the package shadows the standard 
     logger.warning("...")      # printed by every process that emits it, as "[rank 1] ..." when distributed
 
 The rank comes from the launcher's environment (RANK / LOCAL_RANK / WORLD_SIZE: torchrun, accelerate,
-deepspeed and SLURM's srun through them), so it is right before torch.distributed is even initialised.
+deepspeed and SLURM's srun through them), so it is right before torch.distributed is even initialised. RANK is the
+global rank (over every node), LOCAL_RANK the rank on this node: "rank 0" in dftune always means the global one.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 LOG_FORMAT = "%(asctime)s %(levelname).1s %(rank_tag)s%(name)s: %(message)s"
@@ -25,6 +27,14 @@ class ProcessInfo:
     rank: int
     world_size: int
     launcher: str
+    nodes: int = 1
+
+    def layout(self) -> str:
+        """"2 nodes x 8 processes" when the run spans several nodes; "" on one."""
+        if self.nodes <= 1:
+            return ""
+        per_node = self.world_size // self.nodes
+        return f"{self.nodes} nodes x {per_node} process{'es' if per_node != 1 else ''}"
 
     @property
     def is_main(self) -> bool:
@@ -46,7 +56,17 @@ def process_info(environ: dict[str, str] | None = None) -> ProcessInfo:
         launcher = "srun"
     else:
         launcher = "python" if world_size == 1 else "unknown launcher"
-    return ProcessInfo(rank, world_size, launcher)
+    return ProcessInfo(rank, world_size, launcher, node_count(env, world_size))
+
+
+def node_count(env: Mapping[str, str], world_size: int) -> int:
+    """How many nodes the run spans: torchrun's (and accelerate's, through it) GROUP_WORLD_SIZE, deepspeed's
+    CROSS_SIZE, srun's SLURM_NNODES, else WORLD_SIZE / LOCAL_WORLD_SIZE; 1 when none says."""
+    for name in ("GROUP_WORLD_SIZE", "CROSS_SIZE", "SLURM_NNODES"):
+        if env.get(name, "").isdigit() and (name != "SLURM_NNODES" or world_size > 1):
+            return max(1, int(env[name]))
+    local = env.get("LOCAL_WORLD_SIZE", "")
+    return max(1, world_size // int(local)) if local.isdigit() and int(local) > 0 else 1
 
 
 class RankFilter(logging.Filter):

@@ -1,18 +1,27 @@
 """docs/scaling.md's memory table is docs/memory_estimates.py's output, and that script counts parameters as the
-real transformers and peft modules do."""
+real transformers and peft modules do; the accelerate config it prints is the shipped one."""
 
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
 DOCS = Path(__file__).parents[2] / "docs"
+MULTI_NODE = DOCS.parent / "configs" / "accelerate" / "multi_node.yaml"
+
+
+def test_the_printed_multi_node_config_is_the_shipped_one():
+    blocks = re.findall(r"^```yaml\n(.*?)^```", (DOCS / "scaling.md").read_text(encoding="utf-8"), re.M | re.S)
+    printed = [yaml.safe_load(block) for block in blocks if "num_machines: 2" in block]
+    assert printed == [yaml.safe_load(MULTI_NODE.read_text(encoding="utf-8"))]
 
 
 @pytest.fixture(scope="module")

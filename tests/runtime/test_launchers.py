@@ -1,19 +1,16 @@
 """Every stage under the launchers users use, on 2 CPU processes (gloo): torchrun with DeepSpeed ZeRO-3 for sft,
-dllm and dpo, DeepSpeed's own launcher, and a two-node torchrun rendezvous (two nodes of one process on this
-machine) that trains exactly like one node of two processes."""
+dllm and dpo, and DeepSpeed's own launcher. Two-node launches (torchrun, accelerate): tests/runtime/test_multinode.py."""
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import processes
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from dftune.models.presets import init_model
 
@@ -88,29 +85,3 @@ def test_deepspeed_launcher(tiny_model_dir, tmp_path, torchrun):
             "--deepspeed", ZERO3]  # fmt: skip
     err = launch(argv, out)
     assert "launcher         deepspeed" in err and "DeepSpeed ZeRO-3, world size 2" in err
-
-
-@pytest.mark.slow
-def test_two_nodes_train_like_one_node_of_two_processes(tiny_model_dir, tmp_path, torchrun):
-    flags = ["-m", "dftune", "train", *stage_args("sft", tmp_path, tiny_model_dir), "--use_cpu", "true"]
-    one_node = tmp_path / "one-node"
-    launch([*torchrun(), *flags, *common(one_node)], one_node)
-
-    two_nodes = tmp_path / "two-nodes"
-    port = torchrun()[-1]
-    nodes = [
-        subprocess.Popen(
-            [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(rank),
-             "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", port, *flags,
-             *common(two_nodes)],
-            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        for rank in (0, 1)
-    ]
-    errors = [processes.communicate(node, step=f"two-node torchrun, node {rank}", timeout=300)[1]
-              for rank, node in enumerate(nodes)]
-    assert [node.returncode for node in nodes] == [0, 0], errors[0][-3000:] + errors[1][-3000:]
-    assert "world size 2" in errors[0]
-    one, two = load_file(one_node / "model.safetensors"), load_file(two_nodes / "model.safetensors")
-    for name in one:
-        torch.testing.assert_close(two[name], one[name], rtol=0, atol=1e-6)

@@ -44,6 +44,20 @@ def test_process_info_from_launcher_environment():
     assert process_info({}) == ProcessInfo(0, 1, "python")
 
 
+def test_process_info_counts_nodes_from_each_launcher():
+    """RANK is global over the nodes; the header's "2 nodes x 8 processes" comes from the launcher's node count."""
+    torchrun = {"RANK": "9", "LOCAL_RANK": "1", "WORLD_SIZE": "16", "LOCAL_WORLD_SIZE": "8", "GROUP_WORLD_SIZE": "2",
+                "TORCHELASTIC_RUN_ID": "x"}  # fmt: skip
+    assert process_info(torchrun) == ProcessInfo(9, 16, "torchrun", nodes=2)
+    assert process_info(torchrun).layout() == "2 nodes x 8 processes"
+    assert process_info({"RANK": "1", "WORLD_SIZE": "2", "CROSS_SIZE": "2", "CROSS_RANK": "1"}).layout() == (
+        "2 nodes x 1 process")
+    assert process_info({"RANK": "0", "WORLD_SIZE": "12", "SLURM_PROCID": "0", "SLURM_NNODES": "3"}).nodes == 3
+    assert process_info({"RANK": "0", "WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2"}).nodes == 2  # no node count given
+    assert process_info({"SLURM_NNODES": "4"}).nodes == 1  # a one-process job step inside a 4-node allocation
+    assert process_info({"RANK": "0", "WORLD_SIZE": "2", "GROUP_WORLD_SIZE": "1"}).layout() == ""  # one node
+
+
 @pytest.mark.slow
 def test_two_processes_print_the_header_once(tiny_model_dir, tmp_path, torchrun):
     """torchrun, 2 CPU processes (gloo): one header, one summary, and no info line printed twice."""

@@ -21,6 +21,7 @@ from dftune.data.report import ValidationReport
 from dftune.data.sources import Source, file_sources, name_table, unique_names
 from dftune.data.validate import validate_and_encode
 from dftune.errors import DftuneError
+from dftune.runlog import process_info
 
 logger = logging.getLogger(__name__)
 COLUMNS = ("input_ids", "labels", "source", "source_id")
@@ -101,9 +102,13 @@ def finish(
     report_path: str | Path | None,
     source_names: list[str] | None = None,
 ) -> PreparedData:
-    """Shared by every kind of data: save the report, apply the bad-record policy, split off eval data."""
+    """Shared by every kind of data: save the report, apply the bad-record policy, split off eval data.
+
+    Every process of a run prepares its data (the others after the first of each node, from its cache) and names
+    the report in its messages, but only global rank 0 writes it: output_dir's files are written by that process
+    alone, whether the nodes share output_dir or each has a folder of its own that stays empty."""
     full_report = Path(report_path) if report_path is not None else cache.report_file(entry)
-    if report_path is not None:
+    if report_path is not None and process_info().is_main:
         report.save(report_path)
     _apply_policy(report, data_args.on_bad_record, full_report)
     train, evaluation = datasets["train"], datasets.get("eval")

@@ -19,6 +19,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import torch.distributed as dist
 from transformers import TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
@@ -221,4 +222,22 @@ def resolve_run_dir(training: TrainingArguments, reliability: ReliabilityArgumen
     asked = str(training.resume_from_checkpoint).strip().lower() in ("auto", "true")
     prepare_output_dir(output_dir, resume=resume, resume_asked=asked, overwrite=reliability.overwrite_output_dir,
                        main_process=training.process_index == 0)
+    same_on_every_process(resume, output_dir)
     return resume
+
+
+def same_on_every_process(resume: str | None, output_dir: Path) -> None:
+    """Every process resumes from the same step, or the run stops before training. Each process reads its own
+    output_dir: nodes whose output_dir is not one shared folder (a node-local disk) find different checkpoints
+    (global rank 0 alone writes complete ones), and would otherwise train from different steps, silently."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    found: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(found, Path(resume).name if resume else None)
+    if len(set(found)) > 1:
+        said = [f"rank {rank}: {name or 'no complete checkpoint, a fresh start'}" for rank, name in enumerate(found)]
+        raise DftuneError(
+            f"the processes of this run found different checkpoints to resume from in output_dir {output_dir} "
+            f"({'; '.join(said[:4])}{'; ...' if len(said) > 4 else ''}). Every node reads output_dir: put it on a file "
+            "system all nodes share, or copy the checkpoint to every node's output_dir"
+        )

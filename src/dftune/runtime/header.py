@@ -81,7 +81,7 @@ def header_rows(
         ("steps", f"{state.max_steps} optimizer steps, logging every {state.logging_steps:g}"),
         ("precision", f"{precision}, weights {next(model.parameters()).dtype}".replace("torch.", "")),
         ("attention", str(config._attn_implementation)),
-        ("launcher", f"{info.launcher}, device {args.device}"),
+        ("launcher", ", ".join(filter(None, (info.launcher, info.layout(), f"device {args.device}")))),
         ("parallelism", run.parallelism),
         ("trackers", run.trackers or "none"),
         ("output", str(args.output_dir)),
