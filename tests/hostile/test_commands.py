@@ -54,7 +54,7 @@ def test_eval_output_into_a_folder_is_refused_before_loading(tiny_model_dir, tmp
 
 @pytest.mark.parametrize("flag, value, fragment", [("--max_new_tokens", "0", "must be 1 or more"),
                                                    ("--temperature", "-1", "must be 0 or more"),
-                                                   ("--temperature", "nan", "must be 0 or more")])
+                                                   ("--temperature", "nan", "must be a finite number, 0 or more")])
 def test_generate_numbers_that_make_no_sense(flag, value, fragment, tiny_model_dir, capsys):
     clean_error(dftune(capsys, "generate", "--model", tiny_model_dir, "--prompt", "hi", flag, value), 2, flag, fragment)
 

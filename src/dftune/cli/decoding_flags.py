@@ -4,6 +4,7 @@ stage dllm's keys share): one flag per field, its type, choices, default and hel
 from __future__ import annotations
 
 import argparse
+import re
 import typing
 from dataclasses import MISSING, fields
 
@@ -30,12 +31,13 @@ def _help(text: str, default: object) -> str:
 
 
 def decoding_options(args: argparse.Namespace, *, diffusion: bool = True) -> DecodingArguments:
-    """The parsed decoding flags, checked (`DecodingArguments.__post_init__`); a user error names the flags. A causal
+    """The parsed decoding flags, checked (`DecodingArguments.__post_init__`); a user error names the flags (`--steps`, not `steps`). A causal
     model (`diffusion` false) refuses the diffusion-only ones rather than ignore them."""
     try:
         options = DecodingArguments(**{f.name: getattr(args, f.name) for f in fields(DecodingArguments)})
     except ValueError as err:
-        raise DftuneError(f"decoding flags: {err} (see --help)") from None
+        names = "|".join(f.name for f in fields(DecodingArguments))
+        raise DftuneError(re.sub(rf"(?<![\w-])({names})\b", r"--\1", str(err)) + " (see --help)") from None
     if not diffusion and (given := options.diffusion_keys_given()):
         raise DftuneError(f"--{' --'.join(given)}: only a masked-diffusion model uses these; this one is causal "
                           "(HF generate): leave them out")
