@@ -161,6 +161,13 @@ class Objective:
         return bool(self.needs & REFERENCE_STATISTICS)
 
     @property
+    def precomputable(self) -> bool:
+        """Its reference enters only through log p_ref(target) of the frozen starting model (`REF_LOGP`, reference
+        `start`: iw-SFT), so one pass before training can compute it for every target (`ref_logps`,
+        `precompute_ref_log_probs`). Not a `recent` reference (it changes) nor `REF_KL` (the whole distribution)."""
+        return self.needs & REFERENCE_STATISTICS == {REF_LOGP} and self.reference == "start"
+
+    @property
     def count_keyword(self) -> str:
         """The public loss functions' keyword for the normaliser."""
         return "num_items_in_batch" if self.normalise_by == "tokens" else "num_samples_in_batch"
