@@ -47,8 +47,7 @@ def check_reference(objective: Objective, reference: object | None, ref_logps: T
     if ref_logps is not None:
         if not objective.precomputable:
             raise DftuneError(f"objective {objective.name} cannot use precomputed reference log-probs (ref_logps, "
-                              "precompute_ref_log_probs): it needs no reference, a reference that changes, or the "
-                              "reference's whole distribution (KL), not only log p_ref of each target")
+                              f"precompute_ref_log_probs): {objective.not_precomputable()}")
         if reference is not None:
             raise DftuneError(f"objective {objective.name}: give the reference's outputs or ref_logps, not both")
         return
