@@ -73,7 +73,8 @@ class DataCollatorForChat:
             input_ids[row, :n] = torch.as_tensor(feature["input_ids"])
             attention_mask[row, :n] = 1
         rows = [[i] for i in range(len(features))]
-        return {"input_ids": input_ids, "attention_mask": attention_mask, **_label_columns(features, rows, longest, packed=False)}
+        columns = _label_columns(features, rows, longest, packed=False)
+        return {"input_ids": input_ids, "attention_mask": attention_mask, **columns}
 
     def _pack(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         rows = pack_rows([len(f["input_ids"]) for f in features])
@@ -90,7 +91,8 @@ class DataCollatorForChat:
             # The pad tail continues the last sample's positions: part of it, never a sample of its own.
             last = position_ids[r, start - 1] if start else -1
             position_ids[r, start:] = torch.arange(last + 1, last + 1 + width - start)
-        return {"input_ids": input_ids, "position_ids": position_ids, **_label_columns(features, rows, width, packed=True)}
+        columns = _label_columns(features, rows, width, packed=True)
+        return {"input_ids": input_ids, "position_ids": position_ids, **columns}
 
 
 LABEL_COLUMNS = {"labels": (IGNORE_INDEX, torch.long), "ref_logps": (float("nan"), torch.float64)}

@@ -156,8 +156,8 @@ class ObjectiveTrainer(GuardedUpdates, Trainer):
 
     def _set_signature_columns_if_needed(self) -> None:
         """Keep the dataset's `source_id` (the collator turns it into `source_ids`) and `ref_logps` through
-        transformers' removal of the columns the model does not take. Transformers' private hook: tests/stages/test_source_metrics.py fails
-        when it moves."""
+        transformers' removal of the columns the model does not take. Transformers' private hook:
+        tests/stages/test_source_metrics.py fails when it moves."""
         super()._set_signature_columns_if_needed()
         self._signature_columns += [name for name in ("source_id", REF_LOGPS) if name not in self._signature_columns]
 
