@@ -100,3 +100,22 @@ def test_configure_packing_disables_the_cache_and_refuses_unknown_attention(mode
     config._attn_implementation = "some_kernel"
     with pytest.raises(DftuneError, match="packing: true needs"):
         configure_packing(config)
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_ref_logps_are_placed_as_the_labels(packing):
+    """A per-label float column (precompute_ref_log_probs) lands on its labels: value = the label where one is
+    trained, NaN wherever the labels are -100 (padding, packing boundaries, prompts)."""
+    generator = torch.Generator().manual_seed(0)
+    features = []
+    for n in (7, 3, 9, 5, 2, 6):
+        labels = [int(t) if keep else -100 for t, keep in zip(torch.randint(0, 50, (n,), generator=generator),
+                                                              torch.rand(n, generator=generator) < 0.7)]
+        labels[0] = 7  # a first label that packing must drop from both columns
+        ref = [float(t) if t != -100 else float("nan") for t in labels]
+        features.append({"input_ids": list(range(1, n + 1)), "labels": labels, "ref_logps": ref})
+    batch = DataCollatorForChat(pad_token_id=0, packing=packing)(features)
+    labels, ref = batch["labels"], batch["ref_logps"]
+    assert ref.dtype == torch.float64 and ref.shape == labels.shape
+    assert torch.equal(ref.isnan(), labels == -100)
+    assert torch.equal(ref[labels != -100], labels[labels != -100].double())

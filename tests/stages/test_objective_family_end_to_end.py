@@ -99,6 +99,7 @@ def test_linear_alpha_schedule_is_logged_as_it_rises(tiny_model_dir, tmp_path):
     ("loss: chord", "mean_token_weight"),
     ("loss: psft\n        psft_refresh_steps: 2", "psft_ratio"),
     ("loss: iw_sft\n        iw_sft_max_weight: 4.0", "iw_sft_weight"),
+    ("loss: iw_sft\n        precompute_ref_log_probs: true", "iw_sft_weight"),
     ("loss: deft", "deft_order"),
     ("loss: dft\n        dft_min_weight: 0.2", "mean_token_weight"),
 ])
@@ -108,6 +109,8 @@ def test_round_two_objectives_train_from_yaml(tiny_model_dir, tmp_path, method, 
     assert trainer.fused_head is not None
     logs = train_logs(trainer)
     assert len(logs) == 4 and all(metric in entry for entry in logs)
+    if "precompute" in method:  # LoRA: the base with its adapters disabled ran once; nothing is held for training
+        assert trainer.reference is None and "ref_logps" in trainer.train_dataset.column_names
     if "psft" in method:  # r = 1 right after each refresh (steps 0 and 2), off 1 once the adapters moved
         ratios = [entry["psft_ratio"] for entry in logs]
         assert ratios[0] == pytest.approx(1.0, abs=1e-6) and ratios[2] == pytest.approx(1.0, abs=1e-6)

@@ -46,6 +46,11 @@ class MethodArguments(ObjectiveArguments):  # type: ignore[misc, valid-type]
         metadata={"help": "Target tokens per chunk of the fused loss head. Default: by device and free memory (CPU: "
                   "32 MiB of logits; CUDA: at most 5% of the free memory and 1 GiB for one chunk's buffers)."},
     )
+    precompute_ref_log_probs: bool = field(
+        default=False,
+        metadata={"help": "stage dpo, loss: iw_sft: run the reference once over the data before training (its "
+                  "log-prob of each target), then free it and train without it."},
+    )
     finetuning_type: Literal["full", "lora"] = field(default="full", metadata={"help": "Train all weights or LoRA."})
     lora_rank: int = field(default=8, metadata={"help": "LoRA rank r."})
     lora_alpha: float | None = field(default=None, metadata={"help": "LoRA scaling alpha (default 2 * lora_rank)."})

@@ -11,6 +11,8 @@ block-diagonal causal mask from the position_ids, so samples do not attend to ea
 sample's first token is -100, so the last token of one sample is never trained to predict the next sample.
 Transformers only looks for packed sequences when no KV cache is passed, and a model whose config has
 use_cache=True builds one even in training: call `configure_packing(model.config)` before training.
+A feature's `ref_logps` (the reference's log p of each label, `precompute_ref_log_probs`) becomes a float64 [B, T]
+column placed exactly as the labels are (NaN where they are -100 by padding or packing).
 """
 
 from __future__ import annotations
@@ -65,33 +67,57 @@ class DataCollatorForChat:
     def _pad(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         longest = max(len(f["input_ids"]) for f in features)
         input_ids = torch.full((len(features), longest), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(features), longest), IGNORE_INDEX, dtype=torch.long)
         attention_mask = torch.zeros((len(features), longest), dtype=torch.long)
         for row, feature in enumerate(features):
             n = len(feature["input_ids"])
             input_ids[row, :n] = torch.as_tensor(feature["input_ids"])
-            labels[row, :n] = torch.as_tensor(feature["labels"])
             attention_mask[row, :n] = 1
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        rows = [[i] for i in range(len(features))]
+        columns = _label_columns(features, rows, longest, packed=False)
+        return {"input_ids": input_ids, "attention_mask": attention_mask, **columns}
 
     def _pack(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         rows = pack_rows([len(f["input_ids"]) for f in features])
         width = max(sum(len(features[i]["input_ids"]) for i in row) for row in rows)
         input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
         position_ids = torch.zeros((len(rows), width), dtype=torch.long)
         for r, row in enumerate(rows):
             start = 0
             for i in row:
                 n = len(features[i]["input_ids"])
                 input_ids[r, start : start + n] = torch.as_tensor(features[i]["input_ids"])
-                labels[r, start + 1 : start + n] = torch.as_tensor(features[i]["labels"][1:])
                 position_ids[r, start : start + n] = torch.arange(n)
                 start += n
             # The pad tail continues the last sample's positions: part of it, never a sample of its own.
             last = position_ids[r, start - 1] if start else -1
             position_ids[r, start:] = torch.arange(last + 1, last + 1 + width - start)
-        return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+        columns = _label_columns(features, rows, width, packed=True)
+        return {"input_ids": input_ids, "position_ids": position_ids, **columns}
+
+
+LABEL_COLUMNS = {"labels": (IGNORE_INDEX, torch.long), "ref_logps": (float("nan"), torch.float64)}
+"""The per-label columns of a feature and their (fill, dtype): placed alike, so `ref_logps` stays on its labels."""
+
+
+def _label_columns(
+    features: Sequence[dict[str, Any]], rows: list[list[int]], width: int, *, packed: bool
+) -> dict[str, torch.Tensor]:
+    """labels (and ref_logps, when the features have them) [len(rows), width]: the samples of each row side by side,
+    fill after them. Packed, each sample's first position is filled too, so the last token of one sample is never
+    trained to predict the next."""
+    columns = {}
+    for name, (fill, dtype) in LABEL_COLUMNS.items():
+        if name not in features[0]:
+            continue
+        column = torch.full((len(rows), width), fill, dtype=dtype)
+        for r, row in enumerate(rows):
+            start, first = 0, int(packed)
+            for i in row:
+                values = features[i][name]
+                column[r, start + first : start + len(values)] = torch.as_tensor(values[first:], dtype=dtype)
+                start += len(values)
+        columns[name] = column
+    return columns
 
 
 def pack_rows(lengths: Sequence[int]) -> list[list[int]]:

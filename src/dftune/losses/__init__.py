@@ -35,7 +35,14 @@ from dftune.losses.objectives.eaft import eaft_loss
 from dftune.losses.objectives.iw_sft import iw_sft_loss
 from dftune.losses.objectives.psft import psft_loss
 from dftune.losses.objectives.sft import sft_coefficients, sft_loss
-from dftune.losses.registry import OBJECTIVES, compute_objective, config_keys, get_objective, register
+from dftune.losses.registry import (
+    OBJECTIVES,
+    compute_objective,
+    config_keys,
+    get_objective,
+    precomputable_objectives,
+    register,
+)
 
 __all__ = [
     "CE",
@@ -76,6 +83,7 @@ __all__ = [
     "masked_diffusion_dft_loss",
     "masked_diffusion_loss",
     "psft_loss",
+    "precomputable_objectives",
     "register",
     "sft_coefficients",
     "sft_loss",

@@ -161,6 +161,23 @@ class Objective:
         return bool(self.needs & REFERENCE_STATISTICS)
 
     @property
+    def precomputable(self) -> bool:
+        """Its reference enters only through log p_ref(target) of the frozen starting model (`REF_LOGP`, reference
+        `start`: iw-SFT), so one pass before training can compute it for every target (`ref_logps`,
+        `precompute_ref_log_probs`)."""
+        return self.not_precomputable() is None
+
+    def not_precomputable(self) -> str | None:
+        """Why its reference cannot be computed once before training (a phrase), or None when it can."""
+        if REF_KL in self.needs:
+            return f"{self.name} needs the reference's whole distribution at every target (its KL term), not one number"
+        if not self.needs_reference:
+            return f"{self.name} uses no reference"
+        if self.reference != "start":
+            return f"{self.name}'s reference is refreshed from the policy during training"
+        return None
+
+    @property
     def count_keyword(self) -> str:
         """The public loss functions' keyword for the normaliser."""
         return "num_items_in_batch" if self.normalise_by == "tokens" else "num_samples_in_batch"

@@ -67,7 +67,18 @@ def shift_labels(labels: Tensor) -> Tensor:
 
     [B, T] -> [B, T], so that targets line up with logits[:, t] without slicing (and copying) the logits.
     """
-    return F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+    return shifted(labels, IGNORE_INDEX)
+
+
+def shifted(values: Tensor, fill: float) -> Tensor:
+    """A per-position column aligned with the labels [B, T], moved as `shift_labels` moves them (last: `fill`)."""
+    return F.pad(values[:, 1:], (0, 1), value=fill)
+
+
+def at_targets(ref_logps: Tensor, index: Tensor, shift: bool) -> Tensor:
+    """[N] the values of a column aligned with the labels [B, T] (`ref_logps`: log p_ref(labels[b, t])) at the
+    valid targets' flat `index` into the (shifted when `shift`) targets."""
+    return (shifted(ref_logps, float("nan")) if shift else ref_logps).flatten().index_select(0, index)
 
 
 def token_stats(

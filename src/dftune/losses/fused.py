@@ -25,8 +25,8 @@ from torch import Tensor
 
 from dftune.errors import DftuneError
 from dftune.losses.chunks import Chunks, FusedLinearObjective, LogitTransform, Reference, chunked_statistics
-from dftune.losses.contract import SEGMENTS, Objective, Statistics, Weights
-from dftune.losses.core import IGNORE_INDEX, Count, LossOutput, TokenStats, shift_labels, token_metrics
+from dftune.losses.contract import REF_LOGP, SEGMENTS, Objective, Statistics, Weights
+from dftune.losses.core import IGNORE_INDEX, Count, at_targets, LossOutput, TokenStats, shift_labels, token_metrics
 from dftune.losses.registry import get_objective
 from dftune.losses.statistics import row_statistics, row_statistics_of, sample_segments
 from dftune.losses.unfused import check_reference, check_sample_ids, objective_metrics
@@ -72,6 +72,7 @@ def fused_linear_loss(
     sample_ids: Tensor | None = None,
     ref_hidden: Tensor | None = None,
     ref_weight: Tensor | None = None,
+    ref_logps: Tensor | None = None,
     logit_transform: LogitTransform = LogitTransform(),
     shift: bool = True,
     row_scale: Tensor | None = None,
@@ -94,6 +95,7 @@ def fused_linear_loss(
       for packed batches of objectives that weigh whole samples.
     - ref_hidden [B, T, H_ref] and ref_weight [V, H_ref]: a reference model's final hidden states and output
       layer, for objectives with a KL term (`ref_logits=ref_hidden @ ref_weight.T` unfused); no gradient.
+    - ref_logps [B, T]: instead, the reference's log p(target) precomputed, as `unfused.objective_loss` takes it.
     - logit_transform: what the model does to ``hidden @ weight.T`` before its logits (scale, soft-capping; the
       reference's too); then the equality holds with ``logit_transform(hidden @ weight.T)`` as the logits.
     - shift, row_scale: as `unfused.objective_loss` takes them: stage dllm passes ``shift=False`` (position i
@@ -112,7 +114,7 @@ def fused_linear_loss(
     count = _normaliser(spec, global_count, num_items_in_batch, num_samples_in_batch)
     settings = spec.resolve(objective_kwargs)
     check_sample_ids(spec, sample_ids)
-    check_reference(spec, ref_hidden if ref_weight is not None else None)
+    check_reference(spec, ref_hidden if ref_weight is not None else None, ref_logps)
     missing = unfusable_statistics(spec)
     if missing:
         raise DftuneError(f"the fused loss head cannot compute {missing}, which objective {spec.name} needs, one "
@@ -144,8 +146,12 @@ def fused_linear_loss(
 
     num_items = (target.numel() if spec.normalise_by == "tokens" else num_samples) if count is None else count
 
+    given_ref_logp = None if ref_logps is None else at_targets(ref_logps.detach(), index, shift)  # [N]
+
     def weigh(ce: Tensor, extra: dict[str, Tensor], part: slice = slice(None)) -> Weights:
         part_segment = None if segment is None else segment[part]
+        if given_ref_logp is not None:
+            extra = {**extra, REF_LOGP: given_ref_logp[part]}
         stats = Statistics(ce=ce, num_samples=num_samples, segment=part_segment, rows=extra)
         return spec.weigh(stats, num_items, **settings)
 

@@ -43,6 +43,11 @@ def get_objective(name: str) -> Objective:
     return OBJECTIVES[name]
 
 
+def precomputable_objectives() -> list[str]:
+    """The objectives `precompute_ref_log_probs` applies to (`Objective.precomputable`)."""
+    return [name for name, objective in OBJECTIVES.items() if objective.precomputable]
+
+
 def compute_objective(
     name: str, logits: Tensor, labels: Tensor, *, global_count: Count | None = None, **kwargs: Any
 ) -> LossOutput:

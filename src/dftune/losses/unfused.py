@@ -15,7 +15,7 @@ from torch import Tensor
 
 from dftune.errors import DftuneError
 from dftune.losses.contract import REF_KL, REF_LOGP, SEGMENTS, Objective, Statistics, Weights
-from dftune.losses.core import Count, LossOutput, shift_labels, token_metrics, token_stats, weighted_ce
+from dftune.losses.core import Count, at_targets, LossOutput, shift_labels, token_metrics, token_stats, weighted_ce
 from dftune.losses.statistics import row_statistics, row_statistics_of, sample_segments
 
 
@@ -41,8 +41,16 @@ def objective_metrics(
     return metrics, objective.sample_metrics | ({"mean_token_weight"} if per_sample else frozenset())
 
 
-def check_reference(objective: Objective, reference: object | None) -> None:
-    """A reference is given exactly when the objective needs one (`REF_KL`, `REF_LOGP`)."""
+def check_reference(objective: Objective, reference: object | None, ref_logps: Tensor | None = None) -> None:
+    """A reference is given exactly when the objective needs one (`REF_KL`, `REF_LOGP`): its outputs, or for an
+    objective that only needs log p_ref(target) of the starting model its precomputed `ref_logps`."""
+    if ref_logps is not None:
+        if not objective.precomputable:
+            raise DftuneError(f"objective {objective.name} cannot use precomputed reference log-probs (ref_logps, "
+                              f"precompute_ref_log_probs): {objective.not_precomputable()}")
+        if reference is not None:
+            raise DftuneError(f"objective {objective.name}: give the reference's outputs or ref_logps, not both")
+        return
     if objective.needs_reference and reference is None:
         raise DftuneError(f"objective {objective.name} compares the model with a reference model: pass the "
                           "reference's logits (ref_logits), or its hidden states and output layer to the fused head")
@@ -60,6 +68,7 @@ def objective_loss(
     shift: bool = True,
     row_scale: Tensor | None = None,
     ref_logits: Tensor | None = None,
+    ref_logps: Tensor | None = None,
     **settings: Any,
 ) -> LossOutput:
     """`objective` on logits [B, T, V] and labels [B, T] (-100 ignored).
@@ -72,18 +81,23 @@ def objective_loss(
 
     `count` is the normaliser (global across accumulation steps and processes); None: this call's own.
     `ref_logits` [B, T, V]: a reference model's logits, for objectives that need `REF_KL` or `REF_LOGP`.
+    `ref_logps` [B, T]: instead, for an objective whose reference is only `REF_LOGP` of the starting model
+    (`Objective.precomputable`), ``log_softmax(ref_logits[b, t - 1])[labels[b, t]]`` aligned with the labels
+    (any value where labels are -100): the same loss without running the reference.
     """
     settings = objective.resolve(settings)
     check_sample_ids(objective, sample_ids)
     targets = shift_labels(labels) if shift else labels
     wanted = row_statistics_of(objective)
-    check_reference(objective, ref_logits)
+    check_reference(objective, ref_logits, ref_logps)
     stats = token_stats(logits, targets, partial(row_statistics, wanted=wanted, settings=settings), ref_logits)
     ce = stats.ce.detach()
     segment, num_samples = None, labels.shape[0]
     if SEGMENTS in objective.needs:
         segment, num_samples = sample_segments(stats.index, labels, sample_ids)
     rows = stats.rows if stats.kl is None else {**stats.rows, REF_KL: stats.kl.detach(), REF_LOGP: stats.ref_logp}
+    if ref_logps is not None:
+        rows = {**rows, REF_LOGP: at_targets(ref_logps.detach(), stats.index, shift)}
     detached = Statistics(ce=ce, num_samples=num_samples, segment=segment, rows=rows)
     count = objective.default_count(detached) if count is None else count
     weights = objective.weigh(detached, count, **settings)

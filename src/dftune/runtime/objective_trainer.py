@@ -34,6 +34,7 @@ from dftune.losses import (
     compute_objective,
     fused_linear_loss,
     get_objective,
+    precomputable_objectives,
     unfusable_statistics,
 )
 from dftune.runtime.fused_head import FusedHead, fusable_head
@@ -42,6 +43,7 @@ from dftune.runtime.metrics import MetricWindow, source_sums
 from dftune.runtime.parallelism import parameter_sharding
 from dftune.runtime.recent_policy import RecentPolicyForward
 from dftune.runtime.reference_forward import ReferenceForward
+from dftune.runtime.reference_logps import REF_LOGPS, with_reference_log_probs
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +63,9 @@ def packed_sample_ids(batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
 class ObjectiveTrainer(GuardedUpdates, Trainer):
     """Trainer whose loss is a dftune objective (`objective` in OBJECTIVES, with its settings by keyword; for an
     objective with a KL anchor or an importance ratio to the starting model, `reference` is the frozen reference
-    model, or None to use the LoRA policy with its adapters disabled; PSFT's old policy is a snapshot kept here)."""
+    model, or None to use the LoRA policy with its adapters disabled; PSFT's old policy is a snapshot kept here).
+    `precompute_ref_log_probs`: run that reference once over the datasets before training (their `ref_logps`
+    column), then drop it, for an objective that only needs log p_ref(target) (`Objective.precomputable`)."""
 
     # compute_loss returns a loss already divided by the global count: the Trainer must not divide it again.
     loss_is_scaled_for_ga = True
@@ -76,6 +80,7 @@ class ObjectiveTrainer(GuardedUpdates, Trainer):
         max_nonfinite_steps: int = 3,
         reference: nn.Module | None = None,
         source_names: Sequence[str] = (),
+        precompute_ref_log_probs: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -99,6 +104,9 @@ class ObjectiveTrainer(GuardedUpdates, Trainer):
             self.reference = RecentPolicyForward(self.model, int(objective_kwargs.get(REFRESH_STEPS, refresh)))
         elif self.spec.needs_reference:
             self.reference = ReferenceForward(self.model, None if reference is None else reference.to(self.args.device))
+        del reference  # with precompute_ref_log_probs, `self.reference` then holds the only handle to a frozen copy
+        if precompute_ref_log_probs:
+            self._precompute_reference()
         self.fused_head: FusedHead | None = None
         self.fused_chunk_size = fused_chunk_size  # None: by device and free memory (losses.default_chunk_size)
         if fused_loss != "false":
@@ -107,6 +115,26 @@ class ObjectiveTrainer(GuardedUpdates, Trainer):
                 raise DftuneError(f"fused_loss: true cannot apply: {reason}. Set fused_loss: auto or false")
             if self.fused_head is None:
                 logger.info("fused_loss: auto uses the unfused loss head: %s", reason)
+
+    def _precompute_reference(self) -> None:
+        """The reference's `ref_logps` on the train and eval datasets, then the reference freed (LoRA: nothing to
+        free, the policy is its own reference; full: the frozen copy deleted)."""
+        if not self.spec.precomputable:
+            raise DftuneError(f"precompute_ref_log_probs applies to loss: {', '.join(precomputable_objectives())} "
+                              f"(the reference enters only as log p_ref of each target), not to loss: "
+                              f"{self.objective} ({self.spec.not_precomputable()}): drop precompute_ref_log_probs")
+        compute = lambda data: with_reference_log_probs(  # noqa: E731
+            data, self.reference, batch_size=self.args.per_device_eval_batch_size, device=self.args.device)
+        self.train_dataset = compute(self.train_dataset)
+        if isinstance(self.eval_dataset, dict):
+            self.eval_dataset = {name: compute(data) for name, data in self.eval_dataset.items()}
+        elif self.eval_dataset is not None:
+            self.eval_dataset = compute(self.eval_dataset)
+        logger.info("precompute_ref_log_probs: the reference (%s) ran once over the data; training runs without it",
+                    self.reference.describe())
+        self.reference = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def _fusable(self) -> tuple[FusedHead | None, str]:
         """The head the fused loss can use, or (None, why not): the model's head, the objective's statistics and,
@@ -127,12 +155,11 @@ class ObjectiveTrainer(GuardedUpdates, Trainer):
         return self.spec.local_count(batch["labels"], packed_sample_ids(batch))
 
     def _set_signature_columns_if_needed(self) -> None:
-        """Keep the dataset's `source_id` through transformers' removal of the columns the model does not take (the
-        collator turns it into `source_ids`). Transformers' private hook: tests/stages/test_source_metrics.py fails
-        when it moves."""
+        """Keep the dataset's `source_id` (the collator turns it into `source_ids`) and `ref_logps` through
+        transformers' removal of the columns the model does not take. Transformers' private hook:
+        tests/stages/test_source_metrics.py fails when it moves."""
         super()._set_signature_columns_if_needed()
-        if "source_id" not in self._signature_columns:
-            self._signature_columns.append("source_id")
+        self._signature_columns += [name for name in ("source_id", REF_LOGPS) if name not in self._signature_columns]
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):  # type: ignore[override]
         """Replace transformers' token count by our own, summed over the accumulation window and processes."""
@@ -170,6 +197,8 @@ class ObjectiveTrainer(GuardedUpdates, Trainer):
         # Fused unless an evaluation asks for logits (compute_metrics); then `outputs` holds no logits.
         fused = self.fused_head is not None and not (return_outputs and self.compute_metrics is not None)
         kwargs = self.loss_kwargs(inputs, fused=fused)
+        if REF_LOGPS in inputs:  # [B, T] precomputed reference log-probs (precompute_ref_log_probs)
+            kwargs[REF_LOGPS] = inputs.pop(REF_LOGPS)
         # Training: normalise by the global count from get_batch_samples. Evaluation passes a token count whatever
         # the objective, so there we normalise per batch and let the window build the exact dataset-level mean.
         global_count = num_items_in_batch if model.training else None

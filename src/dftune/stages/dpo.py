@@ -53,7 +53,7 @@ def dpo_config(config: RunConfig) -> DPOConfig:
         beta=keys.beta,
         loss_type=list(keys.loss_type),
         max_length=config.data.max_length,
-        precompute_ref_log_probs=keys.precompute_ref_log_probs,
+        precompute_ref_log_probs=config.method.precompute_ref_log_probs,
         dataset_num_proc=config.data.preprocessing_num_workers,
         trust_remote_code=config.model.trust_remote_code,
     )
@@ -101,7 +101,7 @@ def build_trainer(config: RunConfig, callbacks: list[TrainerCallback]) -> Prefer
     require_eval_data(prepared.eval, config.training)
     models = load_policy_and_reference(
         config.model, config.method, adapter=keys.adapter_name_or_path, reference_model=config.model.ref_model_name_or_path,
-        precompute_ref_log_probs=keys.precompute_ref_log_probs,
+        precompute_ref_log_probs=config.method.precompute_ref_log_probs,
         gradient_checkpointing=config.training.gradient_checkpointing, fsdp=uses_fsdp(config.training),
     )  # fmt: skip
     trainer = PreferenceTrainer(

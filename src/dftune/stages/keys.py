@@ -13,7 +13,7 @@ from typing import ClassVar, Literal
 from dftune.config.decoding_args import DecodingArguments
 from dftune.config.parse import RunConfig, StageArguments
 from dftune.data.lengths import PreferenceLimits
-from dftune.losses import OBJECTIVES, Objective
+from dftune.losses import OBJECTIVES, Objective, precomputable_objectives
 from dftune.numbers import Range
 
 
@@ -23,12 +23,17 @@ def compares_with_start(objective: Objective) -> bool:
 
 
 def check_reference_keys(config: RunConfig) -> None:
-    """`ref_model_name_or_path` belongs to stage dpo and to objectives with a KL anchor (a ValueError, which parse
-    reports)."""
+    """`ref_model_name_or_path` belongs to stage dpo and to objectives with a KL anchor, `precompute_ref_log_probs` to
+    stage dpo and to the objectives whose reference can be precomputed (a ValueError, which parse reports)."""
     if config.model.ref_model_name_or_path is not None and not compares_with_start(OBJECTIVES[config.method.loss]):
         anchored = [name for name, objective in OBJECTIVES.items() if compares_with_start(objective)]
         raise ValueError(f"ref_model_name_or_path applies to stage: dpo and to loss: {', '.join(anchored)} (a "
                          f"reference model), not to stage {config.method.stage} with loss: {config.method.loss}")
+    if config.method.precompute_ref_log_probs and not OBJECTIVES[config.method.loss].precomputable:
+        raise ValueError(f"precompute_ref_log_probs applies to stage: dpo and to loss: "
+                         f"{', '.join(precomputable_objectives())} (a fixed reference that enters only as log p_ref of "
+                         f"each target), not to stage {config.method.stage} with loss: {config.method.loss}"
+                         f": {OBJECTIVES[config.method.loss].not_precomputable()}")
 
 
 @dataclass
@@ -108,10 +113,6 @@ class DpoArguments(StageArguments):
         default="keep_end",
         metadata={"help": "stage dpo: which part of a prompt cut to fit stays: keep_end its end (older TRL's and "
                   "LLaMA-Factory's way), keep_start its start; the generation header stays either way."},
-    )
-    precompute_ref_log_probs: bool = field(
-        default=False,
-        metadata={"help": "stage dpo: compute the reference log-probs once before training, then free the reference."},
     )
     adapter_name_or_path: str | None = field(
         default=None,
