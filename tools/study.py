@@ -58,8 +58,9 @@ def check(code: int, step: str) -> None:
 
 
 def objective_flags(keys: dict) -> list[str]:
-    """The objective's keys but `loss` as `dftune train` flags (`{dft_alpha: 0.7}` -> `--dft_alpha 0.7`)."""
-    return [word for key, value in keys.items() if key != "loss" for word in (f"--{key}", str(value))]
+    """The objective's keys as `dftune train` flags (`{loss: dft, dft_alpha: 0.7}` -> `--loss dft --dft_alpha 0.7`):
+    `loss` among them, or train.yaml's `loss: sft` would contradict `--dft_alpha`."""
+    return [word for key, value in keys.items() for word in (f"--{key}", str(value))]
 
 
 def run_one(spec: Spec, task: str, objective: str, seed: int) -> dict:
@@ -77,10 +78,10 @@ def run_one(spec: Spec, task: str, objective: str, seed: int) -> dict:
     config = objective_config(argv, keys["loss"], seed, output_dir)
     records = reference_records(config)
     scoring = Scoring(info["extractor"], info.get("max_new_tokens"))
-    start = time.monotonic()
+    start, cpu_start = time.monotonic(), time.process_time()  # CPU time: every thread's, what other jobs don't slow
     trainer = run(config)
     result = summarise(trainer, config, seed, records, scoring)
-    wall = time.monotonic() - start
+    wall, cpu = time.monotonic() - start, time.process_time() - cpu_start
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
     return {
         "task": task, "objective": objective, "seed": seed, "keys": keys, "steps": result.steps,
@@ -88,7 +89,7 @@ def run_one(spec: Spec, task: str, objective: str, seed: int) -> dict:
         "correct": round(result.accuracy * len(records)), "n_eval": len(records), "extractor": scoring.extractor,
         "final_eval_ce": result.final_eval_ce, "best_eval_ce": result.best_eval_ce,
         "final_avg_p_correct": result.final_avg_p_correct,
-        "wall_s": round(wall, 1), "device": "cpu" if config.training.use_cpu else str(trainer.args.device),
+        "wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "device": "cpu" if config.training.use_cpu else str(trainer.args.device),
         "torch_threads": torch.get_num_threads(), "commit": commit.stdout.strip(),
         "command": f"python tools/study.py --only {task}/{objective}/{seed} --force",
     }  # fmt: skip
@@ -143,8 +144,6 @@ def main(argv: list[str] | None = None) -> int:
     os.chdir(study_report.ROOT)
     try:
         spec = load_spec(args.spec)
-        for task in spec.tasks:  # every task's probe first: the verdicts exist before the first row
-            ensure_inputs(spec, task)
         study(spec, selected(spec, args.only), force=args.force, stop_after_minutes=args.stop_after_minutes)
         study_report.write_all(spec)
     except DftuneError as err:
