@@ -89,7 +89,8 @@ def run_one(spec: Spec, task: str, objective: str, seed: int) -> dict:
         "correct": round(result.accuracy * len(records)), "n_eval": len(records), "extractor": scoring.extractor,
         "final_eval_ce": result.final_eval_ce, "best_eval_ce": result.best_eval_ce,
         "final_avg_p_correct": result.final_avg_p_correct,
-        "wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "device": "cpu" if config.training.use_cpu else str(trainer.args.device),
+        "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
+        "device": "cpu" if config.training.use_cpu else str(trainer.args.device),
         "torch_threads": torch.get_num_threads(), "commit": commit.stdout.strip(),
         "command": f"python tools/study.py --only {task}/{objective}/{seed} --force",
     }  # fmt: skip
@@ -115,19 +116,20 @@ def study(spec: Spec, rows: list[tuple[str, str, int]], *, force: bool, stop_aft
 
     start, done = time.monotonic(), 0
     todo = [row for row in rows if force or not run_file(spec, *row).is_file()]
-    logger.info("study: %d of %d rows to run", len(todo), len(rows))
+    logger.info("%d of %d rows to run", len(todo), len(rows))
     for number, (task, objective, seed) in enumerate(todo, 1):
         if stop_after_minutes is not None and time.monotonic() - start > 60 * stop_after_minutes:
-            logger.info("study: %.0f minutes passed; %d rows left for the next `make study`",
+            logger.info("%.0f minutes passed; %d rows left for the next `make study`",
                         stop_after_minutes, len(todo) - number + 1)
             break
-        logger.info("study: run %d of %d: %s / %s / seed %d", number, len(todo), task, objective, seed)
+        logger.info("run %d of %d: %s / %s / seed %d", number, len(todo), task, objective, seed)
         ensure_inputs(spec, task)
         record = run_one(spec, task, objective, seed)
         path = run_file(spec, task, objective, seed)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_text(path, json.dumps(record, indent=2) + "\n")
-        logger.info("study: %s: accuracy %.1f%% in %.1f min", path.name, 100 * record["accuracy"], record["wall_s"] / 60)
+        logger.info("%s: accuracy %.1f%% in %.1f min (CPU %.1f min)", path.name, 100 * record["accuracy"],
+                    record["wall_s"] / 60, record["cpu_s"] / 60)
         done += 1
         study_report.write_all(spec)
     return done

@@ -106,12 +106,22 @@ def status_text(spec: Spec, runs: dict) -> str:
                f"{len(spec.seeds)} seeds) are in `{spec.runs_dir}/`.\n"
     lines = [f"**The study is incomplete: {len(runs)} of {planned} runs** ({len(spec.tasks)} tasks x "
              f"{len(spec.objectives)} objectives x {len(spec.seeds)} seeds) have their JSON in "
-             f"`{spec.runs_dir}/`; `make study` runs the others. Rows that exist:", ""]
+             f"`{spec.runs_dir}/`; `make study` runs the others.{cost_text(runs, planned - len(runs))} "
+             "Rows that exist:", ""]
     for task in spec.tasks:
         done = [f"{o} (seeds {', '.join(str(k[2]) for k in runs if k[:2] == (task, o))})"
                 for o in spec.objectives if any(k[:2] == (task, o) for k in runs)]  # fmt: skip
         lines.append(f"- {task}: {', '.join(done) if done else 'none yet'}")
     return "\n".join(lines) + "\n"
+
+
+def cost_text(runs: dict, left: int) -> str:
+    """The runs' measured CPU time (all threads) and what the rows left would need at its mean."""
+    if not runs:
+        return ""
+    per_run = statistics.fmean(r["cpu_s"] for r in runs.values()) / 60
+    return (f" Measured CPU time per run: {per_run:.0f} min (mean of {len(runs)}); the {left} runs left need about "
+            f"{left * per_run / 60:.1f} CPU-hours.")
 
 
 def results_table(spec: Spec, runs: dict) -> str:
@@ -146,14 +156,15 @@ def probe_table(spec: Spec) -> str:
 
 def runs_table(spec: Spec, runs: dict) -> str:
     """Every finished run: its numbers, its wall time, and the command that reproduces it."""
-    lines = ["| task | objective | seed | steps | accuracy [95% CI] | final eval CE | wall (min) | reproduce |",
-             "|---|---|---|---|---|---|---|---|"]
+    columns = ("task", "objective", "seed", "steps", "accuracy [95% CI]", "final eval CE", "wall (min)", "CPU (min)",
+               "reproduce")
+    lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
     for (task, objective, seed), r in runs.items():
         low, high = r["accuracy_interval"]
         ce = "-" if r["final_eval_ce"] is None else f"{r['final_eval_ce']:.3f}"
         lines.append(f"| {task} | {objective} | {seed} | {r['steps']} | {_pct(r['accuracy'])} ({r['correct']}/"
                      f"{r['n_eval']}) [{_pct(low)}, {_pct(high)}] | {ce} | {r['wall_s'] / 60:.1f} "
-                     f"| `{r['command']}` |")
+                     f"| {r['cpu_s'] / 60:.1f} | `{r['command']}` |")
     return "\n".join(lines) + "\n"
 
 

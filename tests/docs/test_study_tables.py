@@ -61,7 +61,8 @@ def small_study(report, tmp_path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         record = {"task": task, "objective": objective, "seed": seed, "steps": 200, "accuracy": correct / 100,
                   "accuracy_interval": list(wilson_interval(correct, 100)), "correct": correct, "n_eval": 100,
-                  "final_eval_ce": ce, "wall_s": 600.0, "command": f"python tools/study.py --only {task}/x/{seed}"}
+                  "final_eval_ce": ce, "wall_s": 600.0, "cpu_s": 900.0,
+                  "command": f"python tools/study.py --only {task}/x/{seed}"}
         path.write_text(json.dumps(record), encoding="utf-8")
     return spec
 
@@ -86,6 +87,7 @@ def test_the_status_says_which_rows_exist_and_that_the_study_is_incomplete(repor
     spec = small_study(report, tmp_path)
     status = report.status_text(spec, report.load_runs(spec))
     assert status.startswith("**The study is incomplete: 3 of 8 runs** (2 tasks x 2 objectives x 2 seeds)")
+    assert "CPU time per run: 15 min (mean of 3); the 5 runs left need about 1.2 CPU-hours." in status
     assert "- math: sft (seeds 0, 1)\n" in status and "- copy: dft_alpha0.7 (seeds 0)\n" in status
     summary = report.readme_summary(spec, report.load_runs(spec))
     assert "| sft | 40.0% (2 seeds) | - |" in summary and "| dft_alpha0.7 | - | 99.0% (1 seeds) |" in summary

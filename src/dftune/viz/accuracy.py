@@ -40,11 +40,14 @@ def plot_grouped_accuracy(
         cells = [groups[label][name] for label in labels if name in groups[label]]
         errors = [[c[0] - c[1] for c in cells], [c[2] - c[0] for c in cells]]
         ax.bar(xs, [c[0] for c in cells], width, yerr=errors, capsize=3, color=f"C{i % 10}", label=name)
+        for x, c in zip(xs, cells):  # the value above its interval
+            ax.text(x, c[2] + 0.02, f"{c[0]:.0%}", ha="center", va="bottom", fontsize="x-small")
     ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
-    ax.set_ylim(0, 1.05)
+    ax.set_ylim(0, 1.25)  # room above 100% for the values and the legend
+    ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
     ax.set_ylabel("accuracy")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(loc="upper right", fontsize="small")
+    ax.legend(loc="upper center", ncol=len(series), fontsize="small")
     if title:
         ax.set_title(title)
     return save_figure(fig, path)
