@@ -39,15 +39,15 @@ def ensure_inputs(spec: Spec, task: str) -> None:
     from dftune.cli.main import main as dftune
     from dftune.models.catalog import SMOLLM2
 
-    root = spec.root
+    root = spec.root  # the working directory too (main)
     if not (root / spec.model / "config.json").is_file():
         check(dftune(["init-model", "--preset", SMOLLM2, "--output_dir", str(root / spec.model)]), "init-model")
     info = spec.tasks[task]
     if not all((root / info[k]).is_file() for k in ("train", "heldout")):
         subprocess.run([sys.executable, *info["make"]], cwd=root, check=True)
     if not probe_file(spec, task).is_file():
-        out = root / OUTPUTS / "probe" / task
-        check(dftune(["probe", str(root / spec.model), str(root / info["train"]), "--output_dir", str(out)]), "probe")
+        out = root / OUTPUTS / "probe" / task  # the model and data as the spec names them: probe.json records them
+        check(dftune(["probe", spec.model, info["train"], "--output_dir", str(out)]), "probe")
         probe_file(spec, task).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(out / "probe.json", probe_file(spec, task))
 
