@@ -3,6 +3,7 @@
     python tools/study.py                                  # continue the study (make study), then regenerate
     python tools/study.py --only word_problems/sft/0 --force   # one row again (about 15 min on 2 quiet CPU cores)
     python tools/study.py --stop_after_minutes 60          # start no run after 60 minutes
+    python tools/study.py --probe_only                     # every task's data and `dftune probe` verdict only
 
 Each run is `dftune compare`'s (`dftune.compare.objective_config`, `run`, `summarise`: the config parsed as
 `dftune train` parses it, the objective switched, trained, held-out replies scored with a 95% Wilson interval),
@@ -141,12 +142,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", default=[], help="TASK/OBJECTIVE/SEED (repeatable)")
     parser.add_argument("--force", action="store_true", help="run the selected rows even where their JSON exists")
     parser.add_argument("--stop_after_minutes", type=float, help="start no new run after this many minutes")
+    parser.add_argument("--probe_only", action="store_true",
+                        help="make every task's data and probe verdict, regenerate the pages, train nothing")
     args = parser.parse_args(argv)
     setup_logging(logging.INFO)
     os.chdir(study_report.ROOT)
     try:
         spec = load_spec(args.spec)
-        study(spec, selected(spec, args.only), force=args.force, stop_after_minutes=args.stop_after_minutes)
+        if args.probe_only:
+            for task in spec.tasks:
+                ensure_inputs(spec, task)
+        else:
+            study(spec, selected(spec, args.only), force=args.force, stop_after_minutes=args.stop_after_minutes)
         study_report.write_all(spec)
     except DftuneError as err:
         print(f"study: error: {err}", file=sys.stderr)
