@@ -78,6 +78,13 @@ def load_runs(spec: Spec) -> dict[tuple[str, str, int], dict]:
             for key in spec.plan() if (path := run_file(spec, *key)).is_file()}  # fmt: skip
 
 
+NO_PLOT = "No plot yet: no run has finished."
+
+
+def _seeds(count: int) -> str:
+    return f"{count} seed" if count == 1 else f"{count} seeds"
+
+
 def _pct(value: float) -> str:
     return f"{value:.1%}"
 
@@ -136,7 +143,8 @@ def results_table(spec: Spec, runs: dict) -> str:
         ce = "-" if c["eval_ce"] is None else f"{c['eval_ce']:.3f}"
         lines.append(f"| {task} | {objective} | {c['seeds']} | **{_pct(c['accuracy'])}** [{_pct(low)}, {_pct(high)}]"
                      f" | {_pct(c['range'][0])}-{_pct(c['range'][1])} | {ce} |")
-    return "\n".join(lines) + "\n"
+    figure = "![held-out accuracy per objective and task](accuracy.png)" if runs else NO_PLOT
+    return "\n".join([*lines, "", figure]) + "\n"
 
 
 def probe_table(spec: Spec) -> str:
@@ -174,7 +182,7 @@ def readme_summary(spec: Spec, runs: dict) -> str:
     lines = [status_text(spec, runs).splitlines()[0], "", head, "|---" * (1 + len(spec.tasks)) + "|"]
     table = cells(spec, runs)
     for objective in spec.objectives:
-        row = [("-" if (c := table[t, objective]) is None else f"{_pct(c['accuracy'])} ({c['seeds']} seeds)")
+        row = [("-" if (c := table[t, objective]) is None else f"{_pct(c['accuracy'])} ({_seeds(c['seeds'])})")
                for t in spec.tasks]  # fmt: skip
         lines.append(f"| {objective} | " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"

@@ -80,7 +80,8 @@ def test_a_cell_is_the_seeds_mean_with_the_pooled_interval(report, tmp_path):
     table = report.results_table(spec, runs)
     assert f"| math | sft | 2 | **40.0%** [{low:.1%}, {high:.1%}] | 30.0%-50.0% | 0.375 |" in table
     assert "| math | dft_alpha0.7 | 0 | - | - | - |" in table
-    assert "| copy | dft_alpha0.7 | 1 | **99.0%**" in table and table.endswith("| - |\n")  # CE unknown: "-"
+    assert "| copy | dft_alpha0.7 | 1 | **99.0%**" in table and "| 99.0%-99.0% | - |\n" in table  # CE unknown
+    assert table.endswith("(accuracy.png)\n") and report.results_table(spec, {}).endswith("no run has finished.\n")
 
 
 def test_the_status_says_which_rows_exist_and_that_the_study_is_incomplete(report, tmp_path):
@@ -90,7 +91,7 @@ def test_the_status_says_which_rows_exist_and_that_the_study_is_incomplete(repor
     assert "CPU time per run: 15 min (mean of 3); the 5 runs left need about 1.2 CPU-hours." in status
     assert "- math: sft (seeds 0, 1)\n" in status and "- copy: dft_alpha0.7 (seeds 0)\n" in status
     summary = report.readme_summary(spec, report.load_runs(spec))
-    assert "| sft | 40.0% (2 seeds) | - |" in summary and "| dft_alpha0.7 | - | 99.0% (1 seeds) |" in summary
+    assert "| sft | 40.0% (2 seeds) | - |" in summary and "| dft_alpha0.7 | - | 99.0% (1 seed) |" in summary
 
 
 def test_written_pages_match_and_a_changed_run_is_found(report, tmp_path):
