@@ -36,7 +36,8 @@ OUTPUTS = Path("outputs/study")
 
 
 def ensure_inputs(spec: Spec, task: str) -> None:
-    """The model (converted once), the task's data (its deterministic script) and its probe verdict."""
+    """The model (converted once), the task's data (its deterministic script) and its probe verdict. The working
+    directory is `spec.root` (main changes to it): the probe is given the paths as the spec names them."""
     from dftune.cli.main import main as dftune
     from dftune.models.catalog import SMOLLM2
 
@@ -64,18 +65,23 @@ def objective_flags(keys: dict) -> list[str]:
     return [word for key, value in keys.items() for word in (f"--{key}", str(value))]
 
 
-def run_one(spec: Spec, task: str, objective: str, seed: int) -> dict:
-    """Train one row, score it, and return its JSON record (what tools/study_report.py reads)."""
+def run_one(spec: Spec, task: str, objective: str, seed: int, *, fresh: bool = False) -> dict:
+    """Train one row, score it, and return its JSON record (what tools/study_report.py reads). A run stopped by
+    SIGTERM left a checkpoint in its folder: it continues from there unless `fresh` (then wall and CPU time are
+    this part's, and `resumed_from` names the checkpoint)."""
     import torch
 
     from dftune.compare import Scoring, objective_config, reference_records, summarise
     from dftune.run import run
+    from dftune.runtime.checkpoints import last_complete_checkpoint
 
     info, keys, root = spec.tasks[task], spec.objectives[objective], spec.root
+    output_dir = root / OUTPUTS / "runs" / task / f"{objective}-seed{seed}"
+    resumed = None if fresh or not output_dir.is_dir() else last_complete_checkpoint(output_dir)  # what auto picks
     argv = [str(root / spec.config), "--model_name_or_path", str(root / spec.model),
             "--data_files", str(root / info["train"]), "--eval_files", str(root / info["heldout"]),
-            "--overwrite_output_dir", "true", *objective_flags(keys)]  # fmt: skip
-    output_dir = root / OUTPUTS / "runs" / task / f"{objective}-seed{seed}"
+            "--overwrite_output_dir", "true", "--resume_from_checkpoint", "false" if fresh else "auto",
+            *objective_flags(keys)]  # fmt: skip
     config = objective_config(argv, keys["loss"], seed, output_dir)
     records = reference_records(config)
     scoring = Scoring(info["extractor"], info.get("max_new_tokens"))
@@ -93,6 +99,7 @@ def run_one(spec: Spec, task: str, objective: str, seed: int) -> dict:
         "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
         "device": "cpu" if config.training.use_cpu else str(trainer.args.device),
         "torch_threads": torch.get_num_threads(), "commit": commit.stdout.strip(),
+        "resumed_from": resumed.name if resumed else None,
         "command": f"python tools/study.py --only {task}/{objective}/{seed} --force",
     }  # fmt: skip
 
@@ -125,7 +132,7 @@ def study(spec: Spec, rows: list[tuple[str, str, int]], *, force: bool, stop_aft
             break
         logger.info("run %d of %d: %s / %s / seed %d", number, len(todo), task, objective, seed)
         ensure_inputs(spec, task)
-        record = run_one(spec, task, objective, seed)
+        record = run_one(spec, task, objective, seed, fresh=force)
         path = run_file(spec, task, objective, seed)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_text(path, json.dumps(record, indent=2) + "\n")
