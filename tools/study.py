@@ -67,8 +67,8 @@ def objective_flags(keys: dict) -> list[str]:
 
 def run_one(spec: Spec, task: str, objective: str, seed: int, *, fresh: bool = False) -> dict:
     """Train one row, score it, and return its JSON record (what tools/study_report.py reads). A run stopped by
-    SIGTERM left a checkpoint in its folder: it continues from there unless `fresh` (then wall and CPU time are
-    this part's, and `resumed_from` names the checkpoint)."""
+    SIGTERM left a checkpoint in its folder: unless `fresh`, it continues from there (`resumed_from` names the
+    checkpoint; wall and CPU time are then this part's)."""
     import torch
 
     from dftune.compare import Scoring, objective_config, reference_records, summarise
