@@ -105,16 +105,19 @@ def cells(spec: Spec, runs: dict) -> dict[tuple[str, str], dict | None]:
     return {(t, o): cell([runs[k] for k in runs if k[:2] == (t, o)]) for t in spec.tasks for o in spec.objectives}
 
 
-def status_text(spec: Spec, runs: dict) -> str:
-    """Which rows exist, generated: the study is complete only when every (task, objective, seed) has its JSON."""
-    planned = len(spec.plan())
+def headline(spec: Spec, runs: dict) -> str:
+    """How many of the spec's runs exist: the study is complete only when every (task, objective, seed) has its JSON."""
+    planned, shape = len(spec.plan()), f"{len(spec.tasks)} tasks x {len(spec.objectives)} objectives x " \
+                                       f"{len(spec.seeds)} seeds"
     if len(runs) == planned:
-        return f"All {planned} runs of the spec ({len(spec.tasks)} tasks x {len(spec.objectives)} objectives x " \
-               f"{len(spec.seeds)} seeds) are in `{spec.runs_dir}/`.\n"
-    lines = [f"**The study is incomplete: {len(runs)} of {planned} runs** ({len(spec.tasks)} tasks x "
-             f"{len(spec.objectives)} objectives x {len(spec.seeds)} seeds) have their JSON in "
-             f"`{spec.runs_dir}/`; `make study` runs the others.{cost_text(runs, planned - len(runs))} "
-             "Rows that exist:", ""]
+        return f"All {planned} runs of the spec ({shape}) are in `{spec.runs_dir}/`."
+    return (f"**The study is incomplete: {len(runs)} of {planned} runs** ({shape}) have their JSON in "
+            f"`{spec.runs_dir}/`; `make study` runs the others.{cost_text(runs, planned - len(runs))}")
+
+
+def status_text(spec: Spec, runs: dict) -> str:
+    """The headline, then which rows exist per task."""
+    lines = [headline(spec, runs), "", "Rows that exist:", ""]
     for task in spec.tasks:
         done = [f"{o} (seeds {', '.join(str(k[2]) for k in runs if k[:2] == (task, o))})"
                 for o in spec.objectives if any(k[:2] == (task, o) for k in runs)]  # fmt: skip
@@ -179,7 +182,8 @@ def runs_table(spec: Spec, runs: dict) -> str:
 def readme_summary(spec: Spec, runs: dict) -> str:
     """README.md's study section: the status line and one accuracy cell per objective and task."""
     head = "| objective | " + " | ".join(spec.tasks) + " |"
-    lines = [status_text(spec, runs).splitlines()[0], "", head, "|---" * (1 + len(spec.tasks)) + "|"]
+    lines = [headline(spec, runs) + " Mean held-out accuracy over the seeds that exist:", "", head,
+             "|---" * (1 + len(spec.tasks)) + "|"]
     table = cells(spec, runs)
     for objective in spec.objectives:
         row = [("-" if (c := table[t, objective]) is None else f"{_pct(c['accuracy'])} ({_seeds(c['seeds'])})")

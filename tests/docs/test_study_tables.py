@@ -89,7 +89,7 @@ def test_the_status_says_which_rows_exist_and_that_the_study_is_incomplete(repor
     status = report.status_text(spec, report.load_runs(spec))
     assert status.startswith("**The study is incomplete: 3 of 8 runs** (2 tasks x 2 objectives x 2 seeds)")
     assert "CPU time per run: 15 min (mean of 3); the 5 runs left need about 1.2 CPU-hours." in status
-    assert "- math: sft (seeds 0, 1)\n" in status and "- copy: dft_alpha0.7 (seeds 0)\n" in status
+    assert "Rows that exist:\n\n- math: sft (seeds 0, 1)\n" in status and "- copy: dft_alpha0.7 (seeds 0)\n" in status
     summary = report.readme_summary(spec, report.load_runs(spec))
     assert "| sft | 40.0% (2 seeds) | - |" in summary and "| dft_alpha0.7 | - | 99.0% (1 seed) |" in summary
 
