@@ -4,13 +4,15 @@
 # make docs  -> regenerate README's objective and key tables and docs/keys.md from the code (a test checks them)
 # make bench-gpu -> on one CUDA GPU: loss heads (dftune, TRL, Liger, full logits), training, ZeRO-3, QLoRA DPO
 # make demo-real -> the SmolLM2-135M-Instruct study: LoRA sft/dft/bft on word problems (~1 hour on 2 CPU cores)
+# make study -> the replicated study (examples/study/study.yaml): run the rows docs/study/runs/ lacks (niced; about
+#               15 min each on 2 quiet CPU cores), then regenerate docs/study/ and README's study section from the JSON
 # make mutate -> mutation testing (mutmut) of the objective math, src/dftune/losses/, against tests/losses (not part
 #                of test; ~40 min on 2 cores). MUTANTS='dftune.losses.objectives.dft*' narrows it: docs/testing.md
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.setup-done
 
-.PHONY: setup test demo demo-real bench bench-gpu docs mutate clean
+.PHONY: setup test demo demo-real study bench bench-gpu docs mutate clean
 
 setup: $(STAMP)
 
@@ -33,6 +35,10 @@ demo: setup
 demo-real: setup
 	DFTUNE=$(VENV)/bin/dftune PYTHON=$(VENV)/bin/python bash examples/smollm2_math/run_study.sh
 
+study: setup
+	nice -n 10 $(VENV)/bin/python tools/study.py
+	$(VENV)/bin/python tools/study_report.py
+
 bench: setup
 	$(VENV)/bin/python -m pip install -q -c constraints.txt -e '.[dev,bench]'
 	$(VENV)/bin/python benchmarks/run_all.py
@@ -43,6 +49,7 @@ bench-gpu: setup
 
 docs: setup
 	$(VENV)/bin/python tools/docs_tables.py
+	$(VENV)/bin/python tools/study_report.py
 
 MUTANTS ?=
 mutate: setup

@@ -135,12 +135,14 @@ BLOCKS = {
 }
 
 
-def render(text: str, blocks: dict[str, Any]) -> str:
-    """`text` with each generated block replaced by its current content; a missing marker is an error."""
+def render(text: str, blocks: dict[str, Any], command: str = "make docs") -> str:
+    """`text` with each generated block replaced by its current content; a missing marker is an error. `command`
+    is what the marker says regenerates the block (tools/study_report.py's blocks: `make study`)."""
     for name, make in blocks.items():
-        pattern = re.compile(rf"(<!-- generated: {name} \(make docs\) -->\n).*?(<!-- end: {name} -->)", re.DOTALL)
+        marker = f"<!-- generated: {name} ({command}) -->"
+        pattern = re.compile(rf"({re.escape(marker)}\n).*?(<!-- end: {name} -->)", re.DOTALL)
         if not pattern.search(text):
-            raise SystemExit(f"no block '{name}': add <!-- generated: {name} (make docs) --> ... <!-- end: {name} -->")
+            raise SystemExit(f"no block '{name}': add {marker} ... <!-- end: {name} -->")
         text = pattern.sub(lambda match: match.group(1) + make() + match.group(2), text)
     return text
 

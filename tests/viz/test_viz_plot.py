@@ -10,7 +10,7 @@ import pytest
 from matplotlib.image import imread
 
 from dftune.cli.main import main
-from dftune.viz.accuracy import plot_accuracy
+from dftune.viz.accuracy import plot_accuracy, plot_grouped_accuracy
 
 BLUE, ORANGE = (0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E)  # matplotlib's C0 and C1: the first two runs' lines
 
@@ -79,3 +79,22 @@ def test_accuracy_bars_have_the_heights_of_their_values(tmp_path):
 
     base, dft = column_height((0x1F, 0x77, 0xB4)), column_height((0xFF, 0x7F, 0x0E))
     assert base > 10 and dft / base == pytest.approx(4.0, rel=0.1)
+
+
+def test_grouped_bars_have_the_heights_of_their_values_one_colour_per_series(tmp_path):
+    """Group sft holds both series (tasks), group dft only the first: blue bars 0.2 and 0.6, one orange bar 0.8."""
+    groups = {"sft": {"math": (0.2, 0.1, 0.3), "copy": (0.8, 0.7, 0.9)}, "dft": {"math": (0.6, 0.5, 0.7)}}
+    image = imread(plot_grouped_accuracy(groups, tmp_path / "grouped.png", title="held-out"))[..., :3]
+
+    def columns(rgb: tuple[int, int, int]) -> dict[int, int]:
+        """Height in pixels of the colour in each pixel column that holds a bar (not the legend's small patch)."""
+        mask = np.abs(image - np.array(rgb) / 255).max(axis=-1) < 0.08
+        heights = mask.sum(axis=0)
+        return {x: int(h) for x, h in enumerate(heights) if h > 20}
+
+    blue, orange = columns(BLUE), columns(ORANGE)
+    left = [h for x, h in blue.items() if x < min(orange)]
+    right = [h for x, h in blue.items() if x > max(orange)]
+    assert left and right and not [x for x in blue if min(orange) <= x <= max(orange)]  # sft: blue left of orange
+    assert max(right) / max(left) == pytest.approx(3.0, rel=0.1)
+    assert max(orange.values()) / max(left) == pytest.approx(4.0, rel=0.1)
