@@ -35,7 +35,10 @@ def run_lm_eval(model: str, adapter: str | None, tasks: list[str], *, include_pa
 
     if include_path is not None and not Path(include_path).expanduser().exists():
         raise DftuneError(f"--lm_eval_include_path {include_path}: no such file or folder (a folder of task YAMLs)")
-    manager = TaskManager(include_path=include_path)
+    # Indexing lm-eval's own ~200 task folders takes seconds: skipped when include_path holds every task asked for.
+    manager = TaskManager(include_path=include_path, include_defaults=False) if include_path else None
+    if manager is None or not set(tasks) <= set(manager.all_tasks):
+        manager = TaskManager(include_path=include_path)
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
         where = f" nor under --lm_eval_include_path {include_path}" if include_path else ""
