@@ -7,7 +7,6 @@ Needs the `lmeval` extra (tests/harness runs in the venv that has it; docs/lm_ev
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -20,46 +19,10 @@ from dftune.diffusion.sampler import decode, truncate_at_eos
 from dftune.harness.loaded import load_evaluated
 from dftune.harness.run import run_lm_eval
 from dftune.models.presets import init_model
-
-MC = [  # question, choices, index of the right one
-    ("copy ab:", ["ab", "ba", "aa"], 0),
-    ("copy cd:", ["dc", "cd", "cc"], 1),
-    ("copy ca:", ["ac", "cc", "ca"], 2),
-    ("copy dd:", ["dd", "da", "ad"], 0),
-]
-GEN = [("copy ab:", "ab"), ("copy bc:", "bc"), ("copy cd:", "cd")]
-MAX_GEN_TOKS = 4
+from lm_eval_tasks import GEN, MAX_GEN_TOKS, MC
 
 
-@pytest.fixture(scope="module")
-def task_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """dftune_mc (multiple_choice: acc) and dftune_gen (generate_until, stop at a newline: exact_match)."""
-    root = tmp_path_factory.mktemp("lm-eval-tasks")
-    (root / "mc.jsonl").write_text("".join(json.dumps({"question": q, "choices": c, "answer": a}) + "\n"
-                                           for q, c, a in MC), encoding="utf-8")
-    (root / "gen.jsonl").write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in GEN),
-                                    encoding="utf-8")
-    common = f"dataset_path: json\ntest_split: test\ndoc_to_text: '{{{{question}}}}'\n"
-    (root / "dftune_mc.yaml").write_text(textwrap.dedent(f"""\
-        task: dftune_mc
-        dataset_kwargs: {{data_files: {{test: {root / 'mc.jsonl'}}}, cache_dir: {root / 'cache'}}}
-        output_type: multiple_choice
-        doc_to_choice: '{{{{choices}}}}'
-        doc_to_target: answer
-        metric_list: [{{metric: acc}}]
-    """) + common, encoding="utf-8")
-    (root / "dftune_gen.yaml").write_text(textwrap.dedent(f"""\
-        task: dftune_gen
-        dataset_kwargs: {{data_files: {{test: {root / 'gen.jsonl'}}}, cache_dir: {root / 'cache'}}}
-        output_type: generate_until
-        doc_to_target: answer
-        generation_kwargs: {{until: ["\\n"], max_gen_toks: {MAX_GEN_TOKS}, do_sample: false}}
-        metric_list: [{{metric: exact_match}}]
-    """) + common, encoding="utf-8")
-    return root
-
-
-def _records(path: Path, tmp_path: Path) -> str:
+def _records(tmp_path: Path) -> str:
     """ChatML records that teach the copy task, for a 2-step training run."""
     data = tmp_path / "train.jsonl"
     rows = [{"messages": [{"role": "user", "content": f"copy {w}:"}, {"role": "assistant", "content": w}]}
@@ -70,7 +33,7 @@ def _records(path: Path, tmp_path: Path) -> str:
 
 def _train(model_dir: Path, out: Path, *extra: str) -> Path:
     """Two optimizer steps of `dftune train` on `model_dir` (a trained model, not only a random one, is scored)."""
-    data = _records(out.parent, out.parent)
+    data = _records(out.parent)
     assert main(["train", "--model_name_or_path", str(model_dir), "--data_files", data, "--output_dir", str(out),
                  "--max_steps", "2", "--per_device_train_batch_size", "2", "--learning_rate", "1e-3",
                  "--save_strategy", "no", "--report_to", "none", "--use_cpu", "true", *extra]) == 0
@@ -84,9 +47,13 @@ def lora_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 @pytest.fixture(scope="module")
-def dllm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    base = init_model("tiny-dllm", tmp_path_factory.mktemp("tiny-dllm"))
-    return _train(base, tmp_path_factory.mktemp("dllm") / "out", "--stage", "dllm")
+def dllm_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return init_model("tiny-dllm", tmp_path_factory.mktemp("tiny-dllm"))
+
+
+@pytest.fixture(scope="module")
+def dllm_dir(dllm_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _train(dllm_base, tmp_path_factory.mktemp("dllm") / "out", "--stage", "dllm")
 
 
 def _pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
@@ -118,6 +85,7 @@ def _check_gen(results: dict, reply) -> None:
     samples = _by_doc(results["samples"]["dftune_gen"])
     expected = [reply(q).split("\n")[0] for q, _ in GEN]
     assert [s["resps"][0][0] for s in samples] == expected
+    assert any(expected)  # something was generated: an empty reply everywhere would hide a wrong cut
     hits = sum(e == a for e, (_, a) in zip(expected, GEN))
     assert results["results"]["dftune_gen"]["exact_match,none"] == pytest.approx(hits / len(GEN))
 
@@ -154,12 +122,10 @@ def test_causal_scores_are_the_models_own(which, tiny_model_dir, lora_dir, task_
     _check_gen(results, reply)
 
 
-def test_diffusion_scores_are_the_elbo_and_the_sampler(dllm_dir, task_dir):
-    """A trained tiny-dllm: each choice's score is the ELBO with the backend's seed and samples, is_greedy whether
-    one-token-per-step decoding gives the choice, each generation `decode`'s reply cut at EOS and the newline."""
-    results = run_lm_eval(str(dllm_dir), None, ["dftune_mc", "dftune_gen"], include_path=str(task_dir),
-                          log_samples=True, model_args={"mc_samples": 8, "seed": 3})
-    loaded = load_evaluated(str(dllm_dir), device="cpu")
+def _diffusion_reference(model_dir: Path):
+    """(log_likelihood, reply) of a diffusion model folder by `elbo` and `decode` directly, with the seed (3) and
+    the ELBO samples (8) the tests give the backend: each request draws from its own generator so seeded."""
+    loaded = load_evaluated(str(model_dir), device="cpu")
     tokenizer, eos = loaded.tokenizer, loaded.tokenizer.eos_token_id
     options = {"mask_token_id": loaded.mask_token_id, "shift_logits": loaded.shift_logits}
 
@@ -177,5 +143,23 @@ def test_diffusion_scores_are_the_elbo_and_the_sampler(dllm_dir, task_dir):
                      generator=torch.Generator().manual_seed(3), **options).ids[0].tolist()
         return tokenizer.decode(truncate_at_eos(out, eos), skip_special_tokens=True)
 
-    _check_mc(results, log_likelihood)
-    _check_gen(results, reply)
+    return log_likelihood, reply
+
+
+DIFFUSION_ARGS = {"mc_samples": 8, "seed": 3}
+
+
+def test_diffusion_loglikelihood_is_the_elbo(dllm_dir, task_dir):
+    """A trained tiny-dllm: each choice's score is its ELBO, is_greedy whether one-token-per-step decoding gives
+    the choice, acc how often the best ELBO is the right choice."""
+    results = run_lm_eval(str(dllm_dir), None, ["dftune_mc"], include_path=str(task_dir), log_samples=True,
+                          model_args=DIFFUSION_ARGS)
+    _check_mc(results, _diffusion_reference(dllm_dir)[0])
+
+
+def test_diffusion_generation_is_the_sampler(dllm_base, task_dir):
+    """The tiny-dllm preset (random weights, so the replies are not all empty as the 2-step trained model's are):
+    each generation is `decode`'s reply cut at EOS and at the newline."""
+    results = run_lm_eval(str(dllm_base), None, ["dftune_gen"], include_path=str(task_dir), log_samples=True,
+                          model_args=DIFFUSION_ARGS)
+    _check_gen(results, _diffusion_reference(dllm_base)[1])

@@ -9,6 +9,7 @@ model, which scores by the ELBO and generates by dftune's sampler.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -21,6 +22,8 @@ from dftune.errors import DftuneError
 from dftune.harness.diffusion_lm import DIFFUSION_ARGS, DiffusionLM
 from dftune.harness.loaded import load_evaluated, split_adapter
 
+logger = logging.getLogger(__name__)
+
 CAUSAL_ARGS = ("max_length",)
 """model_args a causal model takes beyond pretrained, peft and device (batch sizes come from lm_eval's flags)."""
 
@@ -32,7 +35,10 @@ def load_lm(pretrained: str | None = None, peft: str | None = None, device: str 
     if not pretrained:
         raise DftuneError("lm_eval --model dftune needs --model_args pretrained=DIR (a dftune output_dir or model)")
     base, adapter = split_adapter(str(pretrained), None if peft is None else str(peft), "pretrained")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device is None or (str(device).startswith("cuda") and not torch.cuda.is_available()):
+        if device is not None:  # lm-eval's CLI asks for cuda:0 unless told otherwise; HFLM falls back the same way
+            logger.warning("--device %s: no CUDA GPU here, the model runs on the CPU", device)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     evaluated = load_evaluated(base, adapter, flags=("pretrained", "peft"), device=device)
     kind, known = ("diffusion", DIFFUSION_ARGS) if evaluated.diffusion else ("causal", CAUSAL_ARGS)
     unknown = sorted(set(options) - set(known))
