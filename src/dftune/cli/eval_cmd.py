@@ -50,15 +50,15 @@ def run_eval(args: argparse.Namespace) -> int:
         return _run_lm_eval(args)
     from dftune.diffusion import sample_replies
     from dftune.evaluation.generate import evaluate_records
-    from dftune.harness.loaded import is_diffusion_folder, load_evaluated
+    from dftune.harness.loaded import load_evaluated
     from dftune.outputs import output_file
 
     options = decoding_options(args)  # checked before a model loads
     conversations = _conversations(args.data)[: args.limit]
     output = output_file(args.output or str(Path(args.adapter or args.model) / "eval_results.jsonl"), "--output",
                          "eval_results.jsonl", inputs=[*args.data, args.model, args.adapter])
-    decoding_options(args, diffusion=is_diffusion_folder(args.model))  # a causal model refuses --steps, ...
-    loaded = load_evaluated(args.model, args.adapter)
+    loaded = load_evaluated(args.model, args.adapter,  # a causal model refuses --steps, ... before its weights load
+                            check_kind=lambda diffusion: decoding_options(args, diffusion=diffusion))
     replies_of = None
     if loaded.diffusion:  # a masked-diffusion LM replies through the sampler, with the decoding flags
         replies_of = partial(

@@ -13,14 +13,16 @@ import torch
 from lm_eval.api.model import TemplateLM
 from tqdm import tqdm
 
+from dftune.config.decoding_args import DecodingArguments
 from dftune.diffusion.likelihood import elbo
 from dftune.diffusion.sampler import decode, truncate_at_eos
 from dftune.errors import DftuneError
 from dftune.harness.loaded import Evaluated
 
-DIFFUSION_ARGS = ("mc_samples", "mc_batch_size", "elbo_scheme", "seed", "steps", "block_length", "threshold",
-                  "max_length", "greedy_check")
-"""model_args of a diffusion model beyond pretrained, peft and device (lm_eval's batch sizes are not used)."""
+DIFFUSION_ARGS = ("mc_samples", "mc_batch_size", "elbo_scheme", "seed", "max_length", "greedy_check",
+                  *DecodingArguments.diffusion_only)
+"""model_args of a diffusion model beyond pretrained, peft and device (lm_eval's batch sizes are not used): the
+ELBO's, and the decoding keys of generate_until (steps, block_length, remasking, threshold, cfg_scale)."""
 
 DEFAULT_MAX_GEN_TOKS = 256  # what lm-eval's HFLM generates when a task sets no max_gen_toks
 
@@ -38,9 +40,8 @@ class DiffusionLM(TemplateLM):
     backend = "causal"  # lm-eval's context/continuation split: encode the whole, then cut (TemplateLM._encode_pair)
 
     def __init__(self, evaluated: Evaluated, *, mc_samples: int = 128, mc_batch_size: int = 32,
-                 elbo_scheme: str = "l", seed: int = 1234, steps: int | None = None,
-                 block_length: int | None = None, threshold: float | None = None, max_length: int | None = None,
-                 greedy_check: bool = True) -> None:
+                 elbo_scheme: str = "l", seed: int = 1234, max_length: int | None = None, greedy_check: bool = True,
+                 **decoding: Any) -> None:
         super().__init__()
         if elbo_scheme not in ("l", "t"):
             raise DftuneError(f"--model_args elbo_scheme={elbo_scheme}: use l (LLaDA's lower-variance estimate) or t")
@@ -50,7 +51,7 @@ class DiffusionLM(TemplateLM):
         self.mask_token_id, self.shift_logits = int(evaluated.mask_token_id), evaluated.shift_logits
         self.mc_samples, self.mc_batch_size, self.elbo_scheme = int(mc_samples), int(mc_batch_size), elbo_scheme
         self.seed, self.greedy_check = int(seed), bool(greedy_check)
-        self.decode_options = {"steps": steps, "block_length": block_length, "threshold": threshold}
+        self.decoding = decoding  # DecodingArguments.diffusion_only keys, checked per request with max_gen_toks
         self.max_length = int(max_length or evaluated.max_length)
         self._device = next(self.model.parameters()).device
 
@@ -95,7 +96,7 @@ class DiffusionLM(TemplateLM):
                          max_new_tokens=max_new_tokens, temperature=temperature, shift_logits=self.shift_logits,
                          generator=self._generator(), **options)
         except ValueError as err:
-            raise DftuneError(f"--model_args steps/block_length/threshold: {err}") from None
+            raise DftuneError(f"--model_args {', '.join(self.decoding) or 'decoding'}: {err}") from None
         return out.ids[0].tolist()
 
     def _loglikelihood_tokens(self, requests: list, disable_tqdm: bool = False, **kwargs: Any
@@ -124,9 +125,8 @@ class DiffusionLM(TemplateLM):
             until = [until] if isinstance(until, str) else list(until)
             max_new = int(gen_kwargs.pop("max_gen_toks", DEFAULT_MAX_GEN_TOKS))
             temperature = 0.0 if gen_kwargs.get("do_sample") is False else float(gen_kwargs.get("temperature") or 0.0)
-            options = {k: v for k, v in self.decode_options.items() if v is not None}
             ids = self._decode(self._fit(self.tok_encode(context), max_new, "max_gen_toks"), max_new, temperature,
-                               eos_token_id=self.eot_token_id, **options)
+                               eos_token_id=self.eot_token_id, **self.decoding)
             text = self.tokenizer.decode(truncate_at_eos(ids, self.eot_token_id), skip_special_tokens=True)
             for stop in until:
                 text = text.split(stop)[0]

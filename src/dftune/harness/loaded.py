@@ -5,6 +5,7 @@ embeddings cover). `dftune eval` and the lm-eval backend both load through `load
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,19 +45,11 @@ def split_adapter(model: str, adapter: str | None, what: str) -> tuple[str, str 
     return model, adapter
 
 
-def is_diffusion_folder(model: str) -> bool:
-    """Whether the model folder `model` holds a masked-diffusion LM (`models.loading.is_diffusion_config`)."""
-    from transformers import AutoConfig
-
-    from dftune.models.loading import is_diffusion_config
-
-    return is_diffusion_config(AutoConfig.from_pretrained(model))
-
-
 def load_evaluated(model: str, adapter: str | None = None, *, flags: tuple[str, str] = ("--model", "--adapter"),
-                   device: str | None = None) -> Evaluated:
+                   device: str | None = None, check_kind: Callable[[bool], None] | None = None) -> Evaluated:
     """`model` (with `adapter` applied), its tokenizer (the adapter's when given), on `device` (default: where
-    transformers puts it). `flags` name the two arguments in errors."""
+    transformers puts it). `flags` name the two arguments in errors. `check_kind` is called with whether the model
+    is a diffusion one before its weights load (a flag that kind refuses fails fast)."""
     from transformers import AutoConfig
 
     from dftune.config.model_args import ModelArguments
@@ -79,6 +72,8 @@ def load_evaluated(model: str, adapter: str | None = None, *, flags: tuple[str, 
             check_local_model(name, flag)
     config = AutoConfig.from_pretrained(model)
     diffusion = is_diffusion_config(config)
+    if check_kind is not None:
+        check_kind(diffusion)
     model_args = ModelArguments(model_name_or_path=model, torch_dtype="auto")
     loaded = load_diffusion_model(model_args) if diffusion else load_model(model_args, what=flags[0])
     source, flag = (adapter, flags[1]) if adapter else (model, flags[0])
