@@ -29,7 +29,8 @@ test: setup
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/python -m pytest -q --ignore=tests/harness
 
-# The lmeval extra adds 39 packages (~80 s on 2 busy cores), so setup leaves it out; CI runs this after make test.
+# The lmeval extra adds 39 packages (~80 s on 2 busy cores), so setup leaves it out: a CI covering tests/harness runs
+# `make test test-lmeval`.
 LMEVAL_STAMP := $(VENV)/.lmeval-done
 $(LMEVAL_STAMP): $(STAMP)
 	$(VENV)/bin/python -m pip install -q -c constraints.txt -e '.[dev,lmeval]'
