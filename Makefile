@@ -1,5 +1,7 @@
 # make demo  -> set up .venv and run the quickstart (CPU, offline, a few minutes)
 # make test  -> set up .venv, check the import layers (lint-imports, contracts in pyproject.toml), run the tests
+#              (all but tests/harness, which needs the lmeval extra: make test-lmeval)
+# make test-lmeval -> add the lmeval extra (lm-evaluation-harness) to .venv and run tests/harness (docs/lm_eval.md)
 # make bench -> set up .venv and run the benchmarks (not part of test)
 # make docs  -> regenerate README's objective and key tables and docs/keys.md from the code (a test checks them)
 # make bench-gpu -> on one CUDA GPU: loss heads (dftune, TRL, Liger, full logits), training, ZeRO-3, QLoRA DPO
@@ -12,7 +14,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.setup-done
 
-.PHONY: setup test demo demo-real study bench bench-gpu docs mutate clean
+.PHONY: setup test test-lmeval demo demo-real study bench bench-gpu docs mutate clean
 
 setup: $(STAMP)
 
@@ -27,7 +29,17 @@ $(STAMP): pyproject.toml constraints.txt
 
 test: setup
 	$(VENV)/bin/lint-imports
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q --ignore=tests/harness
+
+# The lmeval extra adds 39 packages (~80 s on 2 busy cores), so setup leaves it out: a CI covering tests/harness runs
+# `make test test-lmeval`, as .ci/run does.
+LMEVAL_STAMP := $(VENV)/.lmeval-done
+$(LMEVAL_STAMP): $(STAMP)
+	$(VENV)/bin/python -m pip install -q -c constraints.txt -e '.[dev,lmeval]'
+	touch $@
+
+test-lmeval: $(LMEVAL_STAMP)
+	$(VENV)/bin/python -m pytest -q tests/harness
 
 demo: setup
 	$(VENV)/bin/dftune demo --output_dir outputs/quickstart

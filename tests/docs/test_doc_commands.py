@@ -5,41 +5,8 @@ that fails as written fails here, with the page and line."""
 
 from __future__ import annotations
 
-import os
-import re
-import sys
-from dataclasses import dataclass
-from pathlib import Path
-
-import processes
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-FENCE = re.compile(r"^```(?:bash|sh|shell)\n(.*?)^```", re.M | re.S)
-MARKER = re.compile(r"<!-- docs test")
-NOT_RUN = re.compile(r"^<!-- docs test: not run: (\S.*?) -->$")
-SHARED = ("examples", "src", "configs")  # what the printed commands read, relative to the repository root
-
-
-@dataclass(frozen=True)
-class Block:
-    page: Path
-    line: int  # of the opening fence, 1-based
-    commands: str
-    not_run: str | None  # the reason, for a block the test does not run
-
-
-def shell_blocks(page: Path) -> list[Block]:
-    text = page.read_text(encoding="utf-8")
-    blocks = []
-    for match in FENCE.finditer(text):
-        above = text[: match.start()].rstrip("\n").rsplit("\n", 1)[-1]
-        reason = NOT_RUN.match(above)
-        line = text.count("\n", 0, match.start()) + 1
-        blocks.append(Block(page, line, match.group(1), reason.group(1) if reason else None))
-    return blocks
-
+from doc_blocks import MARKER, NOT_RUN, PAGES, ROOT, run_block, shell_blocks
 
 RUN = {page: [block for block in shell_blocks(page) if block.not_run is None] for page in PAGES}
 
@@ -62,13 +29,5 @@ def test_the_readme_runs_its_train_block():
 @pytest.mark.slow
 @pytest.mark.parametrize("page", [page for page in PAGES if RUN[page]], ids=lambda page: page.name)
 def test_commands_run_as_printed(page, tmp_path):
-    for name in SHARED:
-        (tmp_path / name).symlink_to(ROOT / name)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     for block in RUN[page]:
-        result = processes.run(["bash", "-euo", "pipefail", "-c", block.commands], step=f"{page.name}:{block.line}",
-                               timeout=1800, cwd=tmp_path, env=env, capture_output=True, text=True)  # fmt: skip
-        assert result.returncode == 0, (
-            f"{page.name}:{block.line}: the block fails as printed (exit {result.returncode}):\n{block.commands}\n"
-            f"{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
-        )
+        run_block(block, tmp_path)

@@ -1,5 +1,6 @@
 """`dftune eval --model DIR --data FILE [--adapter DIR]`: held-out accuracy by greedy generation (for a
-masked-diffusion LM, by its sampler)."""
+masked-diffusion LM, by its sampler); `--lm_eval_tasks t1,t2` instead of `--data`: lm-evaluation-harness tasks
+through the dftune backend (`dftune.harness`, the `lmeval` extra)."""
 
 from __future__ import annotations
 
@@ -17,69 +18,79 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev = subparsers.add_parser("eval", help="generation-based accuracy on held-out ChatML records")
     ev.add_argument("--model", required=True, help="model folder (the base model when --adapter is given)")
     ev.add_argument("--adapter", help="a LoRA adapter folder to apply on top of --model")
-    ev.add_argument("--data", required=True, nargs="+", help="records whose last assistant turn is the reference")
+    ev.add_argument("--data", nargs="+", help="records whose last assistant turn is the reference")
     ev.add_argument("--extractor", default="exact", choices=sorted(EXTRACTORS))
     ev.add_argument("--batch_size", type=positive_int, default=32)
-    ev.add_argument("--limit", type=positive_int, help="evaluate the first N records only")
-    ev.add_argument("--output", help="per-record results as JSONL (default: eval_results.jsonl beside the model)")
+    ev.add_argument("--limit", type=positive_int, help="evaluate the first N records (of each lm-eval task) only")
+    ev.add_argument("--output", help="per-record results as JSONL (default: eval_results.jsonl beside the model); "
+                    "with --lm_eval_tasks, lm-eval's results as JSON (default: lm_eval_results.json there)")
+    ev.add_argument("--lm_eval_tasks", type=_task_list, metavar="T1,T2",
+                    help="lm-evaluation-harness tasks instead of --data (needs: pip install -e '.[lmeval]')")
+    ev.add_argument("--lm_eval_include_path", metavar="DIR", help="a folder of your own lm-eval task YAMLs")
+    ev.add_argument("--num_fewshot", type=int, help="lm-eval: few-shot examples per prompt (default: the task's)")
     add_decoding_flags(ev)
     ev.set_defaults(func=run_eval)
 
 
-def run_eval(args: argparse.Namespace) -> int:
-    from transformers import AutoConfig
+def _task_list(text: str) -> list[str]:
+    """argparse type: comma-separated lm-eval task names, none empty."""
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"expected task names separated by commas, got {text!r}")
+    return names
 
-    from dftune.config.model_args import ModelArguments
+
+def run_eval(args: argparse.Namespace) -> int:
+    from dftune.errors import DftuneError
+
+    if (args.data is None) == (args.lm_eval_tasks is None):
+        raise DftuneError("dftune eval takes --data FILE (generation accuracy) or --lm_eval_tasks T1,T2 "
+                          "(lm-evaluation-harness), one of the two")
+    if args.lm_eval_tasks is not None:
+        return _run_lm_eval(args)
     from dftune.diffusion import sample_replies
     from dftune.evaluation.generate import evaluate_records
-    from dftune.models.integrity import check_local_model
-    from dftune.models.loading import (
-        check_vocabulary,
-        is_diffusion_config,
-        load_adapter,
-        load_diffusion_model,
-        load_model,
-        resolve_mask_token_id,
-        tokenizer_at,
-    )
+    from dftune.harness.loaded import load_evaluated
     from dftune.outputs import output_file
-    from dftune.runtime.checkpoints import check_not_being_written
-    from dftune.runtime.preflight import check_template
 
     options = decoding_options(args)  # checked before a model loads
     conversations = _conversations(args.data)[: args.limit]
     output = output_file(args.output or str(Path(args.adapter or args.model) / "eval_results.jsonl"), "--output",
                          "eval_results.jsonl", inputs=[*args.data, args.model, args.adapter])
-    for name, flag in ((args.model, "--model"), (args.adapter, "--adapter")):
-        check_not_being_written(name, flag)
-        if name:
-            check_local_model(name, flag)
-    model_args = ModelArguments(model_name_or_path=args.model, torch_dtype="auto")
-    config = AutoConfig.from_pretrained(args.model)
-    diffusion = is_diffusion_config(config)
-    decoding_options(args, diffusion=diffusion)  # a causal model refuses --steps, --remasking, ...
-    model = load_diffusion_model(model_args) if diffusion else load_model(model_args, what="--model")
-    source, flag = (args.adapter, "--adapter") if args.adapter else (args.model, "--model")
-    tokenizer = tokenizer_at(source, flag)
-    if tokenizer.chat_template:  # the one that will render the prompts
-        check_template(tokenizer, f"the tokenizer of {flag} {source}")
-    check_vocabulary(model, tokenizer, f"--model {args.model}")
-    if args.adapter:
-        model = load_adapter(model, args.adapter)
+    loaded = load_evaluated(args.model, args.adapter,  # a causal model refuses --steps, ... before its weights load
+                            check_kind=lambda diffusion: decoding_options(args, diffusion=diffusion))
     replies_of = None
-    if diffusion:  # a masked-diffusion LM replies through the sampler, with the decoding flags
+    if loaded.diffusion:  # a masked-diffusion LM replies through the sampler, with the decoding flags
         replies_of = partial(
-            sample_replies, model, tokenizer, mask_token_id=resolve_mask_token_id(None, config, tokenizer),
-            options=options, batch_size=args.batch_size,
-            shift_logits=bool(getattr(config, "diffusion_shift_logits", False)),
+            sample_replies, loaded.model, loaded.tokenizer, mask_token_id=loaded.mask_token_id,
+            options=options, batch_size=args.batch_size, shift_logits=loaded.shift_logits,
         )  # fmt: skip
     report = evaluate_records(
-        model, tokenizer, conversations, extractor=args.extractor, replies_of=replies_of,
+        loaded.model, loaded.tokenizer, conversations, extractor=args.extractor, replies_of=replies_of,
         max_new_tokens=options.max_new_tokens, min_new_tokens=options.min_new_tokens,
         temperature=options.temperature, batch_size=args.batch_size,
     )  # fmt: skip
     report.write_jsonl(output)
     print(f"{report.summary()}; per-record results: {output}")
+    return 0
+
+
+def _run_lm_eval(args: argparse.Namespace) -> int:
+    """lm-eval's tasks on the model (and adapter); its results table printed, its results JSON written. The
+    diffusion decoding flags given (--steps, --remasking, ...) reach a diffusion model's generate_until; a task's
+    own generation_kwargs set max_new_tokens (max_gen_toks) and temperature."""
+    from dftune.harness.run import require_lm_eval, run_lm_eval, summary, write_results
+    from dftune.outputs import output_file
+
+    require_lm_eval("--lm_eval_tasks")
+    options = decoding_options(args)
+    output = output_file(args.output or str(Path(args.adapter or args.model) / "lm_eval_results.json"), "--output",
+                         "lm_eval_results.json", inputs=[args.model, args.adapter, args.lm_eval_include_path])
+    results = run_lm_eval(args.model, args.adapter, args.lm_eval_tasks, include_path=args.lm_eval_include_path,
+                          limit=args.limit, num_fewshot=args.num_fewshot, batch_size=args.batch_size,
+                          model_args={key: getattr(options, key) for key in options.diffusion_keys_given()})
+    write_results(results, output)
+    print(f"{summary(results)}\nlm-eval results: {output}")
     return 0
 
 

@@ -1,6 +1,8 @@
 """The masked-diffusion sampler (LLaDA's reverse process): `dftune generate` and scripts decode diffusion LMs with
-it. Training them is stage dllm (`dftune.stages.dllm`); loading them is `dftune.models.loading`."""
+it; `elbo` estimates an answer's log-likelihood (lm-eval's loglikelihood requests). Training them is stage dllm
+(`dftune.stages.dllm`); loading them is `dftune.models.loading`."""
 
+from dftune.diffusion.likelihood import elbo
 from dftune.diffusion.sampler import (
     Decoded,
     decode,
@@ -12,5 +14,5 @@ from dftune.diffusion.sampler import (
 )
 
 __all__ = [
-    "Decoded", "decode", "decode_replies", "sample", "sample_replies", "transfer_schedule", "truncate_at_eos",
+    "Decoded", "decode", "elbo", "decode_replies", "sample", "sample_replies", "transfer_schedule", "truncate_at_eos",
 ]
