@@ -8,7 +8,7 @@ import re
 import typing
 from dataclasses import MISSING, fields
 
-from dftune.config.decoding_args import USED_BY, DecodingArguments
+from dftune.config.decoding_args import REMASKING, USED_BY, DecodingArguments
 from dftune.errors import DftuneError
 
 
@@ -30,14 +30,21 @@ def _help(text: str, default: object) -> str:
     return text.removeprefix(USED_BY).lstrip(",: ") + (f" Default: {default}." if default is not None else "")
 
 
+def _as_flags(message: str) -> str:
+    """`message` with each key written as its flag (`steps` -> `--steps`), but not `remasking` as a noun after one of
+    its values ("random remasking")."""
+    names = "|".join(f.name for f in fields(DecodingArguments))
+    noun = "".join(f"(?<!{value} )" for value in REMASKING)
+    return re.sub(rf"(?<![\w-]){noun}({names})\b", r"--\1", message)
+
+
 def decoding_options(args: argparse.Namespace, *, diffusion: bool = True) -> DecodingArguments:
     """The parsed decoding flags, checked (`DecodingArguments.__post_init__`); a user error names the flags (`--steps`, not `steps`). A causal
     model (`diffusion` false) refuses the diffusion-only ones rather than ignore them."""
     try:
         options = DecodingArguments(**{f.name: getattr(args, f.name) for f in fields(DecodingArguments)})
     except ValueError as err:
-        names = "|".join(f.name for f in fields(DecodingArguments))
-        raise DftuneError(re.sub(rf"(?<![\w-])({names})\b", r"--\1", str(err)) + " (see --help)") from None
+        raise DftuneError(_as_flags(str(err)) + " (see --help)") from None
     if not diffusion and (given := options.diffusion_keys_given()):
         raise DftuneError(f"--{' --'.join(given)}: only a masked-diffusion model uses these; this one is causal "
                           "(HF generate): leave them out")
