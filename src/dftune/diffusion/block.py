@@ -22,7 +22,8 @@ from dftune.errors import DftuneError
 
 BLOCK_FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "smollm3")
 """Decoder families whose transformers 5 forward passes a 4D `attention_mask` through as it is (masking_utils'
-`_preprocess_mask_arguments`), takes `position_ids` and selects positions with `logits_to_keep` (tests: llama, qwen2)."""
+`_preprocess_mask_arguments`), takes `position_ids` and selects positions with `logits_to_keep` (tests: llama,
+qwen2)."""
 MASK_ATTENTION = ("eager", "sdpa")
 """Attention implementations that apply an arbitrary 4D mask (flash-attention kernels take padding masks only)."""
 

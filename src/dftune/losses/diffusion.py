@@ -21,8 +21,8 @@ STAGE = "dllm"
 
 
 def elbo_weight(t: Tensor, row_weight: Tensor | None) -> Tensor:
-    """Each sample's loss weight ([B], or [B, T] per position): `row_weight`, or 1 / t in float64 (the collator draws t in float32, and its
-    reciprocal must not round at that precision)."""
+    """Each sample's loss weight ([B], or [B, T] per position): `row_weight`, or 1 / t in float64 (the collator
+    draws t in float32, and its reciprocal must not round at that precision)."""
     return 1.0 / t.double() if row_weight is None else row_weight
 
 
