@@ -165,3 +165,36 @@ def test_a_family_without_the_mask_is_refused(tmp_path):
     config = AutoConfig.for_model("bert", vocab_size=64, **LAYERS)
     with pytest.raises(DftuneError, match="diffusion_block_size.*bert"):
         make_trainer(AutoModelForMaskedLM.from_config(config), tmp_path, 4, fused=False, shift=False)
+
+
+@pytest.mark.slow
+def test_yaml_with_diffusion_block_size_trains(tmp_path):
+    """parse -> build_trainer -> train: the key reaches the collator (2 rows per sample) and the trainer's loss."""
+    from dftune.cli.main import main
+    from dftune.models.presets import init_model
+    from dftune.run import parse_config
+    from dftune.stages.dllm import build_trainer
+    from tests.stages.test_dllm_end_to_end import history, seed_003_yaml, write_records
+
+    dllm_dir = init_model("tiny-dllm", tmp_path / "tiny-dllm")
+    out = tmp_path / "blocks"
+    data = write_records(tmp_path / "train.json", 16)
+    config = seed_003_yaml(tmp_path, dllm_dir, data, out, extra=(
+        "stage: dllm\ndiffusion_block_size: 4\nmax_steps: 3\nlogging_steps: 1\nreport_to: none\nuse_cpu: true\n"
+        "save_strategy: 'no'\nfused_loss: 'true'\n"))  # fmt: skip
+    trainer = build_trainer(parse_config([config]), callbacks=[])
+    assert trainer.block_size == 4 and trainer.data_collator.block_size == 4 and trainer.fused_head is not None
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    assert batch["input_ids"].shape[0] == 4 and torch.equal(batch["clean_ids"][0], batch["clean_ids"][1])
+    assert main(["train", config]) == 0
+    logs = history(out)
+    assert len(logs) == 3 and all(e["loss"] > 0 and 0 <= e["token_accuracy"] <= 1 for e in logs)
+
+
+def test_cosine_schedule_with_blocks_is_a_parse_error(tmp_path, capsys):
+    from dftune.cli.main import main
+
+    code = main(["train", "--stage", "dllm", "--model_name_or_path", "m", "--data_files", "d.json",
+                 "--output_dir", str(tmp_path / "o"), "--diffusion_block_size", "4", "--noise_schedule", "cosine"])
+    err = capsys.readouterr().err
+    assert code == 2 and "diffusion_block_size" in err and "noise_schedule: linear" in err and "Traceback" not in err
