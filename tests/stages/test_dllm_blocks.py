@@ -4,6 +4,8 @@ attention implementations, shifted and unshifted logits); models whose attention
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -168,8 +170,9 @@ def test_a_family_without_the_mask_is_refused(tmp_path):
 
 
 @pytest.mark.slow
-def test_yaml_with_diffusion_block_size_trains(tmp_path):
-    """parse -> build_trainer -> train: the key reaches the collator (2 rows per sample) and the trainer's loss."""
+def test_yaml_with_diffusion_block_size_trains(tmp_path, capsys):
+    """parse -> build_trainer -> train: the key reaches the collator (2 rows per sample) and the trainer's loss; the
+    saved model records its block size, and `dftune generate` replies the same with and without the cache."""
     from dftune.cli.main import main
     from dftune.models.presets import init_model
     from dftune.run import parse_config
@@ -189,6 +192,12 @@ def test_yaml_with_diffusion_block_size_trains(tmp_path):
     assert main(["train", config]) == 0
     logs = history(out)
     assert len(logs) == 3 and all(e["loss"] > 0 and 0 <= e["token_accuracy"] <= 1 for e in logs)
+    assert json.loads((out / "config.json").read_text())["diffusion_block_size"] == 4  # decoding reads it
+    for cache in ("none", "prefix"):
+        assert main(["generate", "--model", str(out), "--prompt", "copy abc", "--max_new_tokens", "8",
+                     "--cache", cache]) == 0
+    replies = capsys.readouterr().out.splitlines()[-2:]
+    assert replies[0] == replies[1]
 
 
 def test_cosine_schedule_with_blocks_is_a_parse_error(tmp_path, capsys):
