@@ -13,6 +13,9 @@ position of the current block whose confidence passes it, and at least the most 
 is filled; the number of steps follows from the model's confidence (`decode` reports it). threshold 1.0 is
 one token per step for low_confidence and margin.
 
+A block-diffusion model (trained with `diffusion_block_size`) decodes its own blocks, each seeing only the finished
+ones before it, with or without their cached keys and values (`block_decoding.py`).
+
 The decoding keys and their checks are `dftune.config.decoding_args.DecodingArguments`, shared by `dftune
 generate`, `dftune eval` and stage dllm's evaluation samples.
 """
@@ -88,6 +91,8 @@ def decode(
     with EOS (what full decoding converges to after a trained model's EOS). The output is not truncated:
     see `truncate_at_eos`.
     shift_logits: the model predicts position i from position i - 1 (`model_logits`).
+    A model trained with `diffusion_block_size` (its config says so) decodes its training blocks block-causally,
+    `cache: prefix` keeping the finished blocks' keys and values (`block_decoding`); `cache` is refused otherwise.
     on_step: called with the current [B, P + max_new_tokens] ids after every step (tests, visualisation).
     """
     options = replace(options, **keys) if options is not None else DecodingArguments(**keys)
