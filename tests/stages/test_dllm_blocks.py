@@ -207,3 +207,16 @@ def test_cosine_schedule_with_blocks_is_a_parse_error(tmp_path, capsys):
                  "--output_dir", str(tmp_path / "o"), "--diffusion_block_size", "4", "--noise_schedule", "cosine"])
     err = capsys.readouterr().err
     assert code == 2 and "diffusion_block_size" in err and "noise_schedule: linear" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--cache", "prefix"], "cache: prefix decodes a block-diffusion model"),
+    (["--diffusion_block_size", "4", "--block_length", "8", "--max_new_tokens", "16"], "block_length 8"),
+])  # fmt: skip
+def test_decoding_keys_that_contradict_the_blocks_are_parse_errors(tmp_path, capsys, flags, message):
+    from dftune.cli.main import main
+
+    code = main(["train", "--stage", "dllm", "--model_name_or_path", "m", "--data_files", "d.json",
+                 "--output_dir", str(tmp_path / "o"), *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err

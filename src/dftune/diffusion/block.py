@@ -65,11 +65,9 @@ def training_mask(length: int, block_size: int, device: torch.device | None = No
 def attention_bias(allowed: Tensor, batch: int, implementation: str, dtype: torch.dtype) -> Tensor:
     """`allowed` [Q, K] as the 4D `attention_mask` [batch, 1, Q, K] the implementation applies as it is: bool for
     sdpa (True attends), additive float for eager (0 where allowed, the dtype's minimum elsewhere)."""
-    mask = allowed[None, None].expand(batch, 1, *allowed.shape)
-    if implementation == "sdpa":
-        return mask
-    zero = torch.zeros((), dtype=dtype, device=allowed.device)
-    return torch.where(mask, zero, torch.finfo(dtype).min)
+    if implementation != "sdpa":  # built once [Q, K], then a view per row: no [batch, Q, K] floats
+        allowed = torch.where(allowed, torch.zeros((), dtype=dtype, device=allowed.device), torch.finfo(dtype).min)
+    return allowed[None, None].expand(batch, 1, *allowed.shape)
 
 
 def prediction_positions(length: int, block_size: int, shift: bool, device: torch.device | None = None) -> Tensor:

@@ -190,8 +190,8 @@ def build_trainer(config: RunConfig, callbacks: list[TrainerCallback]) -> Diffus
     prepared = chat_data(config, tokenizer)
     model = trainable_model(config, diffusion=True)
     mask_token_id = resolve_mask_token_id(stage_args.mask_token_id, model.config, tokenizer)
-    if stage_args.diffusion_block_size is not None:  # saved with the model: its decoding uses the same blocks
-        model.config.diffusion_block_size = stage_args.diffusion_block_size
+    if stage_args.diffusion_block_size is not None or "diffusion_block_size" in model.config.to_dict():
+        model.config.diffusion_block_size = stage_args.diffusion_block_size  # saved: decoding uses these blocks
     shift_logits = stage_args.diffusion_shift_logits
     if shift_logits is None:
         shift_logits = bool(getattr(model.config, "diffusion_shift_logits", False))
