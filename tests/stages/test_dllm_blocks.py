@@ -44,7 +44,8 @@ def make_trainer(model, tmp_path, block_size: int, *, fused: bool, shift: bool) 
 def loop_reference(model, batch, block_size: int, shift: bool) -> torch.Tensor:
     """BD3-LM's loss block by block: for each row and block b, the model runs on [x_0 blocks < b, x_t block b]
     under an additive mask built by loops (clean position q sees clean blocks <= its own; the noisy block sees
-    everything before it and itself), and the masked tokens of block b add CE / t; the sum is divided by the answer tokens."""
+    everything before it and itself), and the masked tokens of block b add CE / t; the sum is divided by the answer
+    tokens."""
     rows, length = batch["input_ids"].shape
     total = torch.zeros((), dtype=torch.float64)
     for r in range(rows):
