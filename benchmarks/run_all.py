@@ -70,6 +70,17 @@ def bench(script: str, args: list[str], out: Path) -> dict:
     return json.loads(out.read_text())
 
 
+BLOCK_CACHE_SETUP = ["--prompt", "32", "--new", "64", "--block", "16", "--repeats", "1", "--hidden", "128",
+                     "--layers", "2"]
+"""Small enough for the shared 2-core CPU (about a minute for both modes)."""
+
+
+def block_cache_table(result: dict) -> str:
+    rate = result["tokens_per_s"]
+    return ("| cache | tokens/s |\n|---|---|\n" + f"| `none` | {rate['none']:.1f} |\n"
+            + f"| `prefix` | {rate['prefix']:.1f} ({result['speedup']:.1f}x, same tokens: {result['same_tokens']}) |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -84,8 +95,11 @@ def main() -> None:
                            Path(tmp) / "throughput.json")
         preprocess = bench("bench_preprocess", ["--long"], Path(tmp) / "preprocess.json")
         startup = bench("bench_startup", [], Path(tmp) / "startup.json")
+        block_cache = bench("bench_block_cache", ["--device", args.device, *BLOCK_CACHE_SETUP],
+                            Path(tmp) / "block_cache.json")
     results = {"loss_head": head, "objective_heads": objectives, "reference_memory": reference,
-               "throughput": throughput, "preprocess": preprocess, "startup": startup, "started": started}
+               "throughput": throughput, "preprocess": preprocess, "startup": startup, "block_cache": block_cache,
+               "started": started}
     (ROOT / "benchmarks" / "results.json").write_text(json.dumps(results, indent=1))
     machine = f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
     skipped = "".join(f"\n- skipped: {line}" for line in head["skipped"])
@@ -141,6 +155,13 @@ torch nor transformers (a test checks it); `train --help` lists TrainingArgument
 imports transformers, torch and the stage modules (TRL, datasets and peft with them).
 
 {startup['table']}
+
+## 7. Block-diffusion decoding with and without the prefix cache ({block_cache['device']}, one run)
+
+`benchmarks/bench_block_cache.py {' '.join(BLOCK_CACHE_SETUP)}`: a random bidirectional Llama trained-as-if with
+`diffusion_block_size`, one token per step; `cache: prefix` runs only the current block per step.
+
+{block_cache_table(block_cache)}
 
 ## GPU
 

@@ -57,3 +57,32 @@ def test_shifted_logits_match_a_loop_reference():
     torch.testing.assert_close(fused.loss, expected, rtol=1e-12, atol=0)
     for got, want in zip(torch.autograd.grad(fused.loss, (hidden, weight)), torch.autograd.grad(expected, (hidden, weight))):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("shift", [False, True])
+def test_a_ratio_per_position_weighs_each_target_by_its_own(shift):
+    """Block diffusion's t [B, T] (one ratio per block): each masked label i adds CE / t[b, i], its own position's
+    ratio (also when the logits are shifted: the weight moves with the label). Fused and unfused equal the loop."""
+    from dftune.losses import diffusion_objective, fused_diffusion_objective
+
+    gen = torch.Generator().manual_seed(2)
+    hidden = torch.randn(3, 10, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(11, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 11, (3, 10), generator=gen).masked_fill(torch.rand(3, 10, generator=gen) < 0.4, -100)
+    labels[:, :2] = -100
+    t = (0.1 + 0.8 * torch.rand(3, 5, generator=gen, dtype=torch.float64)).repeat_interleave(2, dim=1)  # blocks of 2
+    logits = hidden @ weight.T
+    expected = sum(
+        -torch.log_softmax(logits[b, i - shift], dim=-1)[labels[b, i]] / t[b, i]
+        for b in range(3) for i in range(10) if labels[b, i] != -100
+    ) / 17  # fmt: skip
+    out = diffusion_objective("sft", logits, labels, t, num_answer_tokens=17, shift=shift)
+    torch.testing.assert_close(out.loss, expected, rtol=1e-12, atol=0)
+    fused = fused_diffusion_objective("sft", hidden, weight, labels, t, num_answer_tokens=17, shift=shift,
+                                      row_weight=1.0 / t, chunk_size=4)  # fmt: skip
+    torch.testing.assert_close(fused.loss, expected, rtol=1e-12, atol=0)
+    wanted = torch.autograd.grad(expected, (hidden, weight), retain_graph=True)
+    for got, want in zip(torch.autograd.grad(out.loss, (hidden, weight), retain_graph=True), wanted):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-13)
+    for got, want in zip(torch.autograd.grad(fused.loss, (hidden, weight)), wanted):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-13)

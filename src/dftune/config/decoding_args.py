@@ -10,6 +10,7 @@ from typing import ClassVar, Literal, get_args
 from dftune.numbers import Range, out_of_range
 
 Remasking = Literal["low_confidence", "random", "margin", "entropy"]
+Cache = Literal["none", "prefix"]
 REMASKING: tuple[str, ...] = get_args(Remasking)
 USED_BY = "decoding (generate, eval, stage dllm's eval samples)"
 
@@ -22,7 +23,9 @@ class DecodingArguments:
         "max_new_tokens": Range(1), "min_new_tokens": Range(0), "steps": Range(1), "block_length": Range(1),
         "temperature": Range(0), "threshold": Range(0, low_open=True), "cfg_scale": Range(0),
     }
-    diffusion_only: ClassVar[tuple[str, ...]] = ("steps", "block_length", "remasking", "threshold", "cfg_scale")
+    diffusion_only: ClassVar[tuple[str, ...]] = (
+        "steps", "block_length", "remasking", "threshold", "cfg_scale", "cache",
+    )
 
     max_new_tokens: int = field(default=64, metadata={"help": f"{USED_BY}: tokens generated after the prompt."})
     min_new_tokens: int = field(
@@ -61,12 +64,21 @@ class DecodingArguments:
                   "with u the logits given a masked prompt (LLaDA); 0 is off."},
     )
 
+    cache: Cache = field(
+        default="none",
+        metadata={"help": f"{USED_BY}, diffusion: none recomputes every position each step; prefix keeps the keys "
+                  "and values of the finished blocks (past_key_values) and runs only the current block: for a "
+                  "block-diffusion model (trained with diffusion_block_size), the same tokens, faster."},
+    )
+
     def __post_init__(self) -> None:
         for f in fields(DecodingArguments):
             if error := out_of_range(f.name, getattr(self, f.name), DecodingArguments.ranges):
                 raise error
         if self.remasking not in REMASKING:
             raise ValueError(f"remasking must be one of {', '.join(REMASKING)}, got {self.remasking!r}")
+        if self.cache not in get_args(Cache):
+            raise ValueError(f"cache must be one of {', '.join(get_args(Cache))}, got {self.cache!r}")
         if self.min_new_tokens > self.max_new_tokens:
             raise ValueError(f"min_new_tokens {self.min_new_tokens} is above max_new_tokens {self.max_new_tokens}")
         if self.max_new_tokens % self.block_length_or_all():

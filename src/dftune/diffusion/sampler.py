@@ -13,6 +13,9 @@ position of the current block whose confidence passes it, and at least the most 
 is filled; the number of steps follows from the model's confidence (`decode` reports it). threshold 1.0 is
 one token per step for low_confidence and margin.
 
+A block-diffusion model (trained with `diffusion_block_size`) decodes its own blocks, each seeing only the finished
+ones before it, with or without their cached keys and values (`block_decoding.py`).
+
 The decoding keys and their checks are `dftune.config.decoding_args.DecodingArguments`, shared by `dftune
 generate`, `dftune eval` and stage dllm's evaluation samples.
 """
@@ -28,7 +31,9 @@ from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
 from dftune.config.decoding_args import DecodingArguments
+from dftune.diffusion.block_decoding import BlockDecoder, answer_blocks, model_block_size
 from dftune.diffusion.remasking import confidence, cutoff
+from dftune.errors import DftuneError
 
 
 def transfer_schedule(num_masked: Tensor, steps: int) -> Tensor:
@@ -86,42 +91,51 @@ def decode(
     with EOS (what full decoding converges to after a trained model's EOS). The output is not truncated:
     see `truncate_at_eos`.
     shift_logits: the model predicts position i from position i - 1 (`model_logits`).
+    A model trained with `diffusion_block_size` (its config says so) decodes its training blocks block-causally,
+    `cache: prefix` keeping the finished blocks' keys and values (`block_decoding`); `cache` is refused otherwise.
     on_step: called with the current [B, P + max_new_tokens] ids after every step (tests, visualisation).
     """
     options = replace(options, **keys) if options is not None else DecodingArguments(**keys)
     eos = torch.as_tensor([] if eos_token_id is None else eos_token_id, device=prompt_ids.device).flatten().long()
     if options.min_new_tokens and not eos.numel():
         raise ValueError("min_new_tokens needs an eos_token_id: the token it holds back")
-    block_length, threshold = options.block_length_or_all(), options.threshold
+    threshold, block_size = options.threshold, model_block_size(model)
+    batch, prompt_length = prompt_ids.shape
+    total = prompt_length + options.max_new_tokens
+    blocks, steps_per_block = _blocks(options, prompt_length, total, block_size)
+    blockwise = None if block_size is None else BlockDecoder(model, block_size, options.cache == "prefix",
+                                                             shift_logits)  # fmt: skip
 
     was_training = getattr(model, "training", False)
     if isinstance(model, nn.Module):
         model.eval()
-    batch, prompt_length = prompt_ids.shape
-    x = torch.full((batch, prompt_length + options.max_new_tokens), mask_token_id, dtype=torch.long,
-                   device=prompt_ids.device)  # fmt: skip
+    x = torch.full((batch, total), mask_token_id, dtype=torch.long, device=prompt_ids.device)
     x[:, :prompt_length] = prompt_ids
-    no_eos = slice(prompt_length, prompt_length + options.min_new_tokens)
     taken = 0
     try:
-        for block in range(options.num_blocks()):
-            start, end = prompt_length + block * block_length, prompt_length + (block + 1) * block_length
-            schedule = transfer_schedule((x[:, start:end] == mask_token_id).sum(1), options.steps_per_block())
+        for start, end in blocks:
+            # The logits cover [lo, end): the current block for a block-diffusion model, else the whole row.
+            lo = 0 if blockwise is None else start
+            forward = None if blockwise is None else (lambda rows: blockwise.logits(rows, start, end))  # noqa: B023
+            no_eos = slice(max(prompt_length - lo, 0), max(prompt_length + options.min_new_tokens - lo, 0))
+            masks = (x[:, start:end] == mask_token_id).sum(1)  # a block-diffusion block: at most a step per mask
+            steps = steps_per_block if blockwise is None else min(steps_per_block, max(int(masks.max()), 1))
+            schedule = transfer_schedule(masks, steps)
             step = 0  # schedule: [B, steps per block]
             while (x[:, start:end] == mask_token_id).any() if threshold is not None else step < schedule.shape[1]:
-                masked = x == mask_token_id  # [B, L]
-                logits = guided_logits(model, x, prompt_length, mask_token_id, options.cfg_scale, shift_logits)
-                logits = logits.float()
+                masked = x[:, lo:] == mask_token_id  # [B, L - lo]
+                logits = guided_logits(model, x, prompt_length, mask_token_id, options.cfg_scale, shift_logits,
+                                       forward=forward).float()  # fmt: skip
                 logits[..., mask_token_id] = -torch.inf  # a prediction must be a real token
                 logits[:, no_eos, eos] = -torch.inf  # min_new_tokens: no EOS there
-                x0 = _pick(logits, options.temperature, generator)  # [B, L]
-                score = confidence(logits, x0, options.remasking, generator)  # [B, L]
-                score[:, end:] = -torch.inf  # later blocks wait for their turn
-                score = score.masked_fill(~masked, -torch.inf)  # unmasked tokens stay as they are
+                x0 = _pick(logits, options.temperature, generator)  # [B, end - lo] or [B, L]
+                score = confidence(logits, x0, options.remasking, generator)
+                score[:, end - lo :] = -torch.inf  # later blocks wait for their turn
+                score = score.masked_fill(~masked[:, : score.shape[1]], -torch.inf)  # unmasked tokens stay
                 bar = None if threshold is None else cutoff(options.remasking, threshold)
                 for row in range(batch):
                     keep = _kept(score[row], bar, None if bar is not None else int(schedule[row, step]))
-                    x[row, keep] = x0[row, keep]
+                    x[row, keep + lo] = x0[row, keep]
                 step += 1
                 if on_step is not None:
                     on_step(x.clone())
@@ -134,6 +148,25 @@ def decode(
         if isinstance(model, nn.Module):
             model.train(was_training)
     return Decoded(x[:, prompt_length:], taken)
+
+
+def _blocks(options: DecodingArguments, prompt_length: int, total: int,
+            block_size: int | None) -> tuple[list[tuple[int, int]], int]:  # fmt: skip
+    """The blocks [(start, end)] filled in turn and the steps of a full one. A block-diffusion model decodes its
+    training blocks (`answer_blocks`), `steps` per token as given (steps * block_size / max_new_tokens per block,
+    at least 1); any other, `block_length` blocks after the prompt, `steps_per_block` each."""
+    if block_size is None:
+        if options.cache != "none":
+            raise DftuneError(f"cache: {options.cache} keeps the finished blocks of a block-diffusion model (one "
+                             "trained with diffusion_block_size); this model attends to the whole row: cache: none")
+        length = options.block_length_or_all()
+        starts = range(prompt_length, total, length)
+        return [(start, start + length) for start in starts], options.steps_per_block()
+    if options.block_length is not None and options.block_length != block_size:
+        raise DftuneError(f"block_length {options.block_length}: a block-diffusion model decodes the blocks it was "
+                         f"trained on (diffusion_block_size {block_size}); leave block_length out")
+    steps = options.steps or options.max_new_tokens
+    return answer_blocks(prompt_length, total, block_size), max(1, steps * block_size // options.max_new_tokens)
 
 
 def _kept(confidence: Tensor, threshold: float | None, k: int | None) -> Tensor:
@@ -162,16 +195,19 @@ def truncate_at_eos(ids: Sequence[int], eos_token_id: int | Sequence[int] | None
 
 
 def guided_logits(
-    model: nn.Module, x: Tensor, prompt_length: int, mask_token_id: int, cfg_scale: float, shift: bool = False
+    model: nn.Module, x: Tensor, prompt_length: int, mask_token_id: int, cfg_scale: float, shift: bool = False,
+    forward: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """[B, L, V] logits of `x` [B, L]; with `cfg_scale` > 0, classifier-free guidance in LLaDA's form (Appendix
     B.3, Eq. 16): u + (cfg_scale + 1) * (c - u), c = the logits of `x`, u = those of `x` with its first
-    `prompt_length` tokens (the prompt) replaced by the mask token, both from one batch of 2B rows."""
+    `prompt_length` tokens (the prompt) replaced by the mask token, both from one batch of 2B rows. `forward`:
+    rows -> their logits, in place of `model_logits` (a block-diffusion model's current block: [B, block, V])."""
+    forward = forward or (lambda rows: model_logits(model, rows, shift))
     if cfg_scale <= 0.0:
-        return model_logits(model, x, shift)
+        return forward(x)
     unconditional = x.clone()
     unconditional[:, :prompt_length] = mask_token_id
-    both = model_logits(model, torch.cat([x, unconditional]), shift)  # [2B, L, V]
+    both = forward(torch.cat([x, unconditional]))  # [2B, L, V]
     cond, uncond = both.chunk(2)
     return uncond + (cfg_scale + 1.0) * (cond - uncond)
 

@@ -151,6 +151,18 @@ def token_metrics(stats: TokenStats) -> dict[str, Tensor | float]:
     return metrics
 
 
+def target_scale(scale: Tensor, index: Tensor, labels: Tensor, shift: bool) -> Tensor:
+    """[N] each valid target's scale (stage dllm's ELBO weight), detached: `scale` [B] per row, or [B, T] per label
+    position (block diffusion: per block). `index` [N] is the targets' flat positions in the (shifted, when `shift`)
+    targets [B, T], where target t is labels[:, t + 1]: a per-position scale moves with its label."""
+    scale = scale.detach()
+    if scale.ndim == 1:
+        return scale[index // labels.shape[1]]
+    if scale.shape != labels.shape:
+        raise ValueError(f"a per-token scale {tuple(scale.shape)} must match labels {tuple(labels.shape)}")
+    return (F.pad(scale[:, 1:], (0, 1)) if shift else scale).flatten()[index]
+
+
 def weighted_ce(stats: TokenStats, coefficients: Tensor) -> Tensor:
     """sum_i c_i * CE_i, with the coefficients [N] detached: the gradient flows through CE only."""
     return (coefficients.detach().to(stats.ce.dtype) * stats.ce).sum()

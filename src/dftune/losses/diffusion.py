@@ -21,8 +21,8 @@ STAGE = "dllm"
 
 
 def elbo_weight(t: Tensor, row_weight: Tensor | None) -> Tensor:
-    """Each sample's loss weight: `row_weight`, or 1 / t in float64 (the collator draws t in float32, and its
-    reciprocal must not round at that precision)."""
+    """Each sample's loss weight ([B], or [B, T] per position): `row_weight`, or 1 / t in float64 (the collator
+    draws t in float32, and its reciprocal must not round at that precision)."""
     return 1.0 / t.double() if row_weight is None else row_weight
 
 
@@ -49,7 +49,8 @@ def diffusion_objective(
     accumulation steps and processes, like `num_items_in_batch`). `shift`: a model turned from an autoregressive
     one (Dream-style) predicts the token at position i from position i - 1: targets are then labels[:, 1:] against
     logits[:, :-1], as for causal LMs. `row_weight` [B]: the noise schedule's ELBO weight of each sample in place
-    of 1 / t (`stages.dllm.mask_ratio_and_weight`).
+    of 1 / t (`stages.dllm.mask_ratio_and_weight`); t and `row_weight` may be [B, T], one per position (block
+    diffusion gives each block its own t: `stages.dllm_blocks`).
     """
     objective = check_stage(name)
     return objective_loss(objective, logits, labels, count=num_answer_tokens, shift=shift,

@@ -26,7 +26,9 @@ from torch import Tensor
 from dftune.errors import DftuneError
 from dftune.losses.chunks import Chunks, FusedLinearObjective, LogitTransform, Reference, chunked_statistics
 from dftune.losses.contract import REF_LOGP, SEGMENTS, Objective, Statistics, Weights
-from dftune.losses.core import IGNORE_INDEX, Count, at_targets, LossOutput, TokenStats, shift_labels, token_metrics
+from dftune.losses.core import (
+    IGNORE_INDEX, Count, LossOutput, TokenStats, at_targets, shift_labels, target_scale, token_metrics,
+)
 from dftune.losses.registry import get_objective
 from dftune.losses.statistics import row_statistics, row_statistics_of, sample_segments
 from dftune.losses.unfused import check_reference, check_sample_ids, objective_metrics
@@ -100,7 +102,8 @@ def fused_linear_loss(
       reference's too); then the equality holds with ``logit_transform(hidden @ weight.T)`` as the logits.
     - shift, row_scale: as `unfused.objective_loss` takes them: stage dllm passes ``shift=False`` (position i
       predicts labels[:, i]) and ``row_scale = 1 / t`` (each sample's coefficients times the inverse of its mask
-      ratio), so that this equals `diffusion_objective` on ``hidden @ weight.T``.
+      ratio; [B, T] per position with diffusion_block_size), so that this equals `diffusion_objective` on
+      ``hidden @ weight.T``.
     - chunk_size: valid target tokens per chunk; default by device and free memory (`default_chunk_size`).
     - dtype: the logits of a chunk are computed in the inputs' dtype (`hidden` is cast to `weight`'s) and
       upcast to float32 (float64 stays float64); CE, softmax, the loss and the weight gradient accumulate in
@@ -156,12 +159,12 @@ def fused_linear_loss(
         return spec.weigh(stats, num_items, **settings)
 
     # Each target's share of its row's scale (stage dllm: 1 / t), applied to the coefficients of the loss only.
-    target_scale = None if row_scale is None else row_scale.detach()[index // labels.shape[1]]
+    scale_of_target = None if row_scale is None else target_scale(row_scale, index, labels, shift)
 
     def scaled(weights: Weights, part: slice = slice(None)) -> Weights:
-        if target_scale is None:
+        if scale_of_target is None:
             return weights
-        factor = target_scale[part].to(weights.coefficients.dtype)
+        factor = scale_of_target[part].to(weights.coefficients.dtype)
         return dataclasses.replace(weights, coefficients=weights.coefficients * factor)
 
     chunks = Chunks(rows, weight, chunk_size, list(wanted), reference, logit_transform)

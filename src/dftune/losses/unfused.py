@@ -15,7 +15,9 @@ from torch import Tensor
 
 from dftune.errors import DftuneError
 from dftune.losses.contract import REF_KL, REF_LOGP, SEGMENTS, Objective, Statistics, Weights
-from dftune.losses.core import Count, at_targets, LossOutput, shift_labels, token_metrics, token_stats, weighted_ce
+from dftune.losses.core import (
+    Count, LossOutput, at_targets, shift_labels, target_scale, token_metrics, token_stats, weighted_ce,
+)
 from dftune.losses.statistics import row_statistics, row_statistics_of, sample_segments
 
 
@@ -80,6 +82,7 @@ def objective_loss(
         loss = sum(c_i * row_scale[b_i] * ce_i)  (+ sum(d_i * KL_i) for an objective with a distribution term)
 
     `count` is the normaliser (global across accumulation steps and processes); None: this call's own.
+    `row_scale`: [B] (b_i the row of target i), or [B, T] per label position (then row_scale[b_i, t_i]).
     `ref_logits` [B, T, V]: a reference model's logits, for objectives that need `REF_KL` or `REF_LOGP`.
     `ref_logps` [B, T]: instead, for an objective whose reference is only `REF_LOGP` of the starting model
     (`Objective.precomputable`), ``log_softmax(ref_logits[b, t - 1])[labels[b, t]]`` aligned with the labels
@@ -104,7 +107,7 @@ def objective_loss(
     metrics, sample_metrics = objective_metrics(objective, weights, count, ce.numel(), num_samples)
     coefficients = weights.coefficients
     if row_scale is not None:
-        coefficients = coefficients * row_scale.detach().to(coefficients.dtype)[stats.index // labels.shape[1]]
+        coefficients = coefficients * target_scale(row_scale, stats.index, labels, shift).to(coefficients.dtype)
     loss = weighted_ce(stats, coefficients)
     if weights.kl_coefficients is not None:
         loss = loss + (weights.kl_coefficients.detach().to(stats.kl.dtype) * stats.kl).sum()

@@ -11,6 +11,8 @@ non-answer token) to a noised batch:
 - per sample, t = (1 - eps) * u + eps with u ~ U(0, 1); each answer token is replaced by the mask token with
   probability t; prompt tokens (and earlier user turns of a multi-turn record) are never masked;
 - no attention_mask: every position attends to the whole row, padding included.
+- with `diffusion_block_size`, block diffusion instead (BD3-LM): a ratio per block, two complementary copies per
+  sample, the model fed [x_t, x_0] under a block-causal mask (`dllm_blocks`).
 
 Batch out: input_ids [B, L] (noised), labels [B, L] (the original token where masked, else -100),
 t [B] (float32), answer_mask [B, L] (bool; its sum is the loss's normaliser).
@@ -42,6 +44,7 @@ from transformers import TrainerCallback
 
 from dftune.config.parse import RunConfig
 from dftune.data.encode import IGNORE_INDEX
+from dftune.diffusion.block import check_block_model
 from dftune.losses import diffusion_objective, fused_diffusion_objective
 from dftune.models.loading import resolve_mask_token_id
 from dftune.runtime.objective_trainer import ObjectiveTrainer
@@ -51,6 +54,7 @@ from dftune.stages.common import (
     objective_trainer_kwargs,
     trainable_model,
 )
+from dftune.stages.dllm_blocks import block_model_inputs, complementary_block_noise
 from dftune.stages.dllm_samples import EvalSamples
 from dftune.stages.keys import DllmArguments
 
@@ -82,6 +86,8 @@ class DiffusionCollator:
     generator: torch.Generator | None = None
     """Random source for t and the masks (tests pass a seeded one; training uses torch's global RNG,
     which the Trainer seeds)."""
+    block_size: int | None = None
+    """`diffusion_block_size`: two complementary copies per sample, a ratio per block (`dllm_blocks`)."""
 
     def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         rows = [self._trim(feature) for feature in features]
@@ -91,6 +97,9 @@ class DiffusionCollator:
         for row, (ids, answer) in enumerate(rows):
             input_ids[row, : len(ids)] = ids
             answer_mask[row, : len(ids)] = answer
+        if self.block_size is not None:
+            return complementary_block_noise(input_ids, answer_mask, block_size=self.block_size, eps=self.eps,
+                                             mask_token_id=self.mask_token_id, generator=self.generator)
         t, weight = mask_ratio_and_weight(self.sample_t(len(rows)), self.noise_schedule)
         u = torch.rand(input_ids.shape, generator=self.generator)  # [B, L]
         masked = (u < t[:, None]) & answer_mask
@@ -122,10 +131,14 @@ class DiffusionTrainer(ObjectiveTrainer):
     `objective_kwargs` (dft: `alpha`)."""
 
     def __init__(self, *args: Any, objective: str, objective_kwargs: dict[str, Any] | None = None,
-                 fused_loss: str = "false", shift_logits: bool = False, **kwargs: Any) -> None:  # fmt: skip
+                 fused_loss: str = "false", shift_logits: bool = False, block_size: int | None = None,
+                 **kwargs: Any) -> None:  # fmt: skip
         super().__init__(*args, objective=objective, objective_kwargs=dict(objective_kwargs or {}),
                          fused_loss=fused_loss, **kwargs)  # fmt: skip
         self.shift_logits = shift_logits
+        self.block_size = block_size
+        if block_size is not None:
+            check_block_model(self.model.config)
         # The collator needs labels, which remote-code models (LLaDA) do not take in forward: keep the columns.
         self._signature_columns = ["input_ids", "labels"]
 
@@ -142,19 +155,25 @@ class DiffusionTrainer(ObjectiveTrainer):
     ):
         labels, t, answer_mask = inputs["labels"], inputs["t"], inputs["answer_mask"]
         row_weight = inputs.get("loss_weight")  # the schedule's ELBO weight (1 / t when linear)
+        model_inputs, shift = {"input_ids": inputs["input_ids"]}, self.shift_logits
+        if self.block_size is not None:  # [x_t, x_0], block-causal; outputs already aligned with the labels
+            model_inputs, labels = block_model_inputs(inputs, block_size=self.block_size, shift=shift,
+                                                      attention=self.model.config._attn_implementation,
+                                                      dtype=self.model.dtype)  # fmt: skip
+            shift = False
         # Training: the global count from get_batch_samples. Evaluation: this batch's count, and the window
         # weighs each batch's loss by it, which gives the exact mean over the eval set.
         local_count = answer_mask.sum()
         count = num_items_in_batch if model.training and num_items_in_batch is not None else local_count
-        common = dict(num_answer_tokens=count, shift=self.shift_logits, row_weight=row_weight,
+        common = dict(num_answer_tokens=count, shift=shift, row_weight=row_weight,
                       **self.spec.kwargs_at(self.objective_kwargs, self.state.global_step))  # fmt: skip
         if self.fused_head is not None and not (return_outputs and self.compute_metrics is not None):
-            out, outputs = self.fused_forward(model, {"input_ids": inputs["input_ids"]}, lambda hidden, head: (
+            out, outputs = self.fused_forward(model, model_inputs, lambda hidden, head: (
                 fused_diffusion_objective(self.objective, hidden, head.head.weight, labels, t,
                                           chunk_size=self.fused_chunk_size, logit_transform=head.transform, **common)
             )), {}  # fmt: skip
         else:
-            outputs = model(input_ids=inputs["input_ids"])
+            outputs = model(**model_inputs)
             out = diffusion_objective(self.objective, outputs.logits, labels, t, **common)
         global_count = num_items_in_batch if model.training else None
         loss = self.record(out, training=model.training, global_count=global_count, eval_weight=int(local_count))
@@ -171,14 +190,18 @@ def build_trainer(config: RunConfig, callbacks: list[TrainerCallback]) -> Diffus
     prepared = chat_data(config, tokenizer)
     model = trainable_model(config, diffusion=True)
     mask_token_id = resolve_mask_token_id(stage_args.mask_token_id, model.config, tokenizer)
+    if stage_args.diffusion_block_size is not None or "diffusion_block_size" in model.config.to_dict():
+        model.config.diffusion_block_size = stage_args.diffusion_block_size  # saved: decoding uses these blocks
     shift_logits = stage_args.diffusion_shift_logits
     if shift_logits is None:
         shift_logits = bool(getattr(model.config, "diffusion_shift_logits", False))
     trainer = DiffusionTrainer(
         model=model,
         data_collator=DiffusionCollator(mask_token_id, tokenizer.eos_token_id, eps=stage_args.diffusion_eps,
-                                        noise_schedule=stage_args.noise_schedule),
+                                        noise_schedule=stage_args.noise_schedule,
+                                        block_size=stage_args.diffusion_block_size),
         shift_logits=shift_logits,
+        block_size=stage_args.diffusion_block_size,
         **objective_trainer_kwargs(config, prepared, tokenizer, callbacks),
     )
     if prepared.eval is not None:

@@ -52,6 +52,7 @@ class DllmArguments(StageArguments, DecodingArguments):
     ranges: ClassVar[dict[str, Range]] = {
         **DecodingArguments.ranges,
         "diffusion_eps": Range(0, 1, low_open=True, high_open=True), "mask_token_id": Range(0),
+        "diffusion_block_size": Range(1),
     }
 
     diffusion_eps: float = field(
@@ -76,7 +77,29 @@ class DllmArguments(StageArguments, DecodingArguments):
                   "diffusion_shift_logits, else false (LLaDA: position i predicts token i)."},
     )
 
+    diffusion_block_size: int | None = field(
+        default=None,
+        metadata={"help": "stage dllm: block diffusion (BD3-LM): rows cut into blocks of this many tokens, each "
+                  "noised at its own ratio and denoised seeing the clean blocks before it (block-causal attention "
+                  "over [noisy, clean], two complementary masked copies per sample). Default: none, masked "
+                  "diffusion over the whole row."},
+    )
+
     def check(self, config: RunConfig) -> None:
+        if self.diffusion_block_size is not None and self.noise_schedule != "linear":
+            raise ValueError("diffusion_block_size trains two complementary copies at ratios t and 1 - t, equally "
+                             "likely only under noise_schedule: linear; remove noise_schedule: "
+                             f"{self.noise_schedule}")
+        if self.diffusion_block_size is None and self.cache != "none":
+            raise ValueError(f"cache: {self.cache} decodes a block-diffusion model: set diffusion_block_size, or "
+                             "remove cache")
+        if self.block_length not in (None, self.diffusion_block_size) and self.diffusion_block_size is not None:
+            raise ValueError(f"block_length {self.block_length}: the evaluation samples of a block-diffusion model "
+                             f"decode its own blocks (diffusion_block_size {self.diffusion_block_size}); remove "
+                             "block_length")
+        if self.diffusion_block_size is not None and self.diffusion_eps >= 0.5:
+            raise ValueError("diffusion_block_size draws block ratios on [diffusion_eps, 1 - diffusion_eps]: "
+                             f"diffusion_eps must be below 0.5, got {self.diffusion_eps}")
         loss = config.method.loss
         supported = [name for name, objective in OBJECTIVES.items() if "dllm" in objective.stages]
         if loss not in supported:
