@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 
 import torch
+import yaml
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from safetensors import SafetensorError
 from transformers import (
@@ -29,6 +30,7 @@ from transformers import (
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING
 
 from dftune.config.method_args import MethodArguments
+from dftune.config.parse import CONFIG_FILE_NAME
 from dftune.config.model_args import ModelArguments
 from dftune.errors import DftuneError
 from dftune.models.integrity import check_local_model, file_problem, looks_like_path
@@ -246,6 +248,23 @@ def load_adapter(model: PreTrainedModel, path: str, *, trainable: bool = False) 
         if problem:
             raise DftuneError(f"adapter {weights} {problem}; copy or save the adapter again")
     try:
-        return PeftModel.from_pretrained(model, path, is_trainable=trainable)
+        adapted = PeftModel.from_pretrained(model, path, is_trainable=trainable)
     except (OSError, SafetensorError) as err:
         raise DftuneError(f"cannot load the adapter in {path}: {err}") from None
+    if (block_size := trained_block_size(folder)) is not None:
+        model.config.diffusion_block_size = block_size  # decode the blocks the adapter was trained on
+    return adapted
+
+
+def trained_block_size(folder: Path) -> int | None:
+    """The `diffusion_block_size` of the run that saved the adapter in `folder` (its dftune_config.yaml): peft saves
+    no model config, so a LoRA block-diffusion run's blocks are known only from there."""
+    saved = folder / CONFIG_FILE_NAME
+    if not saved.is_file():
+        return None
+    try:
+        keys = yaml.safe_load(saved.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise DftuneError(f"cannot read {saved} ({err}); train the adapter again or delete the file") from None
+    value = keys.get("diffusion_block_size") if isinstance(keys, dict) else None
+    return None if value is None else int(value)
