@@ -61,7 +61,7 @@ def test_stage_dllm_trains_it_shifted_and_it_samples(converted, tmp_path, capsys
 
 def test_threshold_with_fixed_steps_is_a_clear_error(converted, capsys):
     code = main(["generate", "--model", str(converted), "--prompt", "x", "--threshold", "0.9", "--steps", "4"])
-    assert code == 2 and "give threshold or steps, not both" in capsys.readouterr().err
+    assert code == 2 and "give --threshold or --steps, not both" in capsys.readouterr().err
 
 
 def test_the_smollm2_example_config_parses():
