@@ -35,7 +35,8 @@ def check_block_model(config: object, key: str = "diffusion_block_size") -> None
     if family not in BLOCK_FAMILIES:
         raise DftuneError(f"{key}: this feeds the model a 4D attention mask (block-causal or a cache's), "
                           f"which dftune gives only to {', '.join(BLOCK_FAMILIES)} models; this model is a "
-                          f"{family}: remove {key}, or use one of those families (e.g. `dftune init-model --preset tiny-dllm`)")
+                          f"{family}: remove {key}, or use one of those families (e.g. `dftune init-model --preset "
+                          "tiny-dllm`)")
     implementation = getattr(config, "_attn_implementation", None)
     if implementation not in MASK_ATTENTION:
         raise DftuneError(f"{key}: attn_implementation {implementation} cannot apply a 4D mask as it is; "
