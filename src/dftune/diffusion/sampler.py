@@ -113,7 +113,7 @@ def decode(
     taken = 0
     try:
         for start, end in blocks:
-            # The logits cover [lo, end): the current block for a block-diffusion model, else the whole row.
+            # The logits cover [lo, end): the current block for a block-diffusion model or a cache, else the row.
             lo = 0 if cached is None else start
             forward = None if cached is None else (lambda rows: cached.logits(rows, start, end))  # noqa: B023
             no_eos = slice(max(prompt_length - lo, 0), max(prompt_length + options.min_new_tokens - lo, 0))
