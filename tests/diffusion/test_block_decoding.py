@@ -1,5 +1,5 @@
-"""Decoding a block-diffusion model block by block: `cache: prefix` gives the tokens of `cache: none` exactly (float64
-model), a block never sees the masks after it, and a full-attention model refuses the cache."""
+"""Decoding a block-diffusion model block by block: `cache: prefix` (and `dual`, the same there) gives the tokens of
+`cache: none` exactly (float64 model), a block never sees the masks after it, and a causal model refuses the cache."""
 
 from __future__ import annotations
 
@@ -40,14 +40,15 @@ def test_answer_blocks_are_the_training_blocks():
     {"temperature": 0.7},
 ])  # fmt: skip
 @pytest.mark.parametrize("shift", [False, True])
-def test_prefix_cache_gives_the_tokens_of_no_cache(block_model, keys, shift):
+@pytest.mark.parametrize("mode", ["prefix", "dual"])
+def test_prefix_cache_gives_the_tokens_of_no_cache(block_model, keys, shift, mode):
     runs = {}
-    for cache in ("none", "prefix"):
+    for cache in ("none", mode):
         steps: list[torch.Tensor] = []
         out = decode(block_model, PROMPT, mask_token_id=MASK_ID, max_new_tokens=10, cache=cache, shift_logits=shift,
                      eos_token_id=EOS, generator=torch.Generator().manual_seed(3), on_step=steps.append, **keys)
         runs[cache] = (out, torch.stack(steps))
-    (plain, plain_steps), (cached, cached_steps) = runs["none"], runs["prefix"]
+    (plain, plain_steps), (cached, cached_steps) = runs["none"], runs[mode]
     assert torch.equal(cached.ids, plain.ids) and cached.steps == plain.steps
     assert torch.equal(cached_steps, plain_steps)  # every intermediate state too
     assert not (plain.ids == MASK_ID).any()
@@ -68,10 +69,12 @@ def test_a_block_never_sees_the_blocks_after_it(block_model):
     assert not torch.equal(whole[:, :6], shorter)  # the contrast: full attention sees what follows
 
 
-def test_full_attention_model_refuses_the_cache(tiny_model_dir):
+@pytest.mark.parametrize("mode", ["prefix", "dual"])
+def test_a_causal_model_refuses_the_cache(tiny_model_dir, mode):
+    """A causal LM (tiny-llama) decoded as a diffusion LM: its cached steps would attend where its refresh did not."""
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    with pytest.raises(DftuneError, match="cache: prefix.*block-diffusion"):
-        decode(model, PROMPT, mask_token_id=MASK_ID, max_new_tokens=4, cache="prefix")
+    with pytest.raises(DftuneError, match=f"cache: {mode}: .*is_causal.*cache: none"):
+        decode(model, PROMPT, mask_token_id=MASK_ID, max_new_tokens=4, cache=mode)
 
 
 def test_block_length_must_be_the_models(block_model):

@@ -211,7 +211,6 @@ def test_cosine_schedule_with_blocks_is_a_parse_error(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--cache", "prefix"], "cache: prefix decodes a block-diffusion model"),
     (["--diffusion_block_size", "4", "--block_length", "8", "--max_new_tokens", "16"], "block_length 8"),
 ])  # fmt: skip
 def test_decoding_keys_that_contradict_the_blocks_are_parse_errors(tmp_path, capsys, flags, message):
@@ -221,3 +220,19 @@ def test_decoding_keys_that_contradict_the_blocks_are_parse_errors(tmp_path, cap
                  "--output_dir", str(tmp_path / "o"), *flags])
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_a_full_attention_run_takes_the_approximate_cache(tmp_path):
+    """Without diffusion_block_size, `cache: dual` is Fast-dLLM's approximate cache (no longer a parse error); the
+    model's fitness for it is checked when the trainer is built, before any step."""
+    from dftune.models.presets import init_model
+    from dftune.run import parse_config
+    from dftune.stages.dllm import build_trainer
+    from tests.stages.test_dllm_end_to_end import seed_003_yaml, write_records
+
+    dllm_dir = init_model("tiny-dllm", tmp_path / "tiny-dllm")
+    data = write_records(tmp_path / "train.json", 8)
+    extra = "stage: dllm\ncache: dual\nmax_steps: 1\nreport_to: none\nuse_cpu: true\nsave_strategy: 'no'\n"
+    config = seed_003_yaml(tmp_path, dllm_dir, data, tmp_path / "out", extra=extra)
+    trainer = build_trainer(parse_config([config]), callbacks=[])
+    assert trainer.block_size is None and trainer.model.config.is_causal is False

@@ -10,7 +10,7 @@ from typing import ClassVar, Literal, get_args
 from dftune.numbers import Range, out_of_range
 
 Remasking = Literal["low_confidence", "random", "margin", "entropy"]
-Cache = Literal["none", "prefix"]
+Cache = Literal["none", "prefix", "dual"]
 REMASKING: tuple[str, ...] = get_args(Remasking)
 USED_BY = "decoding (generate, eval, stage dllm's eval samples)"
 
@@ -66,9 +66,12 @@ class DecodingArguments:
 
     cache: Cache = field(
         default="none",
-        metadata={"help": f"{USED_BY}, diffusion: none recomputes every position each step; prefix keeps the keys "
-                  "and values of the finished blocks (past_key_values) and runs only the current block: for a "
-                  "block-diffusion model (trained with diffusion_block_size), the same tokens, faster."},
+        metadata={"help": f"{USED_BY}, diffusion: none recomputes every position each step. A block-diffusion model "
+                  "(trained with diffusion_block_size): prefix keeps the finished blocks' keys and values and runs "
+                  "only the current block, the same tokens faster; dual is prefix there (no later block is seen). "
+                  "A full-attention model: Fast-dLLM's approximate caches, refreshed at each block's first step "
+                  "(tokens may differ from none): prefix reuses the keys and values before the block, dual those "
+                  "after it too and runs the block alone."},
     )
 
     def __post_init__(self) -> None:

@@ -29,16 +29,18 @@ MASK_ATTENTION = ("eager", "sdpa")
 
 
 def check_block_model(config: object, key: str = "diffusion_block_size") -> None:
-    """A DftuneError naming `key` unless the model's attention takes the block-causal mask (no silent fallback)."""
+    """A DftuneError naming `key` unless the model's attention takes a 4D mask as it is (block diffusion's
+    block-causal one, the approximate cache's): no silent fallback."""
     family = getattr(config, "model_type", type(config).__name__)
     if family not in BLOCK_FAMILIES:
-        raise DftuneError(f"{key}: block diffusion feeds the model a block-causal 4D attention mask, which dftune "
-                          f"gives only to {', '.join(BLOCK_FAMILIES)} models; this model is a {family}: remove "
-                          f"{key}, or use one of those families (e.g. `dftune init-model --preset tiny-dllm`)")
+        raise DftuneError(f"{key}: this feeds the model a 4D attention mask (block-causal or a cache's), "
+                          f"which dftune gives only to {', '.join(BLOCK_FAMILIES)} models; this model is a "
+                          f"{family}: remove {key}, or use one of those families (e.g. `dftune init-model --preset "
+                          "tiny-dllm`)")
     implementation = getattr(config, "_attn_implementation", None)
     if implementation not in MASK_ATTENTION:
-        raise DftuneError(f"{key}: attn_implementation {implementation} cannot apply a block-causal mask; set "
-                          f"attn_implementation: sdpa (or eager)")
+        raise DftuneError(f"{key}: attn_implementation {implementation} cannot apply a 4D mask as it is; "
+                          "set attn_implementation: sdpa (or eager)")
 
 
 def block_of(length: int, block_size: int, device: torch.device | None = None) -> Tensor:

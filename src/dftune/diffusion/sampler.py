@@ -14,7 +14,9 @@ is filled; the number of steps follows from the model's confidence (`decode` rep
 one token per step for low_confidence and margin.
 
 A block-diffusion model (trained with `diffusion_block_size`) decodes its own blocks, each seeing only the finished
-ones before it, with or without their cached keys and values (`block_decoding.py`).
+ones before it, with or without their cached keys and values (`block_decoding.py`: exact). A full-attention model
+with `cache: prefix | dual` reuses keys and values computed at each block's first step (`approximate_cache.py`:
+Fast-dLLM's approximation).
 
 The decoding keys and their checks are `dftune.config.decoding_args.DecodingArguments`, shared by `dftune
 generate`, `dftune eval` and stage dllm's evaluation samples.
@@ -22,6 +24,8 @@ generate`, `dftune eval` and stage dllm's evaluation samples.
 
 from __future__ import annotations
 
+import functools
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -31,9 +35,12 @@ from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
 from dftune.config.decoding_args import DecodingArguments
+from dftune.diffusion.approximate_cache import ApproximateCache, check_full_attention_cache, model_logits
 from dftune.diffusion.block_decoding import BlockDecoder, answer_blocks, model_block_size
 from dftune.diffusion.remasking import confidence, cutoff
 from dftune.errors import DftuneError
+
+logger = logging.getLogger(__name__)
 
 
 def transfer_schedule(num_masked: Tensor, steps: int) -> Tensor:
@@ -42,14 +49,6 @@ def transfer_schedule(num_masked: Tensor, steps: int) -> Tensor:
     base = (num_masked // steps)[:, None].expand(-1, steps)  # [B, steps]
     extra = torch.arange(steps, device=num_masked.device)[None] < (num_masked % steps)[:, None]
     return base + extra.long()
-
-
-def model_logits(model: nn.Module, x: Tensor, shift: bool = False) -> Tensor:
-    """[B, L, V] logits of the whole row, bidirectional (no attention_mask: nothing is padding). `shift`: the model
-    predicts position i from position i - 1 (turned from an autoregressive one), so its logits move right by one
-    (position 0, always the prompt, keeps its own)."""
-    logits = model(input_ids=x).logits
-    return torch.cat([logits[:, :1], logits[:, :-1]], dim=1) if shift else logits
 
 
 @dataclass(frozen=True)
@@ -92,7 +91,8 @@ def decode(
     see `truncate_at_eos`.
     shift_logits: the model predicts position i from position i - 1 (`model_logits`).
     A model trained with `diffusion_block_size` (its config says so) decodes its training blocks block-causally,
-    `cache: prefix` keeping the finished blocks' keys and values (`block_decoding`); `cache` is refused otherwise.
+    `cache: prefix` (or `dual`, the same there) keeping the finished blocks' keys and values (`block_decoding`,
+    exact); a full-attention model's `cache: prefix | dual` is Fast-dLLM's approximate cache (`approximate_cache`).
     on_step: called with the current [B, P + max_new_tokens] ids after every step (tests, visualisation).
     """
     options = replace(options, **keys) if options is not None else DecodingArguments(**keys)
@@ -103,8 +103,7 @@ def decode(
     batch, prompt_length = prompt_ids.shape
     total = prompt_length + options.max_new_tokens
     blocks, steps_per_block = _blocks(options, prompt_length, total, block_size)
-    blockwise = None if block_size is None else BlockDecoder(model, block_size, options.cache == "prefix",
-                                                             shift_logits)  # fmt: skip
+    cached = _cached_logits(model, options.cache, block_size, shift_logits)
 
     was_training = getattr(model, "training", False)
     if isinstance(model, nn.Module):
@@ -114,12 +113,12 @@ def decode(
     taken = 0
     try:
         for start, end in blocks:
-            # The logits cover [lo, end): the current block for a block-diffusion model, else the whole row.
-            lo = 0 if blockwise is None else start
-            forward = None if blockwise is None else (lambda rows: blockwise.logits(rows, start, end))  # noqa: B023
+            # The logits cover [lo, end): the current block for a block-diffusion model or a cache, else the row.
+            lo = 0 if cached is None else start
+            forward = None if cached is None else (lambda rows: cached.logits(rows, start, end))  # noqa: B023
             no_eos = slice(max(prompt_length - lo, 0), max(prompt_length + options.min_new_tokens - lo, 0))
             masks = (x[:, start:end] == mask_token_id).sum(1)  # a block-diffusion block: at most a step per mask
-            steps = steps_per_block if blockwise is None else min(steps_per_block, max(int(masks.max()), 1))
+            steps = steps_per_block if block_size is None else min(steps_per_block, max(int(masks.max()), 1))
             schedule = transfer_schedule(masks, steps)
             step = 0  # schedule: [B, steps per block]
             while (x[:, start:end] == mask_token_id).any() if threshold is not None else step < schedule.shape[1]:
@@ -156,9 +155,6 @@ def _blocks(options: DecodingArguments, prompt_length: int, total: int,
     training blocks (`answer_blocks`), `steps` per token as given (steps * block_size / max_new_tokens per block,
     at least 1); any other, `block_length` blocks after the prompt, `steps_per_block` each."""
     if block_size is None:
-        if options.cache != "none":
-            raise DftuneError(f"cache: {options.cache} keeps the finished blocks of a block-diffusion model (one "
-                             "trained with diffusion_block_size); this model attends to the whole row: cache: none")
         length = options.block_length_or_all()
         starts = range(prompt_length, total, length)
         return [(start, start + length) for start in starts], options.steps_per_block()
@@ -167,6 +163,30 @@ def _blocks(options: DecodingArguments, prompt_length: int, total: int,
                          f"trained on (diffusion_block_size {block_size}); leave block_length out")
     steps = options.steps or options.max_new_tokens
     return answer_blocks(prompt_length, total, block_size), max(1, steps * block_size // options.max_new_tokens)
+
+
+def _cached_logits(model: nn.Module, cache: str, block_size: int | None,
+                   shift: bool) -> BlockDecoder | ApproximateCache | None:  # fmt: skip
+    """What computes a block's logits: a block-diffusion model's own blocks (`cache: dual` is `prefix` there: a block
+    never sees the blocks after it, so there is no suffix to cache), Fast-dLLM's approximate cache for a
+    full-attention model, or nothing (`model_logits` of the whole row, `cache: none` of a full-attention model)."""
+    if block_size is not None:
+        if cache == "dual":
+            _note_once("cache: dual on a block-diffusion model is cache: prefix (a block never sees the blocks after "
+                       "it): the same tokens as cache: none")
+        return BlockDecoder(model, block_size, cache != "none", shift)
+    if cache == "none":
+        return None
+    check_full_attention_cache(model, cache)
+    _note_once(f"cache: {cache} on a full-attention diffusion LM is Fast-dLLM's approximate cache (refreshed at each "
+               "block's first step): the tokens may differ from cache: none")
+    return ApproximateCache(model, cache == "dual", shift)
+
+
+@functools.cache
+def _note_once(message: str) -> None:
+    """One log line per process, not one per batch of `decode_replies`."""
+    logger.info(message)
 
 
 def _kept(confidence: Tensor, threshold: float | None, k: int | None) -> Tensor:

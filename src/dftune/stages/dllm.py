@@ -44,6 +44,7 @@ from transformers import TrainerCallback
 
 from dftune.config.parse import RunConfig
 from dftune.data.encode import IGNORE_INDEX
+from dftune.diffusion.approximate_cache import check_full_attention_cache
 from dftune.diffusion.block import check_block_model
 from dftune.losses import diffusion_objective, fused_diffusion_objective
 from dftune.models.loading import resolve_mask_token_id
@@ -204,6 +205,8 @@ def build_trainer(config: RunConfig, callbacks: list[TrainerCallback]) -> Diffus
         block_size=stage_args.diffusion_block_size,
         **objective_trainer_kwargs(config, prepared, tokenizer, callbacks),
     )
+    if stage_args.diffusion_block_size is None and stage_args.cache != "none":
+        check_full_attention_cache(model, stage_args.cache)  # the eval samples' cache fails now, not after training
     if prepared.eval is not None:
         samples = EvalSamples(tokenizer, mask_token_id, shift_logits=shift_logits, options=stage_args.decoding())
         trainer.add_callback(samples.attach(trainer))

@@ -90,9 +90,6 @@ class DllmArguments(StageArguments, DecodingArguments):
             raise ValueError("diffusion_block_size trains two complementary copies at ratios t and 1 - t, equally "
                              "likely only under noise_schedule: linear; remove noise_schedule: "
                              f"{self.noise_schedule}")
-        if self.diffusion_block_size is None and self.cache != "none":
-            raise ValueError(f"cache: {self.cache} decodes a block-diffusion model: set diffusion_block_size, or "
-                             "remove cache")
         if self.block_length not in (None, self.diffusion_block_size) and self.diffusion_block_size is not None:
             raise ValueError(f"block_length {self.block_length}: the evaluation samples of a block-diffusion model "
                              f"decode its own blocks (diffusion_block_size {self.diffusion_block_size}); remove "
