@@ -177,6 +177,16 @@ class Objective:
             return f"{self.name}'s reference is refreshed from the policy during training"
         return None
 
+    def not_shardable(self) -> str | None:
+        """Why its loss cannot be computed from sequence shards (`sequence_parallel_size` > 1), or None when it can:
+        each shard's sum_i c_i * CE_i over the global token count adds up to the whole sequence's loss only when c_i
+        depends on target i alone and no reference model runs beside the policy."""
+        if self.normalise_by == "samples" or SEGMENTS in self.needs or not self.per_token:
+            return f"{self.name} weighs whole samples (a statistic over every shard of a sequence)"
+        if self.needs_reference:
+            return f"{self.name} runs a reference model beside the policy, which sequence parallelism does not shard"
+        return None
+
     @property
     def count_keyword(self) -> str:
         """The public loss functions' keyword for the normaliser."""
@@ -209,12 +219,13 @@ class Objective:
             resolved[kwarg] = value
         return resolved
 
-    def local_count(self, labels: Tensor, sample_ids: Tensor | None = None) -> Tensor:
+    def local_count(self, labels: Tensor, sample_ids: Tensor | None = None, shift: bool = True) -> Tensor:
         """This micro-batch's share of the global count (0-d long tensor, on labels' device): target tokens, or
         samples (distinct `sample_ids` when packed). Summed over accumulation steps and processes it is the
-        `global_count` of `compute_objective` and `fused_linear_loss`."""
+        `global_count` of `compute_objective` and `fused_linear_loss`. `shift=False`: `labels` are the targets
+        already (a sequence shard of shifted labels)."""
         if self.normalise_by == "tokens":
-            return (labels[:, 1:] != IGNORE_INDEX).sum()
+            return ((labels[:, 1:] if shift else labels) != IGNORE_INDEX).sum()
         num_samples = labels.shape[0] if sample_ids is None else torch.unique(sample_ids).numel()
         return torch.tensor(num_samples, device=labels.device)
 

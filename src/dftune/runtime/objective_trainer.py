@@ -44,6 +44,7 @@ from dftune.runtime.parallelism import parameter_sharding
 from dftune.runtime.recent_policy import RecentPolicyForward
 from dftune.runtime.reference_forward import ReferenceForward
 from dftune.runtime.reference_logps import REF_LOGPS, with_reference_log_probs
+from dftune.runtime.sequence_parallel import SequenceGroup, sequence_group, shard_attention
 
 logger = logging.getLogger(__name__)
 
@@ -81,9 +82,11 @@ class ObjectiveTrainer(GuardedUpdates, Trainer):
         reference: nn.Module | None = None,
         source_names: Sequence[str] = (),
         precompute_ref_log_probs: bool = False,
+        sequence_parallel_size: int = 1,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.sequence = self._sequence_group(objective, sequence_parallel_size)
         self.source_names = list(source_names)  # several data sources: ce/<source> of each (source_ids in batches)
         self.objective = objective
         self.spec = get_objective(objective)
@@ -150,8 +153,22 @@ class ObjectiveTrainer(GuardedUpdates, Trainer):
             head, reason = None, "the reference transforms its logits differently from the model"
         return head, reason
 
+    def _sequence_group(self, objective: str, size: int) -> SequenceGroup | None:
+        """`sequence_parallel_size`'s group, the model's attention sharded over it; an objective that cannot be
+        computed from shards is an error naming it (never a silent unsharded loss)."""
+        problem = get_objective(objective).not_shardable() if size > 1 else None
+        if problem:
+            raise DftuneError(f"sequence_parallel_size: {size} cannot train loss: {objective}: {problem}; "
+                              "set sequence_parallel_size: 1 or pick another loss")
+        group = sequence_group(size)
+        if group is not None:
+            shard_attention(self.model, group)
+        return group
+
     def batch_count(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """One collated micro-batch's share of the global count that normalises the loss (the objective's unit)."""
+        if self.sequence is not None:  # a shard of shifted labels (`SequenceGroup.shard`)
+            return self.spec.local_count(batch["labels"], shift=False)
         return self.spec.local_count(batch["labels"], packed_sample_ids(batch))
 
     def _set_signature_columns_if_needed(self) -> None:
@@ -166,6 +183,8 @@ class ObjectiveTrainer(GuardedUpdates, Trainer):
         batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
         if not batch_samples:
             return batch_samples, None
+        if self.sequence is not None:  # count this process's shards: summed over all processes, the global count
+            batch_samples = [self.sequence.shard(batch) for batch in batch_samples]
         count = sum(self.batch_count(b) for b in batch_samples).to(device)
         if self.args.average_tokens_across_devices and self.args.world_size > 1:
             count = self.accelerator.gather(count).sum()
@@ -192,6 +211,8 @@ class ObjectiveTrainer(GuardedUpdates, Trainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | None = None,
     ):
+        if self.sequence is not None and not model.training:  # training batches are sharded by get_batch_samples
+            inputs = self.sequence.shard(inputs)
         labels = inputs.pop("labels")
         source_ids = inputs.pop("source_ids", None)  # [B, T] per-position data source (dftune.data.collate)
         # Fused unless an evaluation asks for logits (compute_metrics); then `outputs` holds no logits.
@@ -211,7 +232,7 @@ class ObjectiveTrainer(GuardedUpdates, Trainer):
         loss = self.record(out, training=model.training, global_count=global_count, eval_weight=eval_weight)
         if source_ids is not None and len(self.source_names) > 1:
             window = self._train_window if model.training else self._eval_window
-            window.add_sums(source_sums(out, source_ids, self.source_names))
+            window.add_sums(source_sums(out, source_ids, self.source_names, shifted=self.sequence is not None))
         return (loss, outputs) if return_outputs else loss
 
     def loss_kwargs(self, inputs: dict[str, torch.Tensor], *, fused: bool) -> dict[str, Any]:
@@ -219,6 +240,8 @@ class ObjectiveTrainer(GuardedUpdates, Trainer):
         when it weighs whole samples, and the reference's outputs (hidden states and head when fused, else logits)
         when it has a KL anchor."""
         kwargs = self.spec.kwargs_at(self.objective_kwargs, self.state.global_step)
+        if self.sequence is not None:
+            kwargs["shift"] = False  # the shard's labels were shifted over the whole sequence
         sample_ids = packed_sample_ids(inputs)
         if sample_ids is not None and SEGMENTS in self.spec.needs:
             kwargs["sample_ids"] = sample_ids

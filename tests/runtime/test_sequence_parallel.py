@@ -1,0 +1,126 @@
+"""Sequence parallelism (`sequence_parallel_size: 2`, Ulysses over gloo) trains exactly like one process.
+
+2 processes x batch 1 with sequence_parallel_size 2 gather their two rows and each trains one half of every position
+of both; 1 process x batch 2 trains the same two rows whole. The rows are long (about 100 tokens, several target
+spans, so shard boundaries fall inside targets) and of different lengths. With plain SGD on a float64 model the
+updates must agree to rounding: that checks the all-to-all around attention, the labels shifted before sharding
+(the last position of shard 0 predicts the first label of shard 1) and the loss normalised by the global target count
+over shards and accumulation steps. An objective that needs whole sequences is an error naming it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+
+import processes
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from dftune.errors import DftuneError
+from dftune.losses import OBJECTIVES
+from dftune.runtime.objective_trainer import ObjectiveTrainer
+from sgd_setup import sgd_args, synthetic_dataset
+
+SHARDABLE = sorted(name for name, objective in OBJECTIVES.items() if objective.not_shardable() is None)
+REFUSED = sorted(set(OBJECTIVES) - set(SHARDABLE))
+
+
+def write_long_data(path) -> None:
+    """Four multi-turn conversations of about 60-120 tokens, every reply a target span."""
+    rng = random.Random(0)
+    with open(path, "w", encoding="utf-8") as f:
+        for _ in range(4):
+            messages = []
+            for _ in range(rng.randint(2, 3)):
+                a, b = rng.randint(0, 999), rng.randint(0, 99)
+                messages += [{"role": "user", "content": f"{a}+{b}=" + "x" * rng.randint(0, 12)},
+                             {"role": "assistant", "content": str(a + b) * rng.randint(1, 3)}]
+            f.write(json.dumps({"messages": messages}) + "\n")
+
+
+def train(launcher: list[str], model_dir, data, output_dir, loss: str, batch: int, *extra: str) -> list[dict]:
+    """The run's logged training entries."""
+    argv = [
+        *launcher, "-m", "dftune", "train", "--model_name_or_path", str(model_dir), "--data_files", str(data),
+        "--torch_dtype", "auto", "--max_length", "256", "--loss", loss, "--optim", "sgd", "--learning_rate", "0.5",
+        "--lr_scheduler_type", "constant", "--max_grad_norm", "0", "--max_steps", "2", "--logging_steps", "1",
+        "--save_strategy", "no", "--report_to", "none", "--use_cpu", "true", "--seed", "0", "--disable_tqdm", "true",
+        "--train_sampling_strategy", "sequential", "--per_device_train_batch_size", str(batch),
+        "--gradient_accumulation_steps", "2", "--output_dir", str(output_dir), *extra,
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = processes.run(argv, step=f"training {loss} on {output_dir.name}", timeout=300, env=env,
+                           capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (output_dir / "stderr.txt").write_text(result.stderr, encoding="utf-8")
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    return [e for e in state["log_history"] if "loss" in e and "train_runtime" not in e]
+
+
+@pytest.fixture(scope="module")
+def float64_model(tiny_model_dir, tmp_path_factory):
+    model_dir = tmp_path_factory.mktemp("sp") / "float64-model"
+    AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float64).save_pretrained(model_dir)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(model_dir)
+    return model_dir
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("loss", "extra"), [*[(name, ()) for name in SHARDABLE], ("dft", ("--fused_loss", "false"))])
+def test_sequence_parallel_matches_one_process(float64_model, tmp_path, loss, extra, torchrun):
+    assert {"sft", "dft", "eaft", "chord", "deft"} <= set(SHARDABLE)  # the per-token objectives stay shardable
+    data = tmp_path / "data.jsonl"
+    write_long_data(data)
+    sharded = train(torchrun(), float64_model, data, tmp_path / "sp", loss, 1, "--sequence_parallel_size", "2", *extra)
+    whole = train([sys.executable], float64_model, data, tmp_path / "one", loss, 2, *extra)
+
+    start = load_file(float64_model / "model.safetensors")
+    one, two = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "sp" / "model.safetensors")
+    moved = 0
+    for name, initial in start.items():
+        update = one[name] - initial
+        if update.norm() > 0:
+            moved += 1
+            assert (two[name] - one[name]).norm() / update.norm() < 1e-5, name
+    assert moved > 0 and max((one[n] - start[n]).abs().max().item() for n in start) > 1e-6
+    assert len(sharded) == len(whole) == 2  # logged once, by the main process
+    for a, b in zip(sharded, whole):
+        for key in ("loss", "ce", "avg_p_correct", "token_accuracy"):
+            assert a[key] == pytest.approx(b[key], rel=1e-6), key
+
+
+@pytest.mark.parametrize("loss", REFUSED)
+def test_unshardable_objective_is_a_config_error(tiny_model_dir, tmp_path, loss):
+    """Refused at parse time, before a model loads, naming the objective and the fix."""
+    data = tmp_path / "data.jsonl"
+    write_long_data(data)
+    argv = [sys.executable, "-m", "dftune", "train", "--model_name_or_path", str(tiny_model_dir), "--data_files",
+            str(data), "--loss", loss, "--sequence_parallel_size", "2", "--output_dir", str(tmp_path / "out")]
+    result = processes.run(argv, step=f"parsing loss {loss}", timeout=120, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert f"cannot train loss: {loss}" in result.stderr and "sequence_parallel_size: 1" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("loss", REFUSED)
+def test_unshardable_objective_is_a_trainer_error(tiny_model_dir, tmp_path, loss):
+    """The trainer refuses it too (a library user skips the config), before any process group is needed."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with pytest.raises(DftuneError, match=f"cannot train loss: {loss}"):
+        ObjectiveTrainer(model=model, args=sgd_args(str(tmp_path), batch=1, accumulation=1, steps=1),
+                         train_dataset=synthetic_dataset(2), objective=loss, objective_kwargs={},
+                         sequence_parallel_size=2)
+
+
+def test_sequence_parallel_needs_a_process_group(tiny_model_dir, tmp_path):
+    """One process asked to share sequences with a second: an error saying how to launch, not an unsharded run."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with pytest.raises(DftuneError, match="torchrun --nproc_per_node 2"):
+        ObjectiveTrainer(model=model, args=sgd_args(str(tmp_path), batch=1, accumulation=1, steps=1),
+                         train_dataset=synthetic_dataset(2), objective="sft", objective_kwargs={},
+                         sequence_parallel_size=2)
