@@ -55,8 +55,11 @@ class _Exchange(torch.autograd.Function):
 
 
 def exchange(x: Tensor, group: dist.ProcessGroup) -> Tensor:
+    """`_Exchange` without autograd. Both buffers contiguous: `empty_like` of a transposed view keeps its strides,
+    and all_to_all_single fills memory in storage order."""
+    x = x.contiguous()
     out = torch.empty_like(x)
-    dist.all_to_all_single(out, x.contiguous(), group=group)
+    dist.all_to_all_single(out, x, group=group)
     return out
 
 
