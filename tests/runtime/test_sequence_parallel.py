@@ -124,3 +124,46 @@ def test_sequence_parallel_needs_a_process_group(tiny_model_dir, tmp_path):
         ObjectiveTrainer(model=model, args=sgd_args(str(tmp_path), batch=1, accumulation=1, steps=1),
                          train_dataset=synthetic_dataset(2), objective="sft", objective_kwargs={},
                          sequence_parallel_size=2)
+
+
+ATTENTION_CHECK = '''
+import sys, torch, torch.distributed as dist
+from torch import nn
+from torch.nn.functional import scaled_dot_product_attention
+from dftune.runtime.sequence_parallel import sequence_group, ulysses_attention
+
+dist.init_process_group("gloo")
+group = sequence_group(2)
+torch.manual_seed(0)
+b, heads, kv_heads, t, d = 2, 4, 2, 10, 3  # grouped-query attention, 5 positions per shard
+q, k, v = (torch.randn(b, n, t, d, dtype=torch.float64, requires_grad=True) for n in (heads, kv_heads, kv_heads))
+# Reference, from the formula: causal softmax(q k^T / sqrt(d)) v, each key/value head serving 2 query heads.
+ref = scaled_dot_product_attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), is_causal=True)
+ref = ref.transpose(1, 2)  # [B, T, H, D], as attention implementations return it
+weight = torch.randn_like(ref)
+(ref * weight).sum().backward()
+cut = slice(group.rank * 5, (group.rank + 1) * 5)
+module = nn.Module()
+module.num_key_value_groups, module.is_causal = 2, True
+local = [x.detach()[:, :, cut].clone().requires_grad_() for x in (q, k, v)]
+out, _ = ulysses_attention(module, *local, None, group=group.group, scaling=d ** -0.5, dropout=0.0)
+(out * weight[:, cut]).sum().backward()
+errors = [(out - ref[:, cut]).abs().max().item()]
+errors += [(mine.grad - whole.grad[:, :, cut]).abs().max().item() for mine, whole in zip(local, (q, k, v))]
+print("ERRORS", *errors)
+'''
+
+
+@pytest.mark.slow
+def test_ulysses_attention_values_and_gradients(tmp_path, torchrun):
+    """Each shard's output and the gradients of its q, k, v equal causal attention over the whole sequence, cut to
+    the shard (float64; grouped-query heads; a loss weighting every output differently)."""
+    script = tmp_path / "check.py"
+    script.write_text(ATTENTION_CHECK, encoding="utf-8")
+    result = processes.run([*torchrun(), str(script)], step="ulysses attention on 2 processes", timeout=120,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line.split()[1:] for line in result.stdout.splitlines() if line.startswith("ERRORS")]
+    assert len(lines) == 2  # one per rank
+    for errors in lines:
+        assert max(float(e) for e in errors) < 1e-12, errors

@@ -187,6 +187,14 @@ class Objective:
             return f"{self.name} runs a reference model beside the policy, which sequence parallelism does not shard"
         return None
 
+    def sharding_error(self, size: int) -> str | None:
+        """The error of `sequence_parallel_size: size` with this objective (config and trainer say the same)."""
+        problem = self.not_shardable() if size > 1 else None
+        if problem is None:
+            return None
+        return (f"sequence_parallel_size: {size} cannot train loss: {self.name}: {problem}; set "
+                "sequence_parallel_size: 1 or pick another loss")
+
     @property
     def count_keyword(self) -> str:
         """The public loss functions' keyword for the normaliser."""

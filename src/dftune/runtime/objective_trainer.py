@@ -156,13 +156,14 @@ class ObjectiveTrainer(GuardedUpdates, Trainer):
     def _sequence_group(self, objective: str, size: int) -> SequenceGroup | None:
         """`sequence_parallel_size`'s group, the model's attention sharded over it; an objective that cannot be
         computed from shards is an error naming it (never a silent unsharded loss)."""
-        problem = get_objective(objective).not_shardable() if size > 1 else None
-        if problem:
-            raise DftuneError(f"sequence_parallel_size: {size} cannot train loss: {objective}: {problem}; "
-                              "set sequence_parallel_size: 1 or pick another loss")
+        if error := get_objective(objective).sharding_error(size):
+            raise DftuneError(error)
         group = sequence_group(size)
         if group is not None:
             shard_attention(self.model, group)
+            if self.is_world_process_zero():
+                logger.info("sequence_parallel_size %d: each sequence shared by %d processes (Ulysses attention)",
+                            size, size)
         return group
 
     def batch_count(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -44,9 +44,8 @@ def check_sequence_parallel(config: RunConfig) -> None:
     if stage != "sft":
         raise ValueError(f"sequence_parallel_size: {size} shards stage sft only, not stage {stage}; "
                          "set sequence_parallel_size: 1")
-    if problem := OBJECTIVES[loss].not_shardable():
-        raise ValueError(f"sequence_parallel_size: {size} cannot train loss: {loss}: {problem}; set "
-                         "sequence_parallel_size: 1 or pick another loss")
+    if error := OBJECTIVES[loss].sharding_error(size):
+        raise ValueError(error)
     if config.data.packing:
         raise ValueError(f"sequence_parallel_size: {size} cannot train packed rows (causal attention over a row "
                          "would cross its samples); set packing: false")
