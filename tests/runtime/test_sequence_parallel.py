@@ -73,7 +73,7 @@ def float64_model(tiny_model_dir, tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize(("loss", "extra"), [*[(name, ()) for name in SHARDABLE], ("dft", ("--fused_loss", "false"))])
 def test_sequence_parallel_matches_one_process(float64_model, tmp_path, loss, extra, torchrun):
-    assert {"sft", "dft", "eaft", "chord", "deft"} <= set(SHARDABLE)  # the per-token objectives stay shardable
+    assert {"sft", "dft", "eaft", "chord", "deft", "asft", "psft"} <= set(SHARDABLE)  # per-token ones stay shardable
     data = tmp_path / "data.jsonl"
     write_long_data(data)
     sharded = train(torchrun(), float64_model, data, tmp_path / "sp", loss, 1, "--sequence_parallel_size", "2", *extra)

@@ -180,11 +180,9 @@ class Objective:
     def not_shardable(self) -> str | None:
         """Why its loss cannot be computed from sequence shards (`sequence_parallel_size` > 1), or None when it can:
         each shard's sum_i c_i * CE_i over the global token count adds up to the whole sequence's loss only when c_i
-        depends on target i alone and no reference model runs beside the policy."""
+        depends on target i alone (a reference model's statistics too: the reference runs on the same shards)."""
         if self.normalise_by == "samples" or SEGMENTS in self.needs or not self.per_token:
             return f"{self.name} weighs whole samples (a statistic over every shard of a sequence)"
-        if self.needs_reference:
-            return f"{self.name} runs a reference model beside the policy, which sequence parallelism does not shard"
         return None
 
     def sharding_error(self, size: int) -> str | None:

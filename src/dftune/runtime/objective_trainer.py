@@ -107,6 +107,8 @@ class ObjectiveTrainer(GuardedUpdates, Trainer):
             self.reference = RecentPolicyForward(self.model, int(objective_kwargs.get(REFRESH_STEPS, refresh)))
         elif self.spec.needs_reference:
             self.reference = ReferenceForward(self.model, None if reference is None else reference.to(self.args.device))
+        if self.sequence is not None and self.reference is not None and self.reference.reference is not None:
+            shard_attention(self.reference.reference, self.sequence)  # a separate frozen model runs on shards too
         del reference  # with precompute_ref_log_probs, `self.reference` then holds the only handle to a frozen copy
         if precompute_ref_log_probs:
             self._precompute_reference()
