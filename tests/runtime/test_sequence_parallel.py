@@ -150,7 +150,7 @@ out, _ = ulysses_attention(module, *local, None, group=group.group, scaling=d **
 (out * weight[:, cut]).sum().backward()
 errors = [(out - ref[:, cut]).abs().max().item()]
 errors += [(mine.grad - whole.grad[:, :, cut]).abs().max().item() for mine, whole in zip(local, (q, k, v))]
-print("ERRORS", *errors)
+open(f"{sys.argv[1]}/errors-{group.rank}.txt", "w").write(" ".join(map(str, errors)))
 '''
 
 
@@ -160,10 +160,20 @@ def test_ulysses_attention_values_and_gradients(tmp_path, torchrun):
     the shard (float64; grouped-query heads; a loss weighting every output differently)."""
     script = tmp_path / "check.py"
     script.write_text(ATTENTION_CHECK, encoding="utf-8")
-    result = processes.run([*torchrun(), str(script)], step="ulysses attention on 2 processes", timeout=120,
+    result = processes.run([*torchrun(), str(script), str(tmp_path)], step="ulysses attention on 2 processes", timeout=120,
                            env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
-    lines = [line.split()[1:] for line in result.stdout.splitlines() if line.startswith("ERRORS")]
-    assert len(lines) == 2  # one per rank
-    for errors in lines:
-        assert max(float(e) for e in errors) < 1e-12, errors
+    for rank in (0, 1):  # each rank's errors: output, then the gradients of q, k, v
+        errors = [float(e) for e in (tmp_path / f"errors-{rank}.txt").read_text().split()]
+        assert len(errors) == 4 and max(errors) < 1e-12, (rank, errors)
+
+
+def test_stage_dllm_refuses_sequence_parallelism(tiny_model_dir, tmp_path):
+    """Stage dllm's own loss does not train shards: a parse-time error, not an unsharded run."""
+    data = tmp_path / "data.jsonl"
+    write_long_data(data)
+    argv = [sys.executable, "-m", "dftune", "train", "--stage", "dllm", "--model_name_or_path", str(tiny_model_dir),
+            "--data_files", str(data), "--sequence_parallel_size", "2", "--output_dir", str(tmp_path / "out")]
+    result = processes.run(argv, step="parsing stage dllm", timeout=120, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "shards stage sft only, not stage dllm" in result.stderr and "Traceback" not in result.stderr

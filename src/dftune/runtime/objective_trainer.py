@@ -70,6 +70,8 @@ class ObjectiveTrainer(GuardedUpdates, Trainer):
 
     # compute_loss returns a loss already divided by the global count: the Trainer must not divide it again.
     loss_is_scaled_for_ga = True
+    # compute_loss trains sequence shards (`sequence_parallel_size`); a subclass with its own loss sets False.
+    trains_sequence_shards = True
 
     def __init__(
         self,
@@ -158,14 +160,15 @@ class ObjectiveTrainer(GuardedUpdates, Trainer):
     def _sequence_group(self, objective: str, size: int) -> SequenceGroup | None:
         """`sequence_parallel_size`'s group, the model's attention sharded over it; an objective that cannot be
         computed from shards is an error naming it (never a silent unsharded loss)."""
+        if size > 1 and not self.trains_sequence_shards:
+            raise DftuneError(f"sequence_parallel_size: {size}: {type(self).__name__} does not train sequence "
+                              "shards; set sequence_parallel_size: 1")
         if error := get_objective(objective).sharding_error(size):
             raise DftuneError(error)
         group = sequence_group(size)
         if group is not None:
             shard_attention(self.model, group)
-            if self.is_world_process_zero():
-                logger.info("sequence_parallel_size %d: each sequence shared by %d processes (Ulysses attention)",
-                            size, size)
+            logger.info("sequence_parallel_size %d: Ulysses attention, each sequence on %d processes", size, size)
         return group
 
     def batch_count(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
