@@ -177,3 +177,20 @@ def test_stage_dllm_refuses_sequence_parallelism(tiny_model_dir, tmp_path):
     result = processes.run(argv, step="parsing stage dllm", timeout=120, capture_output=True, text=True)
     assert result.returncode != 0
     assert "shards stage sft only, not stage dllm" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_sequence_parallel_evaluation_matches_one_process(float64_model, tmp_path, torchrun):
+    """Evaluation shards too: eval_loss and eval_ce over the whole eval set equal the unsharded run's."""
+    data = tmp_path / "data.jsonl"
+    write_long_data(data)
+    evaluating = ("--eval_files", str(data), "--eval_strategy", "steps", "--eval_steps", "2")
+    train(torchrun(), float64_model, data, tmp_path / "sp", "dft", 1, "--sequence_parallel_size", "2",
+          "--per_device_eval_batch_size", "1", *evaluating)
+    train([sys.executable], float64_model, data, tmp_path / "one", "dft", 2, "--per_device_eval_batch_size", "2",
+          *evaluating)
+    sharded, whole = ([e for e in json.loads((tmp_path / run / "trainer_state.json").read_text())["log_history"]
+                       if "eval_loss" in e] for run in ("sp", "one"))
+    assert len(sharded) == len(whole) == 1
+    for key in ("eval_loss", "eval_ce", "eval_avg_p_correct"):
+        assert sharded[0][key] == pytest.approx(whole[0][key], rel=1e-9), key
