@@ -5,7 +5,8 @@ of both; 1 process x batch 2 trains the same two rows whole. The rows are long (
 spans, so shard boundaries fall inside targets) and of different lengths. With plain SGD on a float64 model the
 updates must agree to rounding: that checks the all-to-all around attention, the labels shifted before sharding
 (the last position of shard 0 predicts the first label of shard 1) and the loss normalised by the global target count
-over shards and accumulation steps. An objective that needs whole sequences is an error naming it.
+over shards and accumulation steps, for every registered objective (bft and iw_sft weigh whole samples from the
+statistics gathered over the shards). What cannot shard (stage dllm, precomputed reference columns) is an error.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from dftune.losses import OBJECTIVES
 from dftune.runtime.objective_trainer import ObjectiveTrainer
 from sgd_setup import sgd_args, synthetic_dataset
 
-SHARDABLE = sorted(name for name, objective in OBJECTIVES.items() if objective.not_shardable() is None)
-REFUSED = sorted(set(OBJECTIVES) - set(SHARDABLE))
+CASES = [*[(name, ()) for name in sorted(OBJECTIVES)],  # every registered objective, fused where it can be
+         ("dft", ("--fused_loss", "false")), ("bft", ("--bft_group_size", "3"))]  # windows across shard boundaries
 
 
 def write_long_data(path) -> None:
@@ -71,9 +72,8 @@ def float64_model(tiny_model_dir, tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("loss", "extra"), [*[(name, ()) for name in SHARDABLE], ("dft", ("--fused_loss", "false"))])
+@pytest.mark.parametrize(("loss", "extra"), CASES)
 def test_sequence_parallel_matches_one_process(float64_model, tmp_path, loss, extra, torchrun):
-    assert {"sft", "dft", "eaft", "chord", "deft", "asft", "psft"} <= set(SHARDABLE)  # per-token ones stay shardable
     data = tmp_path / "data.jsonl"
     write_long_data(data)
     sharded = train(torchrun(), float64_model, data, tmp_path / "sp", loss, 1, "--sequence_parallel_size", "2", *extra)
@@ -92,29 +92,31 @@ def test_sequence_parallel_matches_one_process(float64_model, tmp_path, loss, ex
     for a, b in zip(sharded, whole):
         for key in ("loss", "ce", "avg_p_correct", "token_accuracy"):
             assert a[key] == pytest.approx(b[key], rel=1e-6), key
+    if loss == "bft":  # a per-sample metric: each sample once, from its whole sequence
+        assert sharded[-1]["bft_sample_weight"] == pytest.approx(whole[-1]["bft_sample_weight"], rel=1e-9)
 
 
-@pytest.mark.parametrize("loss", REFUSED)
-def test_unshardable_objective_is_a_config_error(tiny_model_dir, tmp_path, loss):
-    """Refused at parse time, before a model loads, naming the objective and the fix."""
+def test_precomputed_reference_is_a_config_error(tiny_model_dir, tmp_path):
+    """iw_sft's precomputed reference log-probs are a column of whole rows: refused at parse time, naming the fix."""
     data = tmp_path / "data.jsonl"
     write_long_data(data)
     argv = [sys.executable, "-m", "dftune", "train", "--model_name_or_path", str(tiny_model_dir), "--data_files",
-            str(data), "--loss", loss, "--sequence_parallel_size", "2", "--output_dir", str(tmp_path / "out")]
-    result = processes.run(argv, step=f"parsing loss {loss}", timeout=120, capture_output=True, text=True)
+            str(data), "--loss", "iw_sft", "--precompute_ref_log_probs", "true", "--sequence_parallel_size", "2",
+            "--output_dir", str(tmp_path / "out")]
+    result = processes.run(argv, step="parsing precompute_ref_log_probs", timeout=120, capture_output=True, text=True)
     assert result.returncode != 0
-    assert f"cannot train loss: {loss}" in result.stderr and "sequence_parallel_size: 1" in result.stderr
+    assert "cannot use precompute_ref_log_probs with loss: iw_sft" in result.stderr
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("loss", REFUSED)
-def test_unshardable_objective_is_a_trainer_error(tiny_model_dir, tmp_path, loss):
-    """The trainer refuses it too (a library user skips the config), before any process group is needed."""
+def test_a_trainer_that_does_not_shard_refuses(tiny_model_dir, tmp_path):
+    """A subclass with its own loss (stage dllm's) says so, before any process group is needed."""
+    from dftune.stages.dllm import DiffusionTrainer
+
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    with pytest.raises(DftuneError, match=f"cannot train loss: {loss}"):
-        ObjectiveTrainer(model=model, args=sgd_args(str(tmp_path), batch=1, accumulation=1, steps=1),
-                         train_dataset=synthetic_dataset(2), objective=loss, objective_kwargs={},
-                         sequence_parallel_size=2)
+    with pytest.raises(DftuneError, match="DiffusionTrainer does not train sequence shards"):
+        DiffusionTrainer(model=model, args=sgd_args(str(tmp_path), batch=1, accumulation=1, steps=1),
+                         train_dataset=synthetic_dataset(2), objective="sft", sequence_parallel_size=2)
 
 
 def test_sequence_parallel_needs_a_process_group(tiny_model_dir, tmp_path):

@@ -177,22 +177,6 @@ class Objective:
             return f"{self.name}'s reference is refreshed from the policy during training"
         return None
 
-    def not_shardable(self) -> str | None:
-        """Why its loss cannot be computed from sequence shards (`sequence_parallel_size` > 1), or None when it can:
-        each shard's sum_i c_i * CE_i over the global token count adds up to the whole sequence's loss only when c_i
-        depends on target i alone (a reference model's statistics too: the reference runs on the same shards)."""
-        if self.normalise_by == "samples" or SEGMENTS in self.needs or not self.per_token:
-            return f"{self.name} weighs whole samples (a statistic over every shard of a sequence)"
-        return None
-
-    def sharding_error(self, size: int) -> str | None:
-        """The error of `sequence_parallel_size: size` with this objective (config and trainer say the same)."""
-        problem = self.not_shardable() if size > 1 else None
-        if problem is None:
-            return None
-        return (f"sequence_parallel_size: {size} cannot train loss: {self.name}: {problem}; set "
-                "sequence_parallel_size: 1 or pick another loss")
-
     @property
     def count_keyword(self) -> str:
         """The public loss functions' keyword for the normaliser."""

@@ -88,7 +88,7 @@ class ObjectiveTrainer(GuardedUpdates, Trainer):
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        self.sequence = self._sequence_group(objective, sequence_parallel_size)
+        self.sequence = self._sequence_group(sequence_parallel_size)
         self.source_names = list(source_names)  # several data sources: ce/<source> of each (source_ids in batches)
         self.objective = objective
         self.spec = get_objective(objective)
@@ -148,6 +148,8 @@ class ObjectiveTrainer(GuardedUpdates, Trainer):
         with a KL anchor, the reference's head."""
         head, reason = fusable_head(self.model)
         missing = unfusable_statistics(self.spec)
+        if head is not None and self.sequence is not None and not self.spec.per_token:
+            head, reason = None, f"{self.objective} weighs whole samples, gathered over sequence shards unfused only"
         if head is not None and missing:
             head, reason = None, (f"objective {self.objective} needs {missing}, which the fused head cannot compute "
                                   "one chunk of logits at a time")
@@ -157,24 +159,21 @@ class ObjectiveTrainer(GuardedUpdates, Trainer):
             head, reason = None, "the reference transforms its logits differently from the model"
         return head, reason
 
-    def _sequence_group(self, objective: str, size: int) -> SequenceGroup | None:
-        """`sequence_parallel_size`'s group, the model's attention sharded over it; an objective that cannot be
-        computed from shards is an error naming it (never a silent unsharded loss)."""
+    def _sequence_group(self, size: int) -> SequenceGroup | None:
+        """`sequence_parallel_size`'s group, the model's attention sharded over it (or an error: never unsharded)."""
         if size > 1 and not self.trains_sequence_shards:
             raise DftuneError(f"sequence_parallel_size: {size}: {type(self).__name__} does not train sequence "
                               "shards; set sequence_parallel_size: 1")
-        if error := get_objective(objective).sharding_error(size):
-            raise DftuneError(error)
         group = sequence_group(size)
         if group is not None:
             shard_attention(self.model, group)
-            logger.info("sequence_parallel_size %d: Ulysses attention, each sequence on %d processes", size, size)
         return group
 
     def batch_count(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """One collated micro-batch's share of the global count that normalises the loss (the objective's unit)."""
-        if self.sequence is not None:  # a shard of shifted labels (`SequenceGroup.shard`)
-            return self.spec.local_count(batch["labels"], shift=False)
+        if self.sequence is not None:  # a shard of shifted labels (`SequenceGroup.shard`); a sample counts once
+            count = self.spec.local_count(batch["labels"], shift=False)
+            return count if self.unit == "tokens" or self.sequence.rank == 0 else torch.zeros_like(count)
         return self.spec.local_count(batch["labels"], packed_sample_ids(batch))
 
     def _set_signature_columns_if_needed(self) -> None:
@@ -248,8 +247,10 @@ class ObjectiveTrainer(GuardedUpdates, Trainer):
         kwargs = self.spec.kwargs_at(self.objective_kwargs, self.state.global_step)
         if self.sequence is not None:
             kwargs["shift"] = False  # the shard's labels were shifted over the whole sequence
+            if not self.spec.per_token:
+                kwargs["whole"] = self.sequence.whole  # it weighs whole samples: the group's statistics
         sample_ids = packed_sample_ids(inputs)
-        if sample_ids is not None and SEGMENTS in self.spec.needs:
+        if sample_ids is not None and SEGMENTS in self.spec.needs and self.sequence is None:
             kwargs["sample_ids"] = sample_ids
         if self.reference is not None:
             self.reference.refresh(self.state.global_step)

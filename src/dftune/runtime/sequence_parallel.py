@@ -11,7 +11,8 @@ all-to-all over the group trades the sequence shards of all heads for the whole 
 (torch 2.13), so this runs on CPU too.
 
 The loss of each shard is sum_i c_i * CE_i over the GLOBAL target count (`ObjectiveTrainer.get_batch_samples`),
-exact for objectives whose c_i depends on target i alone (`Objective.not_shardable` says which do not).
+exact for every objective: one whose c_i needs whole samples (bft, iw_sft) weighs the group's gathered statistics
+(`SequenceGroup.whole`), and counts each sample once (on the group's first rank).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from transformers.masking_utils import AttentionMaskInterface
 
 from dftune.errors import DftuneError
 from dftune.losses import IGNORE_INDEX, shift_labels
+from dftune.losses.contract import Statistics
 from dftune.losses.core import shifted
 
 ATTENTION = "dftune_ulysses"
@@ -113,7 +115,10 @@ class SequenceGroup:
             if bool((mask[:, 1:] > mask[:, :-1]).any()):
                 raise DftuneError("sequence_parallel_size > 1 needs right-padded rows: a row of this batch has padding "
                                   "before a token (left padding); set the tokenizer's padding_side to right")
-        elif "position_ids" in batch:
+        if "ref_logps" in batch:
+            raise DftuneError("sequence_parallel_size > 1 cannot use precomputed reference log-probs; set "
+                              "precompute_ref_log_probs: false (the reference then runs on the same shards)")
+        if "attention_mask" not in batch and "position_ids" in batch:
             raise DftuneError("sequence_parallel_size > 1 cannot train packed rows (packing: true): causal attention "
                               "over a whole row would cross the packed samples; set packing: false")
         rows = {name: value for name, value in batch.items() if name != "position_ids"}
@@ -126,6 +131,28 @@ class SequenceGroup:
         rows["position_ids"] = torch.arange(length, device=rows["labels"].device).expand_as(rows["labels"])
         shard = length // self.size
         return {name: value[:, self.rank * shard:(self.rank + 1) * shard] for name, value in rows.items()}
+
+    def whole(self, stats: Statistics) -> tuple[Statistics, Tensor]:
+        """The statistics of the group's targets of the same rows (rank order is sequence order within a row), and
+        this rank's positions among them: what an objective weighing whole samples needs (`objective_loss(whole=)`).
+        Every rank weighs the same whole samples and keeps its own targets' coefficients."""
+        size = torch.tensor([stats.ce.numel()], device=stats.ce.device)
+        sizes = [torch.empty_like(size) for _ in range(self.size)]
+        dist.all_gather(sizes, size, group=self.group)
+        counts = [int(n) for n in sizes]
+        ce = self.concatenated(stats.ce, counts)
+        segment = None if stats.segment is None else self.concatenated(stats.segment, counts)
+        rows = {name: self.concatenated(values, counts) for name, values in sorted(stats.rows.items())}
+        start = sum(counts[:self.rank])
+        mine = torch.arange(start, start + counts[self.rank], device=ce.device)
+        return Statistics(ce=ce, num_samples=stats.num_samples, segment=segment, rows=rows), mine
+
+    def concatenated(self, values: Tensor, counts: list[int]) -> Tensor:
+        """[sum(counts)] the group's [counts[r]] tensors, in rank order."""
+        padded = F.pad(values, (0, max(counts) - values.numel()))
+        parts = [torch.empty_like(padded) for _ in counts]
+        dist.all_gather(parts, padded.contiguous(), group=self.group)
+        return torch.cat([part[:n] for part, n in zip(parts, counts)])
 
     def gathered(self, rows: dict[str, Tensor]) -> dict[str, Tensor]:
         """Every [B, T] column stacked over the group (rank order), padded to the group's most rows and longest

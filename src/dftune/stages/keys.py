@@ -37,15 +37,16 @@ def check_reference_keys(config: RunConfig) -> None:
 
 
 def check_sequence_parallel(config: RunConfig) -> None:
-    """`sequence_parallel_size` > 1: stage sft, unpacked rows, an objective computable from sequence shards."""
+    """`sequence_parallel_size` > 1: stage sft, unpacked rows, the reference (if any) run on the shards."""
     size, stage, loss = config.method.sequence_parallel_size, config.method.stage, config.method.loss
     if size == 1:
         return
     if stage != "sft":
         raise ValueError(f"sequence_parallel_size: {size} shards stage sft only, not stage {stage}; "
                          "set sequence_parallel_size: 1")
-    if error := OBJECTIVES[loss].sharding_error(size):
-        raise ValueError(error)
+    if config.method.precompute_ref_log_probs:
+        raise ValueError(f"sequence_parallel_size: {size} cannot use precompute_ref_log_probs with loss: {loss} (a "
+                         "column of whole rows); set precompute_ref_log_probs: false: the reference runs on the shards")
     if config.data.packing:
         raise ValueError(f"sequence_parallel_size: {size} cannot train packed rows (causal attention over a row "
                          "would cross its samples); set packing: false")
