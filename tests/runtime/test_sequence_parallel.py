@@ -162,8 +162,8 @@ def test_ulysses_attention_values_and_gradients(tmp_path, torchrun):
     the shard (float64; grouped-query heads; a loss weighting every output differently)."""
     script = tmp_path / "check.py"
     script.write_text(ATTENTION_CHECK, encoding="utf-8")
-    result = processes.run([*torchrun(), str(script), str(tmp_path)], step="ulysses attention on 2 processes", timeout=120,
-                           env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+    result = processes.run([*torchrun(), str(script), str(tmp_path)], step="ulysses attention on 2 processes",
+                           timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     for rank in (0, 1):  # each rank's errors: output, then the gradients of q, k, v
         errors = [float(e) for e in (tmp_path / f"errors-{rank}.txt").read_text().split()]
