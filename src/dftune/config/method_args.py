@@ -24,7 +24,8 @@ class MethodArguments(ObjectiveArguments):  # type: ignore[misc, valid-type]
     from `ObjectiveArguments`, which the objective registry declares."""
 
     ranges: ClassVar[dict[str, Range]] = {
-        **ObjectiveArguments.ranges, "fused_chunk_size": Range(1), "lora_rank": Range(1),
+        **ObjectiveArguments.ranges, "fused_chunk_size": Range(1), "sequence_parallel_size": Range(1),
+        "lora_rank": Range(1),
         "lora_alpha": Range(0, low_open=True), "lora_dropout": Range(0, 1, high_open=True),
     }
     """Its number keys' ranges, the objective settings' included (`dftune.config.number_keys` checks them)."""
@@ -45,6 +46,12 @@ class MethodArguments(ObjectiveArguments):  # type: ignore[misc, valid-type]
         default=None,
         metadata={"help": "Target tokens per chunk of the fused loss head. Default: by device and free memory (CPU: "
                   "32 MiB of logits; CUDA: at most 5% of the free memory and 1 GiB for one chunk's buffers)."},
+    )
+    sequence_parallel_size: int = field(
+        default=1,
+        metadata={"help": "Processes that share every sequence (Ulysses: each holds 1/N of its positions, attention "
+                  "trades them for 1/N of the heads); it must divide the number of processes and the model's heads. "
+                  "Stage sft, every objective (bft, iw_sft: unfused)."},
     )
     precompute_ref_log_probs: bool = field(
         default=False,

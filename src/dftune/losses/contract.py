@@ -209,12 +209,13 @@ class Objective:
             resolved[kwarg] = value
         return resolved
 
-    def local_count(self, labels: Tensor, sample_ids: Tensor | None = None) -> Tensor:
+    def local_count(self, labels: Tensor, sample_ids: Tensor | None = None, shift: bool = True) -> Tensor:
         """This micro-batch's share of the global count (0-d long tensor, on labels' device): target tokens, or
         samples (distinct `sample_ids` when packed). Summed over accumulation steps and processes it is the
-        `global_count` of `compute_objective` and `fused_linear_loss`."""
+        `global_count` of `compute_objective` and `fused_linear_loss`. `shift=False`: `labels` are the targets
+        already (a sequence shard of shifted labels)."""
         if self.normalise_by == "tokens":
-            return (labels[:, 1:] != IGNORE_INDEX).sum()
+            return ((labels[:, 1:] if shift else labels) != IGNORE_INDEX).sum()
         num_samples = labels.shape[0] if sample_ids is None else torch.unique(sample_ids).numel()
         return torch.tensor(num_samples, device=labels.device)
 

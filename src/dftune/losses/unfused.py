@@ -8,6 +8,7 @@ does not, and scales each sample's coefficients by `row_scale` (its 1 / t).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -71,6 +72,7 @@ def objective_loss(
     row_scale: Tensor | None = None,
     ref_logits: Tensor | None = None,
     ref_logps: Tensor | None = None,
+    whole: Callable[[Statistics], tuple[Statistics, Tensor]] | None = None,
     **settings: Any,
 ) -> LossOutput:
     """`objective` on logits [B, T, V] and labels [B, T] (-100 ignored).
@@ -87,6 +89,8 @@ def objective_loss(
     `ref_logps` [B, T]: instead, for an objective whose reference is only `REF_LOGP` of the starting model
     (`Objective.precomputable`), ``log_softmax(ref_logits[b, t - 1])[labels[b, t]]`` aligned with the labels
     (any value where labels are -100): the same loss without running the reference.
+    `whole`: for a call on sequence shards, maps this call's statistics to those of the whole sequences and this
+    call's targets' positions among them; `weigh` (and the metrics) then see whole samples.
     """
     settings = objective.resolve(settings)
     check_sample_ids(objective, sample_ids)
@@ -103,9 +107,12 @@ def objective_loss(
         rows = {**rows, REF_LOGP: at_targets(ref_logps.detach(), stats.index, shift)}
     detached = Statistics(ce=ce, num_samples=num_samples, segment=segment, rows=rows)
     count = objective.default_count(detached) if count is None else count
-    weights = objective.weigh(detached, count, **settings)
-    metrics, sample_metrics = objective_metrics(objective, weights, count, ce.numel(), num_samples)
-    coefficients = weights.coefficients
+    seen, mine = (detached, None) if whole is None else whole(detached)
+    weights = objective.weigh(seen, count, **settings)
+    metrics, sample_metrics = objective_metrics(objective, weights, count, seen.ce.numel(), num_samples)
+    coefficients = weights.coefficients if mine is None else weights.coefficients[mine]
+    if mine is not None and weights.kl_coefficients is not None:
+        weights = Weights(coefficients, weights.metrics, weights.kl_coefficients[mine])
     if row_scale is not None:
         coefficients = coefficients * target_scale(row_scale, stats.index, labels, shift).to(coefficients.dtype)
     loss = weighted_ce(stats, coefficients)

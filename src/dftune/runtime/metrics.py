@@ -9,6 +9,7 @@ import torch
 from accelerate import Accelerator
 
 from dftune.losses import LossOutput
+from dftune.losses.core import shifted as shifted_column
 
 
 class MetricWindow:
@@ -57,15 +58,16 @@ class MetricWindow:
         return {n: (s / w if w else 0.0) for n, s, w in zip(names, *totals.tolist()) if w or n not in optional}
 
 
-def source_sums(out: LossOutput, source_ids: torch.Tensor, names: Sequence[str]) -> list[tuple[str, float, float]]:
+def source_sums(out: LossOutput, source_ids: torch.Tensor, names: Sequence[str],
+                shifted: bool = False) -> list[tuple[str, float, float]]:
     """(ce/<name>, sum of CE, number of targets) per source of one call, from `target_ce` / `target_index` [N] and
     `source_ids` [B, T] (the sample's source at each label position, -1 on padding). A causal target at t predicts
     the label at t + 1, so it takes the source of position t + 1. Every name is listed (count 0 where none). One host
-    sync for all sources."""
+    sync for all sources. `shifted`: `source_ids` are already moved to the targets (a sequence shard)."""
     if out.target_ce is None or out.target_index is None or not names:
         return []
-    shifted = torch.nn.functional.pad(source_ids[:, 1:], (0, 1), value=-1).flatten()
-    source = shifted.to(out.target_index.device).index_select(0, out.target_index)  # [N]
+    at_target = source_ids if shifted else shifted_column(source_ids, -1)
+    source = at_target.flatten().to(out.target_index.device).index_select(0, out.target_index)  # [N]
     valid = (source >= 0) & torch.isfinite(out.target_ce)  # a non-finite step's CE stays out, like its metrics
     ce_sums = torch.zeros(len(names), dtype=torch.float64, device=source.device)
     counts = torch.zeros(len(names), dtype=torch.float64, device=source.device)

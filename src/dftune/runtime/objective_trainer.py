@@ -44,6 +44,7 @@ from dftune.runtime.parallelism import parameter_sharding
 from dftune.runtime.recent_policy import RecentPolicyForward
 from dftune.runtime.reference_forward import ReferenceForward
 from dftune.runtime.reference_logps import REF_LOGPS, with_reference_log_probs
+from dftune.runtime.sequence_parallel import SequenceGroup, sequence_group, shard_attention
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +70,8 @@ class ObjectiveTrainer(GuardedUpdates, Trainer):
 
     # compute_loss returns a loss already divided by the global count: the Trainer must not divide it again.
     loss_is_scaled_for_ga = True
+    # compute_loss trains sequence shards (`sequence_parallel_size`); a subclass with its own loss sets False.
+    trains_sequence_shards = True
 
     def __init__(
         self,
@@ -81,9 +84,11 @@ class ObjectiveTrainer(GuardedUpdates, Trainer):
         reference: nn.Module | None = None,
         source_names: Sequence[str] = (),
         precompute_ref_log_probs: bool = False,
+        sequence_parallel_size: int = 1,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.sequence = self._sequence_group(sequence_parallel_size)
         self.source_names = list(source_names)  # several data sources: ce/<source> of each (source_ids in batches)
         self.objective = objective
         self.spec = get_objective(objective)
@@ -104,6 +109,8 @@ class ObjectiveTrainer(GuardedUpdates, Trainer):
             self.reference = RecentPolicyForward(self.model, int(objective_kwargs.get(REFRESH_STEPS, refresh)))
         elif self.spec.needs_reference:
             self.reference = ReferenceForward(self.model, None if reference is None else reference.to(self.args.device))
+        if self.sequence is not None and self.reference is not None and self.reference.reference is not None:
+            shard_attention(self.reference.reference, self.sequence)  # a separate frozen model runs on shards too
         del reference  # with precompute_ref_log_probs, `self.reference` then holds the only handle to a frozen copy
         if precompute_ref_log_probs:
             self._precompute_reference()
@@ -141,6 +148,8 @@ class ObjectiveTrainer(GuardedUpdates, Trainer):
         with a KL anchor, the reference's head."""
         head, reason = fusable_head(self.model)
         missing = unfusable_statistics(self.spec)
+        if head is not None and self.sequence is not None and not self.spec.per_token:
+            head, reason = None, f"{self.objective} weighs whole samples, gathered over sequence shards unfused only"
         if head is not None and missing:
             head, reason = None, (f"objective {self.objective} needs {missing}, which the fused head cannot compute "
                                   "one chunk of logits at a time")
@@ -150,8 +159,21 @@ class ObjectiveTrainer(GuardedUpdates, Trainer):
             head, reason = None, "the reference transforms its logits differently from the model"
         return head, reason
 
+    def _sequence_group(self, size: int) -> SequenceGroup | None:
+        """`sequence_parallel_size`'s group, the model's attention sharded over it (or an error: never unsharded)."""
+        if size > 1 and not self.trains_sequence_shards:
+            raise DftuneError(f"sequence_parallel_size: {size}: {type(self).__name__} does not train sequence "
+                              "shards; set sequence_parallel_size: 1")
+        group = sequence_group(size)
+        if group is not None:
+            shard_attention(self.model, group)
+        return group
+
     def batch_count(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """One collated micro-batch's share of the global count that normalises the loss (the objective's unit)."""
+        if self.sequence is not None:  # a shard of shifted labels (`SequenceGroup.shard`); a sample counts once
+            count = self.spec.local_count(batch["labels"], shift=False)
+            return count if self.unit == "tokens" or self.sequence.rank == 0 else torch.zeros_like(count)
         return self.spec.local_count(batch["labels"], packed_sample_ids(batch))
 
     def _set_signature_columns_if_needed(self) -> None:
@@ -166,6 +188,8 @@ class ObjectiveTrainer(GuardedUpdates, Trainer):
         batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
         if not batch_samples:
             return batch_samples, None
+        if self.sequence is not None:  # count this process's shards: summed over all processes, the global count
+            batch_samples = [self.sequence.shard(batch) for batch in batch_samples]
         count = sum(self.batch_count(b) for b in batch_samples).to(device)
         if self.args.average_tokens_across_devices and self.args.world_size > 1:
             count = self.accelerator.gather(count).sum()
@@ -192,6 +216,8 @@ class ObjectiveTrainer(GuardedUpdates, Trainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | None = None,
     ):
+        if self.sequence is not None and not model.training:  # training batches are sharded by get_batch_samples
+            inputs = self.sequence.shard(inputs)
         labels = inputs.pop("labels")
         source_ids = inputs.pop("source_ids", None)  # [B, T] per-position data source (dftune.data.collate)
         # Fused unless an evaluation asks for logits (compute_metrics); then `outputs` holds no logits.
@@ -211,7 +237,7 @@ class ObjectiveTrainer(GuardedUpdates, Trainer):
         loss = self.record(out, training=model.training, global_count=global_count, eval_weight=eval_weight)
         if source_ids is not None and len(self.source_names) > 1:
             window = self._train_window if model.training else self._eval_window
-            window.add_sums(source_sums(out, source_ids, self.source_names))
+            window.add_sums(source_sums(out, source_ids, self.source_names, shifted=self.sequence is not None))
         return (loss, outputs) if return_outputs else loss
 
     def loss_kwargs(self, inputs: dict[str, torch.Tensor], *, fused: bool) -> dict[str, Any]:
@@ -219,8 +245,12 @@ class ObjectiveTrainer(GuardedUpdates, Trainer):
         when it weighs whole samples, and the reference's outputs (hidden states and head when fused, else logits)
         when it has a KL anchor."""
         kwargs = self.spec.kwargs_at(self.objective_kwargs, self.state.global_step)
+        if self.sequence is not None:
+            kwargs["shift"] = False  # the shard's labels were shifted over the whole sequence
+            if not self.spec.per_token:
+                kwargs["whole"] = self.sequence.whole  # it weighs whole samples: the group's statistics
         sample_ids = packed_sample_ids(inputs)
-        if sample_ids is not None and SEGMENTS in self.spec.needs:
+        if sample_ids is not None and SEGMENTS in self.spec.needs and self.sequence is None:
             kwargs["sample_ids"] = sample_ids
         if self.reference is not None:
             self.reference.refresh(self.state.global_step)

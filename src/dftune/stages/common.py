@@ -116,4 +116,5 @@ def objective_trainer_kwargs(config: RunConfig, prepared: PreparedData, tokenize
         fused_chunk_size=config.method.fused_chunk_size,
         max_nonfinite_steps=config.reliability.max_nonfinite_steps,
         precompute_ref_log_probs=config.method.precompute_ref_log_probs,
+        sequence_parallel_size=config.method.sequence_parallel_size,
     )

@@ -131,6 +131,8 @@ class DiffusionTrainer(ObjectiveTrainer):
     """Trainer for masked-diffusion SFT; `objective` is `sft` (the plain loss) or `dft` (experimental), with its
     `objective_kwargs` (dft: `alpha`)."""
 
+    trains_sequence_shards = False  # its own loss (masking, bidirectional attention): stages/keys.py refuses it
+
     def __init__(self, *args: Any, objective: str, objective_kwargs: dict[str, Any] | None = None,
                  fused_loss: str = "false", shift_logits: bool = False, block_size: int | None = None,
                  **kwargs: Any) -> None:  # fmt: skip

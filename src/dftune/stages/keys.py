@@ -36,12 +36,29 @@ def check_reference_keys(config: RunConfig) -> None:
                          f": {OBJECTIVES[config.method.loss].not_precomputable()}")
 
 
+def check_sequence_parallel(config: RunConfig) -> None:
+    """`sequence_parallel_size` > 1: stage sft, unpacked rows, the reference (if any) run on the shards."""
+    size, stage, loss = config.method.sequence_parallel_size, config.method.stage, config.method.loss
+    if size == 1:
+        return
+    if stage != "sft":
+        raise ValueError(f"sequence_parallel_size: {size} shards stage sft only, not stage {stage}; "
+                         "set sequence_parallel_size: 1")
+    if config.method.precompute_ref_log_probs:
+        raise ValueError(f"sequence_parallel_size: {size} cannot use precompute_ref_log_probs with loss: {loss} (a "
+                         "column of whole rows); set precompute_ref_log_probs: false: the reference runs on the shards")
+    if config.data.packing:
+        raise ValueError(f"sequence_parallel_size: {size} cannot train packed rows (causal attention over a row "
+                         "would cross its samples); set packing: false")
+
+
 @dataclass
 class SftArguments(StageArguments):
     """Stage sft has no keys of its own: its objective keys (`loss`, `dft_alpha`, ...) are MethodArguments'."""
 
     def check(self, config: RunConfig) -> None:
         check_reference_keys(config)
+        check_sequence_parallel(config)
 
 
 @dataclass
@@ -86,6 +103,7 @@ class DllmArguments(StageArguments, DecodingArguments):
     )
 
     def check(self, config: RunConfig) -> None:
+        check_sequence_parallel(config)
         if self.diffusion_block_size is not None and self.noise_schedule != "linear":
             raise ValueError("diffusion_block_size trains two complementary copies at ratios t and 1 - t, equally "
                              "likely only under noise_schedule: linear; remove noise_schedule: "
@@ -149,6 +167,7 @@ class DpoArguments(StageArguments):
         return f"stage dpo, loss_type {','.join(self.loss_type)} beta={self.beta}"
 
     def check(self, config: RunConfig) -> None:
+        check_sequence_parallel(config)
         if config.method.loss != "sft":  # resolved_loss() has run: sft is the default, so anything else was asked for
             raise ValueError(f"stage: dpo trains with loss_type (sigmoid, ipo, ...), not loss: {config.method.loss}")
         if not self.loss_type:

@@ -1,0 +1,198 @@
+"""Sequence parallelism (`sequence_parallel_size: 2`, Ulysses over gloo) trains exactly like one process.
+
+2 processes x batch 1 with sequence_parallel_size 2 gather their two rows and each trains one half of every position
+of both; 1 process x batch 2 trains the same two rows whole. The rows are long (about 100 tokens, several target
+spans, so shard boundaries fall inside targets) and of different lengths. With plain SGD on a float64 model the
+updates must agree to rounding: that checks the all-to-all around attention, the labels shifted before sharding
+(the last position of shard 0 predicts the first label of shard 1) and the loss normalised by the global target count
+over shards and accumulation steps, for every registered objective (bft and iw_sft weigh whole samples from the
+statistics gathered over the shards). What cannot shard (stage dllm, precomputed reference columns) is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+
+import processes
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from dftune.errors import DftuneError
+from dftune.losses import OBJECTIVES
+from dftune.runtime.objective_trainer import ObjectiveTrainer
+from sgd_setup import sgd_args, synthetic_dataset
+
+CASES = [*[(name, ()) for name in sorted(OBJECTIVES)],  # every registered objective, fused where it can be
+         ("dft", ("--fused_loss", "false")), ("bft", ("--bft_group_size", "3"))]  # windows across shard boundaries
+
+
+def write_long_data(path) -> None:
+    """Four multi-turn conversations of about 60-120 tokens, every reply a target span."""
+    rng = random.Random(0)
+    with open(path, "w", encoding="utf-8") as f:
+        for _ in range(4):
+            messages = []
+            for _ in range(rng.randint(2, 3)):
+                a, b = rng.randint(0, 999), rng.randint(0, 99)
+                messages += [{"role": "user", "content": f"{a}+{b}=" + "x" * rng.randint(0, 12)},
+                             {"role": "assistant", "content": str(a + b) * rng.randint(1, 3)}]
+            f.write(json.dumps({"messages": messages}) + "\n")
+
+
+def train(launcher: list[str], model_dir, data, output_dir, loss: str, batch: int, *extra: str) -> list[dict]:
+    """The run's logged training entries."""
+    argv = [
+        *launcher, "-m", "dftune", "train", "--model_name_or_path", str(model_dir), "--data_files", str(data),
+        "--torch_dtype", "auto", "--max_length", "256", "--loss", loss, "--optim", "sgd", "--learning_rate", "0.5",
+        "--lr_scheduler_type", "constant", "--max_grad_norm", "0", "--max_steps", "2", "--logging_steps", "1",
+        "--save_strategy", "no", "--report_to", "none", "--use_cpu", "true", "--seed", "0", "--disable_tqdm", "true",
+        "--train_sampling_strategy", "sequential", "--per_device_train_batch_size", str(batch),
+        "--gradient_accumulation_steps", "2", "--output_dir", str(output_dir), *extra,
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = processes.run(argv, step=f"training {loss} on {output_dir.name}", timeout=300, env=env,
+                           capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (output_dir / "stderr.txt").write_text(result.stderr, encoding="utf-8")
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    return [e for e in state["log_history"] if "loss" in e and "train_runtime" not in e]
+
+
+@pytest.fixture(scope="module")
+def float64_model(tiny_model_dir, tmp_path_factory):
+    model_dir = tmp_path_factory.mktemp("sp") / "float64-model"
+    AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float64).save_pretrained(model_dir)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(model_dir)
+    return model_dir
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("loss", "extra"), CASES)
+def test_sequence_parallel_matches_one_process(float64_model, tmp_path, loss, extra, torchrun):
+    data = tmp_path / "data.jsonl"
+    write_long_data(data)
+    sharded = train(torchrun(), float64_model, data, tmp_path / "sp", loss, 1, "--sequence_parallel_size", "2", *extra)
+    whole = train([sys.executable], float64_model, data, tmp_path / "one", loss, 2, *extra)
+
+    start = load_file(float64_model / "model.safetensors")
+    one, two = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "sp" / "model.safetensors")
+    moved = 0
+    for name, initial in start.items():
+        update = one[name] - initial
+        if update.norm() > 0:
+            moved += 1
+            assert (two[name] - one[name]).norm() / update.norm() < 1e-5, name
+    assert moved > 0 and max((one[n] - start[n]).abs().max().item() for n in start) > 1e-6
+    assert len(sharded) == len(whole) == 2  # logged once, by the main process
+    for a, b in zip(sharded, whole):
+        for key in ("loss", "ce", "avg_p_correct", "token_accuracy"):
+            assert a[key] == pytest.approx(b[key], rel=1e-6), key
+    if loss == "bft":  # a per-sample metric: each sample once, from its whole sequence
+        assert sharded[-1]["bft_sample_weight"] == pytest.approx(whole[-1]["bft_sample_weight"], rel=1e-9)
+
+
+def test_precomputed_reference_is_a_config_error(tiny_model_dir, tmp_path):
+    """iw_sft's precomputed reference log-probs are a column of whole rows: refused at parse time, naming the fix."""
+    data = tmp_path / "data.jsonl"
+    write_long_data(data)
+    argv = [sys.executable, "-m", "dftune", "train", "--model_name_or_path", str(tiny_model_dir), "--data_files",
+            str(data), "--loss", "iw_sft", "--precompute_ref_log_probs", "true", "--sequence_parallel_size", "2",
+            "--output_dir", str(tmp_path / "out")]
+    result = processes.run(argv, step="parsing precompute_ref_log_probs", timeout=120, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "cannot use precompute_ref_log_probs with loss: iw_sft" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_trainer_that_does_not_shard_refuses(tiny_model_dir, tmp_path):
+    """A subclass with its own loss (stage dllm's) says so, before any process group is needed."""
+    from dftune.stages.dllm import DiffusionTrainer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with pytest.raises(DftuneError, match="DiffusionTrainer does not train sequence shards"):
+        DiffusionTrainer(model=model, args=sgd_args(str(tmp_path), batch=1, accumulation=1, steps=1),
+                         train_dataset=synthetic_dataset(2), objective="sft", sequence_parallel_size=2)
+
+
+def test_sequence_parallel_needs_a_process_group(tiny_model_dir, tmp_path):
+    """One process asked to share sequences with a second: an error saying how to launch, not an unsharded run."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with pytest.raises(DftuneError, match="torchrun --nproc_per_node 2"):
+        ObjectiveTrainer(model=model, args=sgd_args(str(tmp_path), batch=1, accumulation=1, steps=1),
+                         train_dataset=synthetic_dataset(2), objective="sft", objective_kwargs={},
+                         sequence_parallel_size=2)
+
+
+ATTENTION_CHECK = '''
+import sys, torch, torch.distributed as dist
+from torch import nn
+from torch.nn.functional import scaled_dot_product_attention
+from dftune.runtime.sequence_parallel import sequence_group, ulysses_attention
+
+dist.init_process_group("gloo")
+group = sequence_group(2)
+torch.manual_seed(0)
+b, heads, kv_heads, t, d = 2, 4, 2, 10, 3  # grouped-query attention, 5 positions per shard
+q, k, v = (torch.randn(b, n, t, d, dtype=torch.float64, requires_grad=True) for n in (heads, kv_heads, kv_heads))
+# Reference, from the formula: causal softmax(q k^T / sqrt(d)) v, each key/value head serving 2 query heads.
+ref = scaled_dot_product_attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), is_causal=True)
+ref = ref.transpose(1, 2)  # [B, T, H, D], as attention implementations return it
+weight = torch.randn_like(ref)
+(ref * weight).sum().backward()
+cut = slice(group.rank * 5, (group.rank + 1) * 5)
+module = nn.Module()
+module.num_key_value_groups, module.is_causal = 2, True
+local = [x.detach()[:, :, cut].clone().requires_grad_() for x in (q, k, v)]
+out, _ = ulysses_attention(module, *local, None, group=group.group, scaling=d ** -0.5, dropout=0.0)
+(out * weight[:, cut]).sum().backward()
+errors = [(out - ref[:, cut]).abs().max().item()]
+errors += [(mine.grad - whole.grad[:, :, cut]).abs().max().item() for mine, whole in zip(local, (q, k, v))]
+open(f"{sys.argv[1]}/errors-{group.rank}.txt", "w").write(" ".join(map(str, errors)))
+'''
+
+
+@pytest.mark.slow
+def test_ulysses_attention_values_and_gradients(tmp_path, torchrun):
+    """Each shard's output and the gradients of its q, k, v equal causal attention over the whole sequence, cut to
+    the shard (float64; grouped-query heads; a loss weighting every output differently)."""
+    script = tmp_path / "check.py"
+    script.write_text(ATTENTION_CHECK, encoding="utf-8")
+    result = processes.run([*torchrun(), str(script), str(tmp_path)], step="ulysses attention on 2 processes",
+                           timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for rank in (0, 1):  # each rank's errors: output, then the gradients of q, k, v
+        errors = [float(e) for e in (tmp_path / f"errors-{rank}.txt").read_text().split()]
+        assert len(errors) == 4 and max(errors) < 1e-12, (rank, errors)
+
+
+def test_stage_dllm_refuses_sequence_parallelism(tiny_model_dir, tmp_path):
+    """Stage dllm's own loss does not train shards: a parse-time error, not an unsharded run."""
+    data = tmp_path / "data.jsonl"
+    write_long_data(data)
+    argv = [sys.executable, "-m", "dftune", "train", "--stage", "dllm", "--model_name_or_path", str(tiny_model_dir),
+            "--data_files", str(data), "--sequence_parallel_size", "2", "--output_dir", str(tmp_path / "out")]
+    result = processes.run(argv, step="parsing stage dllm", timeout=120, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "shards stage sft only, not stage dllm" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_sequence_parallel_evaluation_matches_one_process(float64_model, tmp_path, torchrun):
+    """Evaluation shards too: eval_loss and eval_ce over the whole eval set equal the unsharded run's."""
+    data = tmp_path / "data.jsonl"
+    write_long_data(data)
+    evaluating = ("--eval_files", str(data), "--eval_strategy", "steps", "--eval_steps", "2")
+    train(torchrun(), float64_model, data, tmp_path / "sp", "dft", 1, "--sequence_parallel_size", "2",
+          "--per_device_eval_batch_size", "1", *evaluating)
+    train([sys.executable], float64_model, data, tmp_path / "one", "dft", 2, "--per_device_eval_batch_size", "2",
+          *evaluating)
+    sharded, whole = ([e for e in json.loads((tmp_path / run / "trainer_state.json").read_text())["log_history"]
+                       if "eval_loss" in e] for run in ("sp", "one"))
+    assert len(sharded) == len(whole) == 1
+    for key in ("eval_loss", "eval_ce", "eval_avg_p_correct"):
+        assert sharded[0][key] == pytest.approx(whole[0][key], rel=1e-9), key
