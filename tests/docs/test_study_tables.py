@@ -4,25 +4,18 @@ in docs/study/runs/ and probe/: a run added, changed or removed fails here until
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 from dftune.errors import DftuneError
 from dftune.evaluation import wilson_interval
+from tool_scripts import load_tool
 
 ROOT = Path(__file__).parents[2]
 
 
-def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

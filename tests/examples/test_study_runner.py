@@ -4,26 +4,19 @@ and a second call runs nothing (the study continues where it stopped)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
 from dftune.evaluation import wilson_interval
+from tool_scripts import load_tool
 
 ROOT = Path(__file__).parents[2]
 
 
-def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def write_study(tmp_path: Path, model_dir: Path) -> Path:

@@ -4,7 +4,6 @@ masked-diffusion sampler), through the chat template. A LoRA output folder loads
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from dftune.cli.decoding_flags import add_decoding_flags, decoding_options
 from dftune.errors import DftuneError
@@ -35,6 +34,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
     from dftune.config.model_args import ModelArguments
     from dftune.diffusion.sampler import sample_replies
+    from dftune.harness.loaded import split_adapter
     from dftune.models.integrity import check_local_model
     from dftune.models.loading import is_diffusion_config, load_diffusion_model, resolve_mask_token_id, tokenizer_at
     from dftune.runtime.checkpoints import check_not_being_written
@@ -44,7 +44,7 @@ def run_generate(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     check_not_being_written(args.model, "--model")
     check_local_model(args.model, "--model")  # a missing folder, no weights or a truncated file: said so, no Hub call
-    base = _base_model(args.model)
+    base, _ = split_adapter(args.model, None, "--model")  # the folder may be a LoRA adapter on its base
     tokenizer = tokenizer_at(args.model, "--model", trust_remote_code=args.trust_remote_code)
     try:
         config = AutoConfig.from_pretrained(base, trust_remote_code=args.trust_remote_code)
@@ -83,18 +83,6 @@ def _causal_reply(args: argparse.Namespace, base: str, tokenizer, messages, opti
     replies = generate_replies(model, tokenizer, [messages], max_new_tokens=options.max_new_tokens,
                                min_new_tokens=options.min_new_tokens, temperature=options.temperature)
     return replies[0]
-
-
-def _base_model(path: str) -> str:
-    """The base model of a LoRA adapter folder, else the folder itself."""
-    if (Path(path) / "adapter_config.json").is_file():
-        from peft import PeftConfig
-
-        try:
-            return PeftConfig.from_pretrained(path).base_model_name_or_path
-        except (OSError, ValueError, TypeError) as err:  # a damaged adapter_config.json
-            raise DftuneError(f"--model {path}: cannot read adapter_config.json ({err}); save the adapter again") from None
-    return path
 
 
 def _with_adapter(model, path: str, base: str):

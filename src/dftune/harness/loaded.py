@@ -31,7 +31,12 @@ class Evaluated:
 def adapter_base(adapter: str, what: str) -> str:
     """The base model a LoRA adapter folder was trained on (`base_model_name_or_path` in its adapter_config.json)."""
     config = Path(adapter).expanduser() / "adapter_config.json"
-    base = json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    try:
+        saved = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:  # a damaged adapter_config.json
+        raise DftuneError(f"{what} {adapter}: cannot read adapter_config.json ({err}); save the adapter again"
+                          ) from None
+    base = saved.get("base_model_name_or_path") if isinstance(saved, dict) else None
     if not base:
         raise DftuneError(f"{what} {adapter} is a LoRA adapter whose adapter_config.json names no base model: give "
                           "the base model and the adapter apart (lm_eval: pretrained=BASE,peft=ADAPTER)")

@@ -138,6 +138,16 @@ def chunked_statistics(
     return chunks
 
 
+def target_statistics(
+    hidden: Tensor, weight: Tensor, target: Tensor, index: Tensor, chunk_size: int, transform: LogitTransform | None
+) -> Chunks:
+    """CE and entropy ([N]) of the targets `target` [N] at the flat positions `index` [N] of `hidden` [B, T, H],
+    through the output layer `weight` [V, H] one chunk of logits at a time, no gradient. Equals
+    ``F.cross_entropy(hidden.flatten(0, 1)[index] @ weight.T, target, reduction="none")`` without [N, V] logits."""
+    rows = hidden.flatten(0, 1).index_select(0, index).to(weight.dtype)  # [N, H]
+    return chunked_statistics(rows, weight, target, Chunks(rows, weight, chunk_size, [], None, transform), None)
+
+
 class FusedLinearObjective(torch.autograd.Function):
     """loss = sum_i c_i CE_i + d_i KL_i of ``rows @ weight.T``, gradients computed in the forward pass per chunk.
 

@@ -250,7 +250,7 @@ class ObjectiveTrainer(GuardedUpdates, Trainer):
             if not self.spec.per_token:
                 kwargs["whole"] = self.sequence.whole  # it weighs whole samples: the group's statistics
         sample_ids = packed_sample_ids(inputs)
-        if sample_ids is not None and SEGMENTS in self.spec.needs and self.sequence is None:
+        if sample_ids is not None and SEGMENTS in self.spec.needs:  # packing: refused under sequence parallelism
             kwargs["sample_ids"] = sample_ids
         if self.reference is not None:
             self.reference.refresh(self.state.global_step)

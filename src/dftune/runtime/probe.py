@@ -21,7 +21,7 @@ from transformers import PreTrainedTokenizerBase
 
 from dftune.errors import DftuneError
 from dftune.losses import IGNORE_INDEX, shift_labels
-from dftune.losses.chunks import Chunks, chunked_statistics
+from dftune.losses.chunks import target_statistics
 from dftune.runtime.fused_head import fusable_head
 
 THRESHOLDS = (0.01, 0.1)
@@ -83,10 +83,8 @@ def probe_targets(
         with head.returns_input():
             hidden = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
         weight = head.head.weight.detach()
-        rows = hidden.flatten(0, 1).index_select(0, index.to(device)).to(weight.dtype)  # [N, H]
         target = targets[index].to(device)
-        chunks = chunked_statistics(rows, weight, target, Chunks(rows, weight, chunk_size, [], None, head.transform),
-                                    None)
+        chunks = target_statistics(hidden, weight, target, index.to(device), chunk_size, head.transform)
         source = torch.tensor([s.get("source_id", 0) for s in batch])[index // width]
         parts.append(Targets(torch.exp(-chunks.ce).double().cpu(), chunks.entropy.double().cpu(), target.cpu(), source))
     if not parts or sum(p.prob.numel() for p in parts) == 0:

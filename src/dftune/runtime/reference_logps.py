@@ -16,7 +16,7 @@ from datasets import Dataset
 
 from dftune.data.collate import DataCollatorForChat
 from dftune.losses import IGNORE_INDEX, shift_labels
-from dftune.losses.chunks import Chunks, chunked_statistics
+from dftune.losses.chunks import target_statistics
 from dftune.losses.fused import default_chunk_size
 from dftune.runtime.reference_forward import ReferenceForward
 
@@ -39,10 +39,8 @@ def label_log_probs(reference: ReferenceForward, inputs: dict[str, torch.Tensor]
     target = targets.index_select(0, index)
     if reference.head is not None:
         hidden, weight = reference.hidden_and_head(inputs)
-        rows = hidden.flatten(0, 1).index_select(0, index).to(weight.dtype)  # [N, H]
-        chunks = Chunks(rows, weight, default_chunk_size(weight.shape[0], rows.device), [], None,
-                        reference.head.transform)
-        logp = -chunked_statistics(rows, weight, target, chunks, None).ce  # [N]
+        chunk_size = default_chunk_size(weight.shape[0], hidden.device)
+        logp = -target_statistics(hidden, weight, target, index, chunk_size, reference.head.transform).ce  # [N]
     else:  # a head the fused path cannot take: its logits, as the live reference would give them
         logits = reference.logits(inputs).flatten(0, 1).index_select(0, index).float()  # [N, V]
         logp = torch.log_softmax(logits, dim=-1).gather(1, target[:, None]).squeeze(1)
