@@ -249,8 +249,10 @@ class ObjectiveTrainer(GuardedUpdates, Trainer):
             kwargs["shift"] = False  # the shard's labels were shifted over the whole sequence
             if not self.spec.per_token:
                 kwargs["whole"] = self.sequence.whole  # it weighs whole samples: the group's statistics
-        sample_ids = packed_sample_ids(inputs)
-        if sample_ids is not None and SEGMENTS in self.spec.needs:  # packing: refused under sequence parallelism
+        # A sequence shard also has position_ids and no attention_mask, but one sample per row (packing is refused
+        # under sequence parallelism), so only an unsharded batch can be packed.
+        sample_ids = packed_sample_ids(inputs) if self.sequence is None else None
+        if sample_ids is not None and SEGMENTS in self.spec.needs:
             kwargs["sample_ids"] = sample_ids
         if self.reference is not None:
             self.reference.refresh(self.state.global_step)
