@@ -18,7 +18,7 @@ import os
 import time
 from pathlib import Path
 
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer, TrainerCallback, set_seed
 
 from dftune.config.machine import CPU_NOTE, accelerator_available
 from dftune.config.parse import CONFIG_FILE_NAME, RunConfig, apply_env
@@ -65,6 +65,7 @@ def build_trainer(config: RunConfig, callbacks: list[TrainerCallback] | None = N
     config.training.resume_from_checkpoint = resolve_run_dir(config.training, config.reliability)
     if config.model.enable_gradient_checkpointing:
         config.training.gradient_checkpointing = True
+    set_seed(config.training.seed)  # what building draws (LoRA's initial A): the Trainer seeds only after it
     trainer = STAGES[config.method.stage].build_trainer(config, callbacks)
     check_vocabulary(trainer.model, trainer.processing_class, f"model_name_or_path {config.model.model_name_or_path}")
     return trainer
@@ -79,10 +80,16 @@ def run_inputs(config: RunConfig) -> list[str | None]:
 
 def run(config: RunConfig, callbacks: list[TrainerCallback] | None = None) -> Trainer:
     """`train_and_save` holding output_dir's lock, once output_dir is known not to be an input, `/`, home or the
-    working directory (the lock: the first process of a distributed run takes it for all)."""
+    working directory (the lock: the first process of a distributed run takes it for all); then every process leaves
+    the process group."""
     output_dir = output_folder(config.training.output_dir, "output_dir", run_inputs(config))
     with run_lock(output_dir, enabled=os.environ.get("RANK", "0") == "0"):
-        return train_and_save(config, callbacks)
+        trainer = train_and_save(config, callbacks)
+    # Each process leaves the process group (accelerate's end of a script): one that exits with its gloo threads alive
+    # can abort ("terminate called without an active exception", exit -6) and fail the launch. No barrier first: the
+    # first process out of a gloo barrier can close its connections before the other has read the last message.
+    trainer.accelerator.end_training()
+    return trainer
 
 
 def train_and_save(config: RunConfig, callbacks: list[TrainerCallback] | None = None) -> Trainer:

@@ -42,3 +42,15 @@ def test_unknown_preset_is_an_argparse_error(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["init-model", "--preset", "huge", "--output_dir", str(tmp_path)])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_torch_dtype_applies_to_a_random_preset(tmp_path):
+    """`--torch_dtype bfloat16` writes bfloat16 weights and says so in the config (it used to save float32), the
+    float32 model rounded: one seed, one model, whatever the dtype."""
+    assert main(["init-model", "--preset", "tiny-llama", "--output_dir", str(tmp_path / "32")]) == 0
+    assert main(["init-model", "--preset", "tiny-llama", "--torch_dtype", "bfloat16",
+                 "--output_dir", str(tmp_path / "16")]) == 0  # fmt: skip
+    full, half = (AutoModelForCausalLM.from_pretrained(tmp_path / name, dtype="auto") for name in ("32", "16"))
+    assert full.dtype == torch.float32 and half.dtype == torch.bfloat16
+    for (name, a), (_, b) in zip(full.state_dict().items(), half.state_dict().items()):
+        assert torch.equal(a.to(torch.bfloat16), b), name

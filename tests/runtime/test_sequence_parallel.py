@@ -6,7 +6,9 @@ spans, so shard boundaries fall inside targets) and of different lengths. With p
 updates must agree to rounding: that checks the all-to-all around attention, the labels shifted before sharding
 (the last position of shard 0 predicts the first label of shard 1) and the loss normalised by the global target count
 over shards and accumulation steps, for every registered objective (bft and iw_sft weigh whole samples from the
-statistics gathered over the shards). What cannot shard (stage dllm, precomputed reference columns) is an error.
+statistics gathered over the shards). Stage dllm the same way: the group noises its gathered rows once, attention is
+full over whole rows, the masked positions that round the length up are hidden. What cannot shard (stage dpo, block
+diffusion, masked LMs' own position embeddings, precomputed reference columns) is an error.
 """
 
 from __future__ import annotations
@@ -20,11 +22,14 @@ import processes
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, BertConfig, BertForMaskedLM
 
 from dftune.errors import DftuneError
 from dftune.losses import OBJECTIVES
+from dftune.models.diffusion_conversion import to_diffusion
+from dftune.models.presets import init_model
 from dftune.runtime.objective_trainer import ObjectiveTrainer
+from dftune.stages.dllm import DiffusionTrainer
 from sgd_setup import sgd_args, synthetic_dataset
 
 CASES = [*[(name, ()) for name in sorted(OBJECTIVES)],  # every registered objective, fused where it can be
@@ -71,6 +76,27 @@ def float64_model(tiny_model_dir, tmp_path_factory):
     return model_dir
 
 
+@pytest.fixture(scope="module")
+def float64_diffusion_models(tmp_path_factory) -> dict[str, object]:
+    """Stage dllm's two kinds of model, float64: the tiny-dllm preset (position i predicts token i) and an
+    autoregressive model turned into a diffusion one (`init-model --diffusion`: logits shifted)."""
+    root = tmp_path_factory.mktemp("sp-dllm")
+    converted = to_diffusion(init_model("tiny-llama", root / "converted", dtype=torch.float64))
+    return {"tiny-dllm": init_model("tiny-dllm", root / "tiny-dllm", dtype=torch.float64), "converted": converted}
+
+
+def assert_same_update(start_dir, one_dir, two_dir, weights: str = "model.safetensors") -> None:
+    """Each parameter's update in `two_dir` equals `one_dir`'s to 1e-5 relative, and something moved. A LoRA adapter
+    (no `weights` in `start_dir`) is compared as trained: its B matrices start at zero, so they are their updates."""
+    one, two = load_file(one_dir / weights), load_file(two_dir / weights)
+    start = load_file(start_dir / weights) if (start_dir / weights).exists() else {}
+    updates = {name: value - start.get(name, torch.zeros_like(value)) for name, value in one.items()}
+    moved = [name for name, update in updates.items() if update.norm() > 0]
+    for name in moved:
+        assert (two[name] - one[name]).norm() / updates[name].norm() < 1e-5, name
+    assert moved and max(updates[name].abs().max().item() for name in moved) > 1e-6
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("loss", "extra"), CASES)
 def test_sequence_parallel_matches_one_process(float64_model, tmp_path, loss, extra, torchrun):
@@ -78,16 +104,7 @@ def test_sequence_parallel_matches_one_process(float64_model, tmp_path, loss, ex
     write_long_data(data)
     sharded = train(torchrun(), float64_model, data, tmp_path / "sp", loss, 1, "--sequence_parallel_size", "2", *extra)
     whole = train([sys.executable], float64_model, data, tmp_path / "one", loss, 2, *extra)
-
-    start = load_file(float64_model / "model.safetensors")
-    one, two = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "sp" / "model.safetensors")
-    moved = 0
-    for name, initial in start.items():
-        update = one[name] - initial
-        if update.norm() > 0:
-            moved += 1
-            assert (two[name] - one[name]).norm() / update.norm() < 1e-5, name
-    assert moved > 0 and max((one[n] - start[n]).abs().max().item() for n in start) > 1e-6
+    assert_same_update(float64_model, tmp_path / "one", tmp_path / "sp")
     assert len(sharded) == len(whole) == 2  # logged once, by the main process
     for a, b in zip(sharded, whole):
         for key in ("loss", "ce", "avg_p_correct", "token_accuracy"):
@@ -109,14 +126,19 @@ def test_precomputed_reference_is_a_config_error(tiny_model_dir, tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_a_trainer_that_does_not_shard_refuses(tiny_model_dir, tmp_path):
-    """A subclass with its own loss (stage dllm's) says so, before any process group is needed."""
-    from dftune.stages.dllm import DiffusionTrainer
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    with pytest.raises(DftuneError, match="DiffusionTrainer does not train sequence shards"):
-        DiffusionTrainer(model=model, args=sgd_args(str(tmp_path), batch=1, accumulation=1, steps=1),
-                         train_dataset=synthetic_dataset(2), objective="sft", sequence_parallel_size=2)
+def test_what_stage_dllm_cannot_shard_is_an_error(float64_diffusion_models, tmp_path):
+    """Block diffusion ([noisy, clean] rows, block-causal) and masked LMs (their own position embeddings) say so,
+    before any process group is needed."""
+    args = sgd_args(str(tmp_path), batch=1, accumulation=1, steps=1)
+    dllm = AutoModelForCausalLM.from_pretrained(float64_diffusion_models["tiny-dllm"])
+    with pytest.raises(DftuneError, match="cannot shard block diffusion"):
+        DiffusionTrainer(model=dllm, args=args, train_dataset=synthetic_dataset(2), objective="sft", block_size=4,
+                         sequence_parallel_size=2)  # fmt: skip
+    bert = BertForMaskedLM(BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                      intermediate_size=32))  # fmt: skip
+    with pytest.raises(DftuneError, match="not the masked LM bert"):
+        DiffusionTrainer(model=bert, args=args, train_dataset=synthetic_dataset(2), objective="sft",
+                         sequence_parallel_size=2)
 
 
 def test_sequence_parallel_needs_a_process_group(tiny_model_dir, tmp_path):
@@ -131,54 +153,102 @@ def test_sequence_parallel_needs_a_process_group(tiny_model_dir, tmp_path):
 ATTENTION_CHECK = '''
 import sys, torch, torch.distributed as dist
 from torch import nn
-from torch.nn.functional import scaled_dot_product_attention
+from torch.nn.functional import pad, scaled_dot_product_attention
 from dftune.runtime.sequence_parallel import sequence_group, ulysses_attention
 
 dist.init_process_group("gloo")
 group = sequence_group(2)
+causal = sys.argv[2] == "causal"
 torch.manual_seed(0)
 b, heads, kv_heads, t, d = 2, 4, 2, 10, 3  # grouped-query attention, 5 positions per shard
+real = t if causal else t - 1  # full attention: 9 real positions, the 10th rounds the length up and is masked
 q, k, v = (torch.randn(b, n, t, d, dtype=torch.float64, requires_grad=True) for n in (heads, kv_heads, kv_heads))
-# Reference, from the formula: causal softmax(q k^T / sqrt(d)) v, each key/value head serving 2 query heads.
-ref = scaled_dot_product_attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), is_causal=True)
-ref = ref.transpose(1, 2)  # [B, T, H, D], as attention implementations return it
+# Reference, from the formula: softmax(q k^T / sqrt(d)) v over the real positions (causal or full), each key/value
+# head serving 2 query heads; zero at the padded position, which the loss below does not weigh.
+ref = scaled_dot_product_attention(q[:, :, :real], k.repeat_interleave(2, 1)[:, :, :real],
+                                   v.repeat_interleave(2, 1)[:, :, :real], is_causal=causal)
+ref = pad(ref.transpose(1, 2), (0, 0, 0, 0, 0, t - real))  # [B, T, H, D], as attention implementations return it
 weight = torch.randn_like(ref)
+weight[:, real:] = 0
 (ref * weight).sum().backward()
 cut = slice(group.rank * 5, (group.rank + 1) * 5)
 module = nn.Module()
-module.num_key_value_groups, module.is_causal = 2, True
+module.num_key_value_groups, module.is_causal = 2, causal
 local = [x.detach()[:, :, cut].clone().requires_grad_() for x in (q, k, v)]
-out, _ = ulysses_attention(module, *local, None, group=group.group, scaling=d ** -0.5, dropout=0.0)
+mask = None if causal else (torch.arange(t) < real)[cut].expand(b, -1)  # this shard's key mask
+out, _ = ulysses_attention(module, *local, mask, group=group.group, causal=causal, scaling=d ** -0.5, dropout=0.0)
 (out * weight[:, cut]).sum().backward()
-errors = [(out - ref[:, cut]).abs().max().item()]
+kept = weight[:, cut] != 0
+errors = [((out - ref[:, cut]) * kept).abs().max().item()]
 errors += [(mine.grad - whole.grad[:, :, cut]).abs().max().item() for mine, whole in zip(local, (q, k, v))]
 open(f"{sys.argv[1]}/errors-{group.rank}.txt", "w").write(" ".join(map(str, errors)))
+dist.destroy_process_group()  # exiting with gloo's threads alive can abort the process
 '''
 
 
 @pytest.mark.slow
-def test_ulysses_attention_values_and_gradients(tmp_path, torchrun):
-    """Each shard's output and the gradients of its q, k, v equal causal attention over the whole sequence, cut to
-    the shard (float64; grouped-query heads; a loss weighting every output differently)."""
+@pytest.mark.parametrize("attention", ["causal", "full"])
+def test_ulysses_attention_values_and_gradients(tmp_path, torchrun, attention):
+    """Each shard's output and the gradients of its q, k, v equal attention over the whole sequence, cut to the
+    shard (float64; grouped-query heads; a loss weighting every output differently): causal (stage sft), and full
+    with the group's key mask hiding a position that pads the length (stage dllm; no gradient reaches it)."""
     script = tmp_path / "check.py"
     script.write_text(ATTENTION_CHECK, encoding="utf-8")
-    result = processes.run([*torchrun(), str(script), str(tmp_path)], step="ulysses attention on 2 processes",
-                           timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+    result = processes.run([*torchrun(), str(script), str(tmp_path), attention], step="ulysses attention on 2 "
+                           "processes", timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                           text=True)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     for rank in (0, 1):  # each rank's errors: output, then the gradients of q, k, v
         errors = [float(e) for e in (tmp_path / f"errors-{rank}.txt").read_text().split()]
         assert len(errors) == 4 and max(errors) < 1e-12, (rank, errors)
 
 
-def test_stage_dllm_refuses_sequence_parallelism(tiny_model_dir, tmp_path):
-    """Stage dllm's own loss does not train shards: a parse-time error, not an unsharded run."""
-    data = tmp_path / "data.jsonl"
-    write_long_data(data)
-    argv = [sys.executable, "-m", "dftune", "train", "--stage", "dllm", "--model_name_or_path", str(tiny_model_dir),
-            "--data_files", str(data), "--sequence_parallel_size", "2", "--output_dir", str(tmp_path / "out")]
-    result = processes.run(argv, step="parsing stage dllm", timeout=120, capture_output=True, text=True)
+@pytest.mark.parametrize(("stage", "extra", "message"), [
+    ("dpo", (), "shards stage sft and dllm, not stage dpo"),
+    ("dllm", ("--diffusion_block_size", "4"), "cannot shard block diffusion (diffusion_block_size"),
+])  # fmt: skip
+def test_what_cannot_shard_is_a_config_error(tiny_model_dir, tmp_path, stage, extra, message):
+    """Stage dpo (TRL's loss) and block diffusion: a parse-time error, not an unsharded run."""
+    argv = [sys.executable, "-m", "dftune", "train", "--stage", stage, "--model_name_or_path", str(tiny_model_dir),
+            "--data_files", str(tmp_path / "data.jsonl"), "--sequence_parallel_size", "2", *extra,
+            "--output_dir", str(tmp_path / "out")]
+    result = processes.run(argv, step=f"parsing stage {stage}", timeout=120, capture_output=True, text=True)
     assert result.returncode != 0
-    assert "shards stage sft only, not stage dllm" in result.stderr and "Traceback" not in result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+DLLM_CASES = [  # (model, loss, extra)
+    ("tiny-dllm", "sft", ()),
+    ("tiny-dllm", "sft", ("--finetuning_type", "lora", "--lora_target", "all", "--lora_dropout", "0")),
+    ("converted", "dft", ("--fused_loss", "true", "--noise_schedule", "cosine")),  # logits shifted over whole rows
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("model", "loss", "extra"), DLLM_CASES)
+def test_stage_dllm_sequence_parallel_matches_one_process(float64_diffusion_models, tmp_path, torchrun, model, loss,
+                                                          extra):  # fmt: skip
+    """Stage dllm, 2 processes x batch 1 with sequence_parallel_size 2 against 1 process x batch 2: the group's
+    first rank noises the gathered rows with the draws one process makes for the same batch, so updates, logged
+    losses and the evaluation agree to rounding; its evaluation samples decode on the main process alone."""
+    data, start = tmp_path / "data.jsonl", float64_diffusion_models[model]
+    write_long_data(data)
+    common = ("--stage", "dllm", "--eval_files", str(data), "--eval_strategy", "steps", "--eval_steps", "2",
+              "--max_new_tokens", "4", "--steps", "2", *extra)  # fmt: skip
+    train(torchrun(), start, data, tmp_path / "sp", loss, 1, "--sequence_parallel_size", "2",
+          "--per_device_eval_batch_size", "1", *common)  # fmt: skip
+    train([sys.executable], start, data, tmp_path / "one", loss, 2, "--per_device_eval_batch_size", "2", *common)
+    lora = "lora" in extra
+    assert_same_update(start, tmp_path / "one", tmp_path / "sp",
+                       "adapter_model.safetensors" if lora else "model.safetensors")  # fmt: skip
+    sharded, whole = (json.loads((tmp_path / run / "trainer_state.json").read_text())["log_history"]
+                      for run in ("sp", "one"))  # fmt: skip
+    logged = lambda log: [(key, e[key]) for e in log for key in ("loss", "ce", "eval_loss", "eval_ce") if key in e]
+    assert [key for key, _ in logged(sharded)] == [key for key, _ in logged(whole)] and len(logged(whole)) == 6
+    for (key, a), (_, b) in zip(logged(sharded), logged(whole)):
+        assert a == pytest.approx(b, rel=1e-9), key
+    samples = [json.loads(line) for line in (tmp_path / "sp" / "eval_samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 3 and all(row["decode_steps"] >= 1 for row in samples)
 
 
 @pytest.mark.slow

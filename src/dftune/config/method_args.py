@@ -51,7 +51,8 @@ class MethodArguments(ObjectiveArguments):  # type: ignore[misc, valid-type]
         default=1,
         metadata={"help": "Processes that share every sequence (Ulysses: each holds 1/N of its positions, attention "
                   "trades them for 1/N of the heads); it must divide the number of processes and the model's heads. "
-                  "Stage sft, every objective (bft, iw_sft: unfused)."},
+                  "Stage sft, every objective (bft, iw_sft: unfused); stage dllm with a decoder diffusion model "
+                  "(not block diffusion)."},
     )
     precompute_ref_log_probs: bool = field(
         default=False,

@@ -99,6 +99,14 @@ LABEL_COLUMNS = {"labels": (IGNORE_INDEX, torch.long), "ref_logps": (float("nan"
 """The per-label columns of a feature and their (fill, dtype): placed alike, so `ref_logps` stays on its labels."""
 
 
+def packed_sample_ids(batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """[B, T] sample ids of a padding-free packed batch (position_ids and no attention_mask: each sample's positions
+    restart at 0), numbered across the batch; else None (one sample per row)."""
+    if "position_ids" in batch and "attention_mask" not in batch:
+        return torch.cumsum((batch["position_ids"] == 0).flatten(), 0).view_as(batch["position_ids"]) - 1
+    return None
+
+
 def _label_columns(
     features: Sequence[dict[str, Any]], rows: list[list[int]], width: int, *, packed: bool
 ) -> dict[str, torch.Tensor]:

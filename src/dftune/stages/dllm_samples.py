@@ -57,8 +57,9 @@ class EvalSamples(TrainerCallback):
             if not prompt or not reference:
                 continue
             eos = self.tokenizer.eos_token_id
-            out = decode(model, torch.tensor([prompt], device=device), mask_token_id=self.mask_token_id,
-                         options=self.options, eos_token_id=eos, shift_logits=self.shift_logits)  # fmt: skip
+            with self.trainer.whole_sequences():  # decoded here alone, also under sequence parallelism
+                out = decode(model, torch.tensor([prompt], device=device), mask_token_id=self.mask_token_id,
+                             options=self.options, eos_token_id=eos, shift_logits=self.shift_logits)  # fmt: skip
             text = lambda tokens: self.tokenizer.decode(tokens, skip_special_tokens=True).strip()  # noqa: E731
             rows.append({"step": state.global_step, "prompt": text(prompt), "reference": text(reference),
                          "sample": text(truncate_at_eos(out.ids[0].tolist(), eos)), "decode_steps": out.steps})

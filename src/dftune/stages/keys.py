@@ -37,12 +37,13 @@ def check_reference_keys(config: RunConfig) -> None:
 
 
 def check_sequence_parallel(config: RunConfig) -> None:
-    """`sequence_parallel_size` > 1: stage sft, unpacked rows, the reference (if any) run on the shards."""
+    """`sequence_parallel_size` > 1: stage sft or dllm (not block diffusion), unpacked rows, the reference (if any)
+    run on the shards."""
     size, stage, loss = config.method.sequence_parallel_size, config.method.stage, config.method.loss
     if size == 1:
         return
-    if stage != "sft":
-        raise ValueError(f"sequence_parallel_size: {size} shards stage sft only, not stage {stage}; "
+    if stage not in ("sft", "dllm"):
+        raise ValueError(f"sequence_parallel_size: {size} shards stage sft and dllm, not stage {stage}; "
                          "set sequence_parallel_size: 1")
     if config.method.precompute_ref_log_probs:
         raise ValueError(f"sequence_parallel_size: {size} cannot use precompute_ref_log_probs with loss: {loss} (a "
@@ -59,6 +60,12 @@ class SftArguments(StageArguments):
     def check(self, config: RunConfig) -> None:
         check_reference_keys(config)
         check_sequence_parallel(config)
+
+
+def unsharded_block_diffusion(size: int) -> str:
+    """Why `sequence_parallel_size` > 1 refuses `diffusion_block_size` (at parse time, and in `DiffusionTrainer`)."""
+    return (f"sequence_parallel_size: {size} cannot shard block diffusion (diffusion_block_size: its [noisy, clean] "
+            "rows under a block-causal mask); set sequence_parallel_size: 1")
 
 
 @dataclass
@@ -104,6 +111,8 @@ class DllmArguments(StageArguments, DecodingArguments):
 
     def check(self, config: RunConfig) -> None:
         check_sequence_parallel(config)
+        if self.diffusion_block_size is not None and config.method.sequence_parallel_size > 1:
+            raise ValueError(unsharded_block_diffusion(config.method.sequence_parallel_size))
         if self.diffusion_block_size is not None and self.noise_schedule != "linear":
             raise ValueError("diffusion_block_size trains two complementary copies at ratios t and 1 - t, equally "
                              "likely only under noise_schedule: linear; remove noise_schedule: "
