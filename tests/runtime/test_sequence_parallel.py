@@ -203,6 +203,41 @@ def test_ulysses_attention_values_and_gradients(tmp_path, torchrun, attention):
         assert len(errors) == 4 and max(errors) < 1e-12, (rank, errors)
 
 
+IGNORED_ATTENTION = '''
+import sys
+from transformers import AutoModelForCausalLM
+from dftune.data.collate import DataCollatorForChat
+from dftune.errors import DftuneError
+from dftune.runtime.objective_trainer import ObjectiveTrainer
+from sgd_setup import sgd_args, synthetic_dataset
+
+model = AutoModelForCausalLM.from_pretrained(sys.argv[2])
+trainer = ObjectiveTrainer(model=model, args=sgd_args(sys.argv[1], batch=1, accumulation=1, steps=1),
+                           train_dataset=synthetic_dataset(4), data_collator=DataCollatorForChat(pad_token_id=0),
+                           objective="sft", objective_kwargs={}, sequence_parallel_size=2)
+model.config._attn_implementation_internal = "sdpa"  # as remote code with its own attention: ours never runs
+try:
+    trainer.train()
+except DftuneError as err:
+    open(f"{sys.argv[1]}/error-{trainer.args.process_index}.txt", "w").write(str(err))
+'''
+
+
+@pytest.mark.slow
+def test_a_model_whose_attention_ignores_the_shards_is_an_error(tiny_model_dir, tmp_path, torchrun):
+    """A model whose attention does not run through transformers' AttentionInterface would attend within each
+    shard alone: the first training step says so on every process, instead of training that."""
+    script = tmp_path / "check.py"
+    script.write_text(IGNORED_ATTENTION, encoding="utf-8")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    result = processes.run([*torchrun(), str(script), str(tmp_path), str(tiny_model_dir)], step="an ignored "
+                           "attention on 2 processes", timeout=120, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for rank in (0, 1):
+        message = (tmp_path / f"error-{rank}.txt").read_text()
+        assert "cannot shard LlamaForCausalLM: its attention does not run through" in message, message
+
+
 @pytest.mark.parametrize(("stage", "extra", "message"), [
     ("dpo", (), "shards stage sft and dllm, not stage dpo"),
     ("dllm", ("--diffusion_block_size", "4"), "cannot shard block diffusion (diffusion_block_size"),

@@ -193,6 +193,8 @@ class ObjectiveTrainer(GuardedUpdates, Trainer):
 
     def record(self, out: LossOutput, *, training: bool, global_count: Any, eval_weight: int) -> torch.Tensor:
         """Add a call's metrics to its window; return the loss to backpropagate (or report, in evaluation)."""
+        if self.sequence is not None:  # its forward has run: its attention went through the shards, or an error
+            self.sequence.check_attended(self.model)
         if not training:
             self._eval_window.add(out, loss_weight=eval_weight)
             return out.loss

@@ -21,8 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from functools import partial
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -121,6 +120,16 @@ class SequenceGroup:
     size: int
     rank: int
     group: dist.ProcessGroup
+    attended: list[int] = field(default_factory=lambda: [0], compare=False, repr=False)
+    """How many attention calls ran through the group (`shard_attention` counts them, `check_attended` reads them)."""
+
+    def check_attended(self, model: nn.Module) -> None:
+        """An error once a forward has run without attention through the group: a model whose attention ignores
+        transformers' AttentionInterface (remote code with its own) would attend within each shard alone."""
+        if not self.attended[0]:
+            raise DftuneError(f"sequence_parallel_size: {self.size} cannot shard {type(model).__name__}: its attention "
+                              "does not run through transformers' AttentionInterface (remote code with its own "
+                              "attention?), so it would attend within each shard alone; set sequence_parallel_size: 1")
 
     def shard(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Stage sft's micro-batch as this rank trains it: the group's micro-batches stacked (this rank's rows at
@@ -225,7 +234,12 @@ def shard_attention(model: nn.Module, group: SequenceGroup, *, causal: bool = Tr
         raise DftuneError(f"sequence_parallel_size: {group.size} must divide the model's attention heads ({heads}) "
                           f"and key/value heads ({kv_heads})")
     before = str(config._attn_implementation)
-    AttentionInterface.register(ATTENTION, partial(ulysses_attention, group=group.group, causal=causal))
+
+    def attention(*args: Any, **kwargs: Any) -> tuple[Tensor, None]:
+        group.attended[0] += 1
+        return ulysses_attention(*args, group=group.group, causal=causal, **kwargs)
+
+    AttentionInterface.register(ATTENTION, attention)
     AttentionMaskInterface.register(ATTENTION, local_key_mask)
     model.set_attn_implementation(ATTENTION)
     return before
