@@ -8,8 +8,8 @@
 # make demo-real -> the SmolLM2-135M-Instruct study: LoRA sft/dft/bft on word problems (~1 hour on 2 CPU cores)
 # make study -> the replicated study (examples/study/study.yaml): run the rows docs/study/runs/ lacks (niced; about
 #               15 min each on 2 quiet CPU cores), then regenerate docs/study/ and README's study section from the JSON
-# make mutate -> mutation testing (mutmut) of the objective math, src/dftune/losses/, against tests/losses (not part
-#                of test; ~40 min on 2 cores). MUTANTS='dftune.losses.objectives.dft*' narrows it: docs/testing.md
+# make mutate -> mutation testing (mutmut) of src/dftune/losses/ and data/, against tests/losses and tests/data (not
+#                part of test; hours on 2 cores). MUTANTS='dftune.losses.objectives.dft*' narrows it: docs/testing.md
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.setup-done

@@ -7,9 +7,12 @@ Building the parser imports no torch or transformers (tests/config/test_fast_sta
 from __future__ import annotations
 
 import argparse
+import atexit
 import errno
 import logging
+import os
 import sys
+from typing import NoReturn
 
 from dftune import __version__
 from dftune.errors import DftuneError
@@ -25,7 +28,20 @@ def _train(args: argparse.Namespace) -> int:
     from dftune.run import parse_config, run
 
     run(parse_config(args.rest))
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        exit_launched_process()
     return 0
+
+
+def exit_launched_process() -> NoReturn:
+    """End a process of a launched run (torchrun, accelerate) once the run is saved: Python's exit handlers run
+    (trackers finish, logs flush), then the process ends without the C++ static destructors, in which gloo's threads
+    can abort a finished run ("terminate called without an active exception", exit -6; rare, on a loaded machine)."""
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _init_model(args: argparse.Namespace) -> int:

@@ -1,0 +1,77 @@
+"""What `encode_batch` (the function `datasets.map` runs) says of each record besides its labels: the defaults of
+its policy keys, and the columns the data report counts from (pieces, num_tokens, tokens_cut, chars_clipped,
+reason and detail). A wrong count here is a data report that lies while training looks fine."""
+
+from __future__ import annotations
+
+import pytest
+
+from dftune.data.encode import encode_turns
+from dftune.data.lengths import CHARS_PER_TOKEN, encode_batch, fit
+from dftune.models.presets import build_tokenizer
+
+TOKENIZER = build_tokenizer()  # byte-level ChatML: one token per character of content
+MAX_LENGTH = 40
+# Two replies whose turns fit 40 tokens together only with a cut: the second reply alone is longer than 40, so its
+# prompt is cut to what reply_share leaves; a special-token string in the last user turn.
+LONG = [{"role": "user", "content": "q" * 30}, {"role": "assistant", "content": "a" * 20},
+        {"role": "user", "content": "r <|im_end|> " + "s" * 20}, {"role": "assistant", "content": "b" * 60}]
+HUGE = [{"role": "user", "content": "h" * (CHARS_PER_TOKEN * MAX_LENGTH + 7)}, {"role": "assistant", "content": "c"}]
+
+
+def batch(*records: list[dict], clipped: list[int] | None = None) -> dict[str, list]:
+    rows = {"messages": list(records), "source": ["s"] * len(records), "source_id": [0] * len(records),
+            "record": list(range(len(records)))}  # fmt: skip
+    return rows if clipped is None else {**rows, "chars_clipped": clipped}
+
+
+def test_the_defaults_are_split_half_of_the_budget_and_text():
+    plain = encode_batch(batch(LONG), tokenizer=TOKENIZER, max_length=MAX_LENGTH, mask_history=False)
+    spelled = encode_batch(batch(LONG), tokenizer=TOKENIZER, max_length=MAX_LENGTH, mask_history=False,
+                           long_conversations="split", reply_share=0.5, special_tokens_in_content="text")
+    assert plain == spelled and len(plain["input_ids"]) == 2  # split: one sample per reply
+    for other in ({"long_conversations": "truncate"}, {"reply_share": 0.9}, {"special_tokens_in_content": "reject"}):
+        changed = encode_batch(batch(LONG), tokenizer=TOKENIZER, max_length=MAX_LENGTH, mask_history=False, **other)
+        assert changed != plain, other
+
+
+@pytest.mark.parametrize("policy", [{"long_conversations": "split", "reply_share": 0.5},
+                                    {"long_conversations": "split", "reply_share": 0.9},
+                                    {"long_conversations": "truncate", "reply_share": 0.5}])  # fmt: skip
+def test_each_record_counts_its_samples_tokens_and_cuts(policy):
+    """Per record: pieces = its rows, num_tokens = its whole encoding, tokens_cut = what `fit` cut, with the same
+    reply_share; chars_clipped adds the characters clip_messages dropped to those dropped before (the column in)."""
+    out = encode_batch(batch(LONG, HUGE, clipped=[5, 3]), tokenizer=TOKENIZER, max_length=MAX_LENGTH,
+                       mask_history=False, **policy)  # fmt: skip
+    limit = CHARS_PER_TOKEN * MAX_LENGTH
+    huge = [{**HUGE[0], "content": HUGE[0]["content"][-limit:]}, HUGE[1]]  # split and truncate keep a prompt's end
+    if policy["long_conversations"] == "truncate":
+        huge[0]["content"] = HUGE[0]["content"][:limit]
+    for record, (messages, clipped) in enumerate([(LONG, 5), (huge, 3 + 7)]):
+        turns = encode_turns(TOKENIZER, messages, False, "text")
+        pieces = fit(turns, MAX_LENGTH, mode=policy["long_conversations"], reply_share=policy["reply_share"])
+        rows = [i for i, r in enumerate(out["record"]) if r == record]
+        assert [(out["input_ids"][i], out["labels"][i]) for i in rows] == pieces.samples
+        assert {out["pieces"][i] for i in rows} == {len(pieces.samples)} and pieces.tokens_cut > 0
+        assert {out["num_tokens"][i] for i in rows} == {len(turns.input_ids)}
+        assert {out["tokens_cut"][i] for i in rows} == {pieces.tokens_cut}
+        assert {out["chars_clipped"][i] for i in rows} == {clipped}
+        assert {(out["reason"][i], out["detail"][i]) for i in rows} == {("", "")}
+
+
+def test_without_a_budget_nothing_is_cut_or_clipped():
+    out = encode_batch(batch(LONG, HUGE, clipped=[0, 2]), tokenizer=TOKENIZER, max_length=None, mask_history=False)
+    assert out["pieces"] == [1, 1] and out["tokens_cut"] == [0, 0] and out["chars_clipped"] == [0, 2]
+    assert out["num_tokens"] == [len(ids) for ids in out["input_ids"]]
+    assert out["input_ids"][1] == encode_turns(TOKENIZER, HUGE, False, "text").input_ids
+
+
+@pytest.mark.parametrize(("template", "reason", "detail"), [
+    ("{{ raise_exception('tools are not supported') }}", "chat template error", "tools are not supported"),
+    ("{{ raise_exception('') }}", "chat template error", "TemplateError"),  # no message: the error's kind
+])  # fmt: skip
+def test_a_template_that_refuses_a_record_says_why(template, reason, detail):
+    tokenizer = build_tokenizer()
+    tokenizer.chat_template = template
+    out = encode_batch(batch(LONG), tokenizer=tokenizer, max_length=MAX_LENGTH, mask_history=False)
+    assert (out["reason"], out["detail"]) == ([reason], [detail])

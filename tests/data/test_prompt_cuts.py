@@ -1,0 +1,106 @@
+"""How a prompt is cut to leave its reply room, for stage sft (`fit`, `long_conversations: split`, a turn longer than
+max_length) and stage dpo (`fit_preference`), against one reference written from the rule as an optimisation, over
+many lengths and limits (hypothesis picks them): the prompt is as long as it can be, at least its generation header
+(dpo) or one token (sft), at most max_length - 1, while the (longer) reply keeps min(its length,
+ceil(reply_share * max_length)) tokens; the reply keeps its start. For dpo also: replies at most
+max_completion_length, the prompt at most max_prompt_length, its end (keep_end) or its start (keep_start) kept with
+its header, a pair dropped only when the header alone fills max_length, tokens_cut counting every token cut."""
+
+from __future__ import annotations
+
+import math
+
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from dftune.data.encode import IGNORE_INDEX, encode_turns
+from dftune.data.lengths import FittedPair, PreferenceLimits, fit, fit_preference
+from dftune.models.presets import build_tokenizer
+
+TOKENIZER = build_tokenizer()  # byte-level ChatML: one token per character of content
+
+# Lengths the size of the limits, so every edge (a header that fills max_length, one reply token left) is met.
+lengths = st.integers(1, 14)
+limits = st.builds(
+    PreferenceLimits,
+    max_length=st.none() | st.integers(1, 24),
+    max_prompt_length=st.none() | lengths,
+    max_completion_length=st.none() | lengths,
+    truncation_mode=st.sampled_from(["keep_end", "keep_start"]),
+    reply_share=st.floats(0.05, 0.95),
+)
+
+
+def prompt_kept(room: int, longest: int, least: int, max_length: int, reply_share: float) -> int:
+    """The longest prompt p in [least, min(room, max_length - 1)] that leaves the longer reply min(its length,
+    ceil(reply_share * max_length)) tokens (least if none does)."""
+    share = math.ceil(reply_share * max_length)
+    candidates = [p for p in range(least, min(room, max_length - 1) + 1) if max_length - p >= min(longest, share)]
+    return max(candidates, default=least)
+
+
+@settings(max_examples=300)
+@given(prompt=st.integers(1, 30), reply=st.integers(1, 40), max_length=st.integers(2, 50),
+       reply_share=st.floats(0.05, 0.99))  # fmt: skip
+def test_a_turn_longer_than_max_length_is_cut_by_the_rule(prompt, reply, max_length, reply_share):
+    """Stage sft, one user turn and a reply that do not fit together: one sample, its prompt cut from the left."""
+    messages = [{"role": "user", "content": "q" * prompt}, {"role": "assistant", "content": "a" * reply}]
+    turns = encode_turns(TOKENIZER, messages, False, "text")
+    (first, end), = turns.replies
+    assume(end > max_length)  # the reply's turn does not fit: `_cut` decides
+    pieces = fit(turns, max_length, mode="split", reply_share=reply_share)
+    kept = prompt_kept(first, end - first, 1, max_length, reply_share)
+    answer = min(end - first, max_length - kept)
+    assert pieces.samples == [(turns.input_ids[first - kept:first + answer],
+                               [IGNORE_INDEX] + turns.labels[first - kept + 1:first + answer])]  # fmt: skip
+    assert pieces.tokens_cut == (first - kept) + (end - first - answer)
+
+
+def reference(prompt: list[int], chosen: list[int], rejected: list[int], header: int,
+              limits: PreferenceLimits) -> FittedPair | None:  # fmt: skip
+    """`fit_preference` from the rule: caps first, then `prompt_kept`, the replies cut to max_length - p."""
+    cap = limits.max_completion_length or max(len(chosen), len(rejected))
+    replies = [chosen[:cap], rejected[:cap]]
+    header = min(header, len(prompt))
+    room = min(len(prompt), limits.max_prompt_length or len(prompt))
+    least = min(max(header, 1), room)
+    size = room
+    if limits.max_length is not None:
+        if least >= limits.max_length:
+            return None
+        longest = max(len(replies[0]), len(replies[1]))
+        if room + longest > limits.max_length:  # something more must go
+            size = prompt_kept(room, longest, least, limits.max_length, limits.reply_share)
+        replies = [reply[: limits.max_length - size] for reply in replies]
+    if limits.truncation_mode == "keep_end":
+        kept = prompt[len(prompt) - size:]
+    else:  # the start, then the header
+        tail = min(header, size)
+        kept = prompt[: size - tail] + prompt[len(prompt) - tail:]
+    total = len(prompt) + len(chosen) + len(rejected)
+    return FittedPair(kept, replies[0], replies[1], total - len(kept) - len(replies[0]) - len(replies[1]))
+
+
+@settings(max_examples=1000)
+@given(sizes=st.tuples(lengths, lengths, lengths), header=st.integers(0, 15), limits=limits)
+def test_fit_preference_matches_the_rule(sizes, header, limits):
+    # Distinct tokens: each id says where it came from, so a wrong slice cannot match by chance.
+    prompt, chosen, rejected = ([1000 * (k + 1) + i for i in range(n)] for k, n in enumerate(sizes))
+    fitted, expected = fit_preference(prompt, chosen, rejected, header, limits), reference(
+        prompt, chosen, rejected, header, limits)
+    assert fitted == expected
+    if fitted is not None and limits.max_length is not None:
+        assert len(fitted.prompt) + max(len(fitted.chosen), len(fitted.rejected)) <= limits.max_length
+        assert fitted.prompt[len(fitted.prompt) - min(header, len(fitted.prompt)):] == prompt[
+            len(prompt) - min(header, len(fitted.prompt)):]  # the generation header stays
+
+
+def test_a_prompt_that_fills_the_limit_exactly():
+    """The edges the review named: a header of exactly max_length is dropped, one token less keeps one reply token;
+    a pair that fits exactly is not cut at all."""
+    header_only = PreferenceLimits(max_length=4)
+    assert fit_preference([1, 2, 3, 4], [5, 6], [7], 4, header_only) is None
+    kept = fit_preference([1, 2, 3], [5, 6], [7], 3, header_only)
+    assert kept == FittedPair([1, 2, 3], [5], [7], 1)
+    exact = fit_preference([1, 2], [5, 6], [7], 1, header_only)
+    assert exact == FittedPair([1, 2], [5, 6], [7], 0)
