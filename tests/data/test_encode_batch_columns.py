@@ -5,9 +5,11 @@ reason and detail). A wrong count here is a data report that lies while training
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dftune.data.encode import encode_turns
-from dftune.data.lengths import CHARS_PER_TOKEN, encode_batch, fit
+from dftune.data.lengths import CHARS_PER_TOKEN, clip_messages, encode_batch, fit
 from dftune.models.presets import build_tokenizer
 
 TOKENIZER = build_tokenizer()  # byte-level ChatML: one token per character of content
@@ -16,7 +18,9 @@ MAX_LENGTH = 40
 # prompt is cut to what reply_share leaves; a special-token string in the last user turn.
 LONG = [{"role": "user", "content": "q" * 30}, {"role": "assistant", "content": "a" * 20},
         {"role": "user", "content": "r <|im_end|> " + "s" * 20}, {"role": "assistant", "content": "b" * 60}]
-HUGE = [{"role": "user", "content": "h" * (CHARS_PER_TOKEN * MAX_LENGTH + 7)}, {"role": "assistant", "content": "c"}]
+# A user message over CHARS_PER_TOKEN * MAX_LENGTH characters, clipped before tokenising; its last one tells its ends.
+HUGE = [{"role": "user", "content": "h" * (CHARS_PER_TOKEN * MAX_LENGTH + 6) + "e"},
+        {"role": "assistant", "content": "c"}]
 
 
 def batch(*records: list[dict], clipped: list[int] | None = None) -> dict[str, list]:
@@ -26,13 +30,18 @@ def batch(*records: list[dict], clipped: list[int] | None = None) -> dict[str, l
 
 
 def test_the_defaults_are_split_half_of_the_budget_and_text():
-    plain = encode_batch(batch(LONG), tokenizer=TOKENIZER, max_length=MAX_LENGTH, mask_history=False)
-    spelled = encode_batch(batch(LONG), tokenizer=TOKENIZER, max_length=MAX_LENGTH, mask_history=False,
+    """Each default against its spelled-out value and against another; under split a huge prompt loses its start
+    (what precedes the reply stays), under truncate its end."""
+    records = batch(LONG, HUGE)
+    plain = encode_batch(records, tokenizer=TOKENIZER, max_length=MAX_LENGTH, mask_history=False)
+    spelled = encode_batch(records, tokenizer=TOKENIZER, max_length=MAX_LENGTH, mask_history=False,
                            long_conversations="split", reply_share=0.5, special_tokens_in_content="text")
-    assert plain == spelled and len(plain["input_ids"]) == 2  # split: one sample per reply
+    assert plain == spelled and plain["record"] == [0, 0, 1]  # split: one sample per reply
     for other in ({"long_conversations": "truncate"}, {"reply_share": 0.9}, {"special_tokens_in_content": "reject"}):
-        changed = encode_batch(batch(LONG), tokenizer=TOKENIZER, max_length=MAX_LENGTH, mask_history=False, **other)
+        changed = encode_batch(records, tokenizer=TOKENIZER, max_length=MAX_LENGTH, mask_history=False, **other)
         assert changed != plain, other
+    last = TOKENIZER("e", add_special_tokens=False)["input_ids"]
+    assert last[0] in plain["input_ids"][2]  # split clipped the huge prompt's start: its end precedes the reply
 
 
 @pytest.mark.parametrize("policy", [{"long_conversations": "split", "reply_share": 0.5},
@@ -75,3 +84,26 @@ def test_a_template_that_refuses_a_record_says_why(template, reason, detail):
     tokenizer.chat_template = template
     out = encode_batch(batch(LONG), tokenizer=tokenizer, max_length=MAX_LENGTH, mask_history=False)
     assert (out["reason"], out["detail"]) == ([reason], [detail])
+
+
+def test_a_batch_without_a_clipped_column_counts_from_zero():
+    out = encode_batch(batch(LONG, HUGE), tokenizer=TOKENIZER, max_length=MAX_LENGTH, mask_history=False)
+    assert out["chars_clipped"] == [0, 0, 7]
+
+
+@given(messages=st.lists(st.tuples(st.sampled_from(["user", "assistant", "system"]), st.integers(0, 30)),
+                         min_size=1, max_size=5),
+       mode=st.sampled_from(["split", "truncate"]), max_length=st.integers(1, 3))  # fmt: skip
+def test_clip_messages_keeps_what_each_policy_trains_on(messages, mode, max_length):
+    """A message over CHARS_PER_TOKEN * max_length characters keeps exactly that many: under split a prompt its
+    end (what precedes the reply) and a reply its start; under truncate every message its start. Shorter ones stay
+    whole, and the dropped count is their excess summed."""
+    limit = CHARS_PER_TOKEN * max_length
+    original = [{"role": role, "content": "".join(chr(0x4E00 + i) for i in range(n * 4))} for role, n in messages]
+    clipped, dropped = clip_messages(original, max_length, mode)
+    assert dropped == sum(max(0, len(m["content"]) - limit) for m in original)
+    for before, after in zip(original, clipped, strict=True):
+        text = before["content"]
+        keep_end = mode == "split" and before["role"] != "assistant"
+        kept = text if len(text) <= limit else text[-limit:] if keep_end else text[:limit]
+        assert after == {**before, "content": kept}

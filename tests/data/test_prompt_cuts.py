@@ -104,3 +104,13 @@ def test_a_prompt_that_fills_the_limit_exactly():
     assert kept == FittedPair([1, 2, 3], [5], [7], 1)
     exact = fit_preference([1, 2], [5, 6], [7], 1, header_only)
     assert exact == FittedPair([1, 2], [5, 6], [7], 0)
+
+
+def test_fit_keeps_a_conversation_of_exactly_max_length_and_its_defaults_are_split_and_half():
+    messages = [{"role": "user", "content": "q" * 12}, {"role": "assistant", "content": "a" * 30}]
+    turns = encode_turns(TOKENIZER, messages, False, "text")
+    whole = len(turns.input_ids)
+    assert fit(turns, whole).samples == [(turns.input_ids, turns.labels)]  # nothing cut, the trailing newline kept
+    short = whole - 10  # the reply's turn does not fit: `_cut`, where reply_share decides
+    assert fit(turns, short) == fit(turns, short, mode="split", reply_share=0.5)
+    assert fit(turns, short) != fit(turns, short, mode="split", reply_share=0.9)
