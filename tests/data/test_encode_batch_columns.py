@@ -5,7 +5,7 @@ reason and detail). A wrong count here is a data report that lies while training
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dftune.data.encode import encode_turns
@@ -91,6 +91,7 @@ def test_a_batch_without_a_clipped_column_counts_from_zero():
     assert out["chars_clipped"] == [0, 0, 7]
 
 
+@settings(deadline=None)  # no time limit per example: CI machines are shared
 @given(messages=st.lists(st.tuples(st.sampled_from(["user", "assistant", "system"]), st.integers(0, 30)),
                          min_size=1, max_size=5),
        mode=st.sampled_from(["split", "truncate"]), max_length=st.integers(1, 3))  # fmt: skip

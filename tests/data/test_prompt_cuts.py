@@ -13,7 +13,7 @@ import math
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from dftune.data.encode import IGNORE_INDEX, encode_turns
+from dftune.data.encode import IGNORE_INDEX, Turns, encode_turns
 from dftune.data.lengths import FittedPair, PreferenceLimits, fit, fit_preference
 from dftune.models.presets import build_tokenizer
 
@@ -39,7 +39,7 @@ def prompt_kept(room: int, longest: int, least: int, max_length: int, reply_shar
     return max(candidates, default=least)
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)  # no time limit per example: CI machines are shared
 @given(prompt=st.integers(1, 30), reply=st.integers(1, 40), max_length=st.integers(2, 50),
        reply_share=st.floats(0.05, 0.99))  # fmt: skip
 def test_a_turn_longer_than_max_length_is_cut_by_the_rule(prompt, reply, max_length, reply_share):
@@ -81,7 +81,7 @@ def reference(prompt: list[int], chosen: list[int], rejected: list[int], header:
     return FittedPair(kept, replies[0], replies[1], total - len(kept) - len(replies[0]) - len(replies[1]))
 
 
-@settings(max_examples=1000)
+@settings(max_examples=1000, deadline=None)  # no time limit per example: CI machines are shared
 @given(sizes=st.tuples(lengths, lengths, lengths), header=st.integers(0, 15), limits=limits)
 def test_fit_preference_matches_the_rule(sizes, header, limits):
     # Distinct tokens: each id says where it came from, so a wrong slice cannot match by chance.
@@ -114,3 +114,66 @@ def test_fit_keeps_a_conversation_of_exactly_max_length_and_its_defaults_are_spl
     short = whole - 10  # the reply's turn does not fit: `_cut`, where reply_share decides
     assert fit(turns, short) == fit(turns, short, mode="split", reply_share=0.5)
     assert fit(turns, short) != fit(turns, short, mode="split", reply_share=0.9)
+
+
+def synthetic_turns(turns: list[tuple[int, int]], trailing: int) -> Turns:
+    """A conversation of (prompt, reply) token counts, each token id its position, replies labelled; `trailing`
+    unlabelled tokens after the last reply (a template's newline)."""
+    ids, labels, boundaries, replies = [], [], [0], []
+    for prompt, reply in turns:
+        ids += range(len(ids), len(ids) + prompt)
+        labels += [IGNORE_INDEX] * prompt
+        first = len(ids)
+        ids += range(first, first + reply)
+        labels += range(first, first + reply)
+        replies.append((first, len(ids)))
+        boundaries.append(len(ids))
+    ids += range(len(ids), len(ids) + trailing)
+    return Turns(ids, labels + [IGNORE_INDEX] * trailing, boundaries[:-1] if not trailing else boundaries, replies)
+
+
+@settings(max_examples=500, deadline=None)  # no time limit per example: CI machines are shared
+@given(turns=st.lists(st.tuples(st.integers(1, 8), st.integers(1, 8)), min_size=1, max_size=5),
+       trailing=st.integers(0, 1), max_length=st.integers(2, 24), reply_share=st.floats(0.05, 0.95))  # fmt: skip
+def test_split_samples_keep_the_most_context_and_replies_that_fit(turns, trailing, max_length, reply_share):
+    """Stage sft's `long_conversations: split` over many conversations: each sample is a slice within max_length;
+    one whose replies fit whole ends at a reply's end, starts at the earliest turn boundary that fits (one boundary
+    earlier would not) and holds every following reply that fits (the next would not); a reply whose own turn does
+    not fit is cut by the rule; every reply is trained once, in order; tokens_cut sums what the cuts dropped."""
+    conversation = synthetic_turns(turns, trailing)
+    pieces = fit(conversation, max_length, mode="split", reply_share=reply_share)
+    if len(conversation.input_ids) <= max_length:
+        assert pieces.samples == [(conversation.input_ids, conversation.labels)] and pieces.tokens_cut == 0
+        return
+    ends = [end for _, end in conversation.replies]
+    trained, cut, next_reply = 0, 0, 0
+    for ids, labels in pieces.samples:
+        start, stop = ids[0], ids[-1] + 1
+        assert ids == list(range(start, stop)) and len(ids) <= max_length
+        first, end = conversation.replies[next_reply]
+        own = max(b for b in conversation.boundaries if b < first)
+        if end - own > max_length:  # its own turn does not fit: the rule of `_cut`
+            kept = prompt_kept(first - own, end - first, 1, max_length, reply_share)
+            assert (start, stop) == (first - kept, first + min(end - first, max_length - kept))
+            cut += (first - own - kept) + (end - stop)
+            next_reply += 1
+        else:
+            earlier = [b for b in conversation.boundaries if b < start]
+            assert start in conversation.boundaries and (not earlier or end - max(earlier) > max_length)
+            assert stop in ends  # it ends with a reply's last token
+            next_reply = ends.index(stop) + 1
+            assert next_reply == len(ends) or ends[next_reply] - start > max_length
+        expected = [IGNORE_INDEX if p < trained or p == start else conversation.labels[p] for p in range(start, stop)]
+        assert labels == expected
+        trained = stop
+    assert next_reply == len(ends) and pieces.tokens_cut == cut
+
+
+@settings(deadline=None)
+@given(size=st.integers(1, 30), max_length=st.integers(1, 30))
+def test_truncate_keeps_the_first_max_length_tokens(size, max_length):
+    conversation = synthetic_turns([(size, 1)], 0)
+    pieces = fit(conversation, max_length, mode="truncate", reply_share=0.5)
+    total = len(conversation.input_ids)
+    assert pieces.samples == [(conversation.input_ids[:max_length], conversation.labels[:max_length])]
+    assert pieces.tokens_cut == max(0, total - max_length)
