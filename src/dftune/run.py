@@ -80,16 +80,10 @@ def run_inputs(config: RunConfig) -> list[str | None]:
 
 def run(config: RunConfig, callbacks: list[TrainerCallback] | None = None) -> Trainer:
     """`train_and_save` holding output_dir's lock, once output_dir is known not to be an input, `/`, home or the
-    working directory (the lock: the first process of a distributed run takes it for all); then every process leaves
-    the process group."""
+    working directory (the lock: the first process of a distributed run takes it for all)."""
     output_dir = output_folder(config.training.output_dir, "output_dir", run_inputs(config))
     with run_lock(output_dir, enabled=os.environ.get("RANK", "0") == "0"):
-        trainer = train_and_save(config, callbacks)
-    # Each process leaves the process group (accelerate's end of a script): one that exits with its gloo threads alive
-    # can abort ("terminate called without an active exception", exit -6) and fail the launch. No barrier first: the
-    # first process out of a gloo barrier can close its connections before the other has read the last message.
-    trainer.accelerator.end_training()
-    return trainer
+        return train_and_save(config, callbacks)
 
 
 def train_and_save(config: RunConfig, callbacks: list[TrainerCallback] | None = None) -> Trainer:

@@ -154,7 +154,7 @@ ATTENTION_CHECK = '''
 import sys, torch, torch.distributed as dist
 from torch import nn
 from torch.nn.functional import pad, scaled_dot_product_attention
-from dftune.runtime.sequence_parallel import sequence_group, ulysses_attention
+from dftune.runtime.sequence_parallel import sequence_group, ulysses_attention, whole_key_mask
 
 dist.init_process_group("gloo")
 group = sequence_group(2)
@@ -175,7 +175,8 @@ cut = slice(group.rank * 5, (group.rank + 1) * 5)
 module = nn.Module()
 module.num_key_value_groups, module.is_causal = 2, causal
 local = [x.detach()[:, :, cut].clone().requires_grad_() for x in (q, k, v)]
-mask = None if causal else (torch.arange(t) < real)[cut].expand(b, -1)  # this shard's key mask
+local_mask = (torch.arange(t) < real)[cut].expand(b, -1)  # this shard's key mask, made whole by the mask function
+mask = None if causal else whole_key_mask(attention_mask=local_mask, group=group.group, causal=False)
 out, _ = ulysses_attention(module, *local, mask, group=group.group, causal=causal, scaling=d ** -0.5, dropout=0.0)
 (out * weight[:, cut]).sum().backward()
 kept = weight[:, cut] != 0

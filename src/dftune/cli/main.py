@@ -12,7 +12,7 @@ import errno
 import logging
 import os
 import sys
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from dftune import __version__
 from dftune.errors import DftuneError
@@ -27,16 +27,19 @@ def _train(args: argparse.Namespace) -> int:
         return 0
     from dftune.run import parse_config, run
 
-    run(parse_config(args.rest))
+    trainer = run(parse_config(args.rest))
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        exit_launched_process()
+        exit_launched_process(trainer)
     return 0
 
 
-def exit_launched_process() -> NoReturn:
-    """End a process of a launched run (torchrun, accelerate) once the run is saved: Python's exit handlers run
-    (trackers finish, logs flush), then the process ends without the C++ static destructors, in which gloo's threads
-    can abort a finished run ("terminate called without an active exception", exit -6; rare, on a loaded machine)."""
+def exit_launched_process(trainer: Any) -> NoReturn:
+    """End a process of a launched run (torchrun, accelerate) once the run is saved: it leaves the process group
+    (accelerate's end of a script; no barrier: the first process out of a gloo barrier can close its connections
+    before the other has read the last message), Python's exit handlers run (trackers finish, logs flush), then the
+    process ends without the C++ static destructors, in which gloo's threads can abort a finished run ("terminate
+    called without an active exception", exit -6; rare, on a loaded machine)."""
+    trainer.accelerator.end_training()
     atexit._run_exitfuncs()
     logging.shutdown()
     sys.stdout.flush()

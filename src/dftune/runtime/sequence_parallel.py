@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -90,27 +91,26 @@ def sequence_to_heads(x: Tensor, group: dist.ProcessGroup) -> Tensor:
 def ulysses_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None,
                       *, group: dist.ProcessGroup, causal: bool, **kwargs: Any) -> tuple[Tensor, None]:  # fmt: skip
     """SDPA over whole sequences, from and to sequence shards: equals `sdpa_attention_forward` of the unsharded
-    q, k, v [B, H, T, D], causal or full, cut to this rank's shard. `attention_mask`: None, or this shard's [B, T/P]
-    key mask (`local_key_mask`), gathered over the group so that no position attends to a masked key. Causal
-    attention needs none: its rows are right-padded (`SequenceGroup.shard` checks), so no real position sees a pad."""
+    q, k, v [B, H, T, D], causal or full, cut to this rank's shard. `attention_mask`: None, or the whole sequences'
+    [B, 1, T, T] mask (`whole_key_mask`, made once per forward). Causal attention needs none: its rows are
+    right-padded (`SequenceGroup.shard` checks), so no real position sees a pad."""
     q, k, v = (heads_to_sequence(x, group) for x in (query, key, value))
-    mask = None if attention_mask is None else whole_key_mask(attention_mask, group, causal=causal)
-    out, _ = sdpa_attention_forward(module, q, k, v, mask, **{**kwargs, "is_causal": causal and mask is None})
+    causal = causal and attention_mask is None
+    out, _ = sdpa_attention_forward(module, q, k, v, attention_mask, **{**kwargs, "is_causal": causal})
     return sequence_to_heads(out, group), None  # out: [B, T, H/P, D]
 
 
-def whole_key_mask(local: Tensor, group: dist.ProcessGroup, *, causal: bool) -> Tensor:
-    """[B, 1, T, T] bool: query i may attend to key j, from each rank's [B, T/P] key mask (rank order)."""
-    parts = [torch.empty_like(local, dtype=torch.uint8) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(parts, local.to(torch.uint8).contiguous(), group=group)
+def whole_key_mask(*, group: dist.ProcessGroup, causal: bool, attention_mask: Tensor | None = None,
+                   **kwargs: Any) -> Tensor | None:  # fmt: skip
+    """The mask function of `ATTENTION` (once per forward, for every layer): None without a mask, else [B, 1, T, T]
+    bool, query i may attend to key j, from each rank's [B, T/P] key mask `attention_mask` (rank order)."""
+    if attention_mask is None:
+        return None
+    parts = [torch.empty_like(attention_mask, dtype=torch.uint8) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(parts, attention_mask.to(torch.uint8).contiguous(), group=group)
     keys = torch.cat(parts, dim=1).bool()  # [B, T]
     allowed = keys[:, None, None, :].expand(-1, 1, keys.shape[1], -1)
     return allowed & torch.ones_like(allowed[0, 0]).tril() if causal else allowed
-
-
-def local_key_mask(*args: Any, attention_mask: Tensor | None = None, **kwargs: Any) -> Tensor | None:
-    """The mask function of `ATTENTION`: the shard's own [B, T/P] mask, or None; `ulysses_attention` makes it whole."""
-    return attention_mask
 
 
 @dataclass(frozen=True)
@@ -240,7 +240,7 @@ def shard_attention(model: nn.Module, group: SequenceGroup, *, causal: bool = Tr
         return ulysses_attention(*args, group=group.group, causal=causal, **kwargs)
 
     AttentionInterface.register(ATTENTION, attention)
-    AttentionMaskInterface.register(ATTENTION, local_key_mask)
+    AttentionMaskInterface.register(ATTENTION, partial(whole_key_mask, group=group.group, causal=causal))
     model.set_attn_implementation(ATTENTION)
     return before
 
